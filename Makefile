@@ -1,0 +1,53 @@
+# fashioncap: every target bootstraps the virtual environment it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export HF_EVALUATE_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+RUN  ?= outputs/demo/trial4
+DATA ?= data/synthetic
+SPLIT ?= test
+
+.PHONY: install test demo eval bench bench-large lint data-synthetic data-facad clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v java >/dev/null 2>&1 || { echo "Java (17+) is needed by the caption metrics (PTB tokenizer, METEOR)."; \
+	  echo "  Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+demo: $(STAMP)
+	$(BIN)/python -m fashioncap.demo
+
+eval: $(STAMP)
+	$(BIN)/fashioncap eval --model-dir $(RUN) --data $(DATA) --split $(SPLIT)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-large: $(STAMP)
+	$(BIN)/python -m bench.run --large
+
+lint: $(STAMP)
+	$(BIN)/ruff check fashioncap tests bench recipes
+	$(BIN)/ruff format --check fashioncap tests bench recipes
+
+data-synthetic: $(STAMP)
+	$(BIN)/fashioncap data synthetic --out data/synthetic
+
+FACAD_META   ?= data/facad_raw/meta_all_129927.json
+FACAD_IMAGES ?= data/facad_raw/images
+data-facad: $(STAMP)
+	$(BIN)/fashioncap data facad --meta $(FACAD_META) --images $(FACAD_IMAGES) --out data/facad --download
+
+clean:
+	rm -rf outputs .pytest_cache
