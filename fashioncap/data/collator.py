@@ -1,0 +1,76 @@
+"""Batching for BLIP captioning: pixels for every row, caption tokens only for training rows.
+
+Evaluation rows (from `group_references`) carry `references` instead of `caption`, so an eval batch holds the
+image and its id and nothing a model could copy a reference caption from.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image, ImageOps
+
+from fashioncap.data.check import to_rgb
+
+IGNORE_INDEX = -100
+
+
+def jitter(image: Image.Image, rng: random.Random, max_shift: float = 0.1) -> Image.Image:
+    """Random horizontal flip and a small shift, filled with the corner colour (the studio background)."""
+    if rng.random() < 0.5:
+        image = ImageOps.mirror(image)
+    w, h = image.size
+    dx, dy = (round(rng.uniform(-max_shift, max_shift) * s) for s in (w, h))
+    return image.transform(image.size, Image.AFFINE, (1, 0, -dx, 0, 1, -dy), fillcolor=image.getpixel((0, 0)))
+
+
+@dataclass
+class CaptionCollator:
+    processor: object
+    max_length: int = 50
+    augment: bool = False
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._rng = random.Random(self.seed)
+        tokenizer = self.processor.tokenizer
+        self.bos_token_id = tokenizer.convert_tokens_to_ids("[DEC]")
+        if self.bos_token_id == tokenizer.unk_token_id:
+            raise ValueError("the tokenizer has no [DEC] token: is this a BLIP processor?")
+
+    def pixel_values(self, images: list[Image.Image], augment: bool = False) -> torch.Tensor:
+        images = [to_rgb(im) for im in images]
+        if augment:
+            images = [jitter(im, self._rng) for im in images]
+        return self.processor.image_processor(images, return_tensors="pt").pixel_values
+
+    def __call__(self, rows: list[dict]) -> dict:
+        training = "caption" in rows[0]
+        batch = {
+            "pixel_values": self.pixel_values([r["image"] for r in rows], augment=self.augment and training),
+            "image_ids": torch.tensor([int(r["image_id"]) for r in rows]),
+        }
+        if not training:
+            return batch
+        captions = [r["caption"] for r in rows]
+        encoded = self.processor.tokenizer(
+            captions, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        input_ids = encoded.input_ids
+        input_ids[:, 0] = self.bos_token_id  # BLIP's decoder starts from [DEC]; forward does not rewrite it
+        labels = input_ids.masked_fill(encoded.attention_mask == 0, IGNORE_INDEX)
+        labels[:, 0] = IGNORE_INDEX  # the start token is given, never predicted
+        batch.update(
+            input_ids=input_ids,
+            attention_mask=encoded.attention_mask,
+            labels=labels,
+            captions=captions,
+            attributes=[list(r.get("attributes") or []) for r in rows],
+            category=torch.tensor(
+                [int(r["category"]) if r.get("category") is not None else -1 for r in rows]
+            ),
+        )
+        return batch

@@ -1,0 +1,59 @@
+"""Shared fixtures. Data fixtures are small so the whole data suite stays fast on 2 CPU cores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+FACAD_TEXT_SAMPLE = REPO.parent / "shared/data/facad_text_sample/records.jsonl"
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """A tiny synthetic data dir (read-only: tests that modify data build their own)."""
+    from fashioncap.data.synthetic import build_synthetic
+
+    return build_synthetic(
+        tmp_path_factory.mktemp("synthetic") / "data", train=24, val=8, test=8, pretrain=24
+    )
+
+
+@pytest.fixture
+def make_coco_dir(tmp_path):
+    """Write a data dir in the design.md layout from a list of (file_name, [annotation dicts]) and return it."""
+
+    def make(
+        images: list[tuple[str, list[dict]]], categories=None, split: str = "train", name: str = "coco"
+    ) -> Path:
+        root = tmp_path / name
+        coco = {"info": {}, "licenses": [], "images": [], "annotations": []}
+        ann_id = 0
+        for image_id, (file_name, anns) in enumerate(images, start=1):
+            path = root / "images" / file_name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 6), (image_id * 20 % 255, 100, 50)).save(path)
+            coco["images"].append({"id": image_id, "file_name": file_name, "width": 8, "height": 6})
+            for ann in anns:
+                ann_id += 1
+                coco["annotations"].append({"id": ann_id, "image_id": image_id, **ann})
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / f"{split}.json").write_text(json.dumps(coco))
+        (root / "categories.json").write_text(
+            json.dumps(categories or {"1": "dress", "2": ["Boot", "boots"]})
+        )
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def facad_descriptions() -> list[dict]:
+    """Real FACAD records (id, title, description) from shared/; a missing sample is a failure, not a skip."""
+    if not FACAD_TEXT_SAMPLE.is_file():
+        pytest.fail(f"FACAD text sample not found at {FACAD_TEXT_SAMPLE} (shared/ must sit beside the repo)")
+    with open(FACAD_TEXT_SAMPLE, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

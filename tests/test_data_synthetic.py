@@ -1,0 +1,150 @@
+"""The synthetic fashion set: determinism, caption/attribute/category consistency, visible attributes, atomicity."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashioncap.data import synthetic
+from fashioncap.data.synthetic import (
+    CATEGORIES,
+    COLOURS,
+    PATTERNS,
+    build_synthetic,
+    draw_item,
+    ensure_synthetic,
+)
+
+SMALL = {"train": 12, "val": 4, "test": 4, "pretrain": 12}
+
+
+def _contains_phrase(caption: str, phrase: str) -> bool:
+    return re.search(rf"\b{re.escape(phrase)}\b", caption) is not None
+
+
+def _annotations(data_dir, split):
+    return json.loads((data_dir / "annotations" / f"{split}.json").read_text())
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    a = build_synthetic(tmp_path / "a", seed=3, **SMALL)
+    b = build_synthetic(tmp_path / "b", seed=3, **SMALL)
+    c = build_synthetic(tmp_path / "c", seed=4, **SMALL)
+    for split in SMALL:
+        name = f"annotations/{split}.json"
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+        assert (a / name).read_bytes() != (c / name).read_bytes()
+    assert (a / "categories.json").read_bytes() == (b / "categories.json").read_bytes()
+    for image in sorted((a / "images").rglob("*.png")):
+        assert image.read_bytes() == (b / image.relative_to(a)).read_bytes()
+
+
+def test_layout_and_report(synthetic_dir):
+    report = json.loads((synthetic_dir / "build_report.json").read_text())
+    assert report["counts"] == {"pretrain": 24, "train": 24, "val": 8, "test": 8}
+    assert report["skipped"] == [] and report["seed"] == 0 and report["images_per_second"] > 0
+    for split, count in report["counts"].items():
+        coco = _annotations(synthetic_dir, split)
+        assert len(coco["images"]) == len(coco["annotations"]) == count
+        for image in coco["images"]:
+            with Image.open(synthetic_dir / "images" / image["file_name"]) as im:
+                assert im.size == (64, 64) and im.mode == "RGB"
+    categories = json.loads((synthetic_dir / "categories.json").read_text())
+    assert len(categories) >= 12
+    assert categories["1"] == ["tee", "tees", "t shirt", "t shirts"]
+
+
+@pytest.mark.parametrize("split", ["train", "test", "pretrain"])
+def test_captions_name_category_and_every_attribute(synthetic_dir, split):
+    categories = json.loads((synthetic_dir / "categories.json").read_text())
+    for ann in _annotations(synthetic_dir, split)["annotations"]:
+        caption = ann["caption"]
+        assert caption == caption.lower() and re.fullmatch(r"[a-z ]+", caption), caption
+        assert any(_contains_phrase(caption, form) for form in categories[str(ann["category"])]), caption
+        assert ann["attributes"] and all(_contains_phrase(caption, a) for a in ann["attributes"]), ann
+        assert any(a in COLOURS for a in ann["attributes"])
+
+
+def test_pretrain_is_generic_and_covers_every_attribute_word(tmp_path):
+    data = build_synthetic(tmp_path / "d", train=200, val=0, test=0, pretrain=400)
+    pretrain = _annotations(data, "pretrain")["annotations"]
+    train = _annotations(data, "train")["annotations"]
+    attribute_words = {a for ann in train + pretrain for a in ann["attributes"]}
+    pretrain_words = {w for ann in pretrain for w in ann["caption"].split()}
+    assert pretrain_words <= attribute_words | {"a", "pair", "of"}  # no descriptive template words
+    assert {a for ann in train for a in ann["attributes"]} <= pretrain_words  # base model can say every word
+    assert max(len(ann["caption"].split()) for ann in pretrain) <= 8
+    assert any(p in pretrain_words for p in PATTERNS)
+    train_words = {w for ann in train for w in ann["caption"].split()}
+    assert len(train_words - attribute_words) >= 20  # the descriptive style has its own vocabulary
+
+
+def _render(category, colour="red", pattern="solid", shape=None, size=64):
+    return np.asarray(
+        draw_item(size, category, colour, pattern, shape or category.shapes[0], np.random.default_rng(7))
+    )
+
+
+@pytest.mark.parametrize("category", CATEGORIES, ids=lambda c: c.noun)
+def test_shape_attribute_is_visible(category):
+    first, second = (_render(category, shape=s) for s in category.shapes)
+    changed = np.any(first != second, axis=-1).mean()
+    assert changed > 0.02, f"{category.noun}: {category.shapes} differ in only {changed:.1%} of pixels"
+
+
+def test_patterns_drawn_inside_and_white_visible():
+    tee = CATEGORIES[0]
+    solid = _render(tee, "blue", "solid")
+    assert len({tuple(p) for p in solid.reshape(-1, 3)} - {synthetic.BACKGROUND}) <= 3  # fill + outline (+AA)
+    for pattern in PATTERNS[1:]:
+        drawn = _render(tee, "blue", pattern)
+        inside = drawn[np.any(drawn != synthetic.BACKGROUND, axis=-1)]
+        assert (np.abs(inside.astype(int) - COLOURS["blue"]).sum(-1) > 200).mean() > 0.1, pattern
+    white = _render(tee, "white")
+    assert (white.sum(-1) < 3 * 200).sum() > 50  # an outline separates white from the light background
+
+
+def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = synthetic.draw_item
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "draw_item", failing)
+    with pytest.raises(KeyboardInterrupt):
+        build_synthetic(tmp_path / "out", **SMALL)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_and_ensure(tmp_path):
+    out = build_synthetic(tmp_path / "out", **SMALL)
+    with pytest.raises(FileExistsError):
+        build_synthetic(out, **SMALL)
+    before = (out / "build_report.json").stat().st_mtime_ns
+    assert ensure_synthetic(out, **SMALL) == out
+    assert (out / "build_report.json").stat().st_mtime_ns == before  # same settings: kept
+    ensure_synthetic(out, **{**SMALL, "train": 5})  # other settings: rebuilt
+    assert len(_annotations(out, "train")["images"]) == 5
+    fresh = ensure_synthetic(tmp_path / "fresh", **SMALL)
+    assert (fresh / "annotations" / "train.json").is_file()
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(FileExistsError):  # never replaces a directory that is not a synthetic set
+        ensure_synthetic(tmp_path / "mine", **SMALL)
+
+
+def test_cli(tmp_path, capsys):
+    from fashioncap.cli import main
+
+    args = ["data", "synthetic", "--out", str(tmp_path / "cli"), "--train", "3", "--val", "1", "--test", "1"]
+    assert main([*args, "--pretrain", "2", "--image-size", "48", "--seed", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"] == {"pretrain": 2, "train": 3, "val": 1, "test": 1}
+    with Image.open(tmp_path / "cli" / "images" / "train" / "000000.png") as im:
+        assert im.size == (48, 48)
