@@ -1,0 +1,200 @@
+"""BLIP models and processors: the Hub model, a tiny offline one, and the LoRA presets of the four trials."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "Salesforce/blip-image-captioning-large"
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"]
+
+# Module-name patterns (see stack-notes): every attention query/key/value and dense layer of the text decoder,
+# self- and cross-attention alike, and the attention/MLP projections of a vision-encoder layer.
+DECODER_TARGETS = (
+    r"text_decoder\.bert\.encoder\.layer\.\d+\."
+    r"(?:(?:attention|crossattention)\.self\.(?:query|key|value)|(?:attention|crossattention)\.output\.dense"
+    r"|intermediate\.dense|output\.dense)"
+)
+VISION_LAYER_TARGETS = r"vision_model\.encoder\.layers\.{layers}\.(?:self_attn\.(?:qkv|projection)|mlp\.(?:fc1|fc2))"
+LORA_PRESETS = ("decoder", "decoder+vision")
+
+
+class ModelLoadError(RuntimeError):
+    """The model or processor could not be had; the message says what was tried."""
+
+
+def load_processor(name_or_path: str):
+    """BLIP's processor with the PIL image backend: transformers 5's default one needs torchvision."""
+    from transformers import AutoTokenizer, BlipImageProcessorPil, BlipProcessor
+
+    image_processor = BlipImageProcessorPil.from_pretrained(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    return BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def load_model_and_processor(
+    name_or_path: str = DEFAULT_MODEL,
+    label_smoothing: float | None = None,
+    dtype: torch.dtype | str | None = None,
+):
+    """Load BLIP for captioning from a Hub id or a local directory (a full model, never remote code)."""
+    from transformers import BlipForConditionalGeneration
+
+    local = Path(name_or_path).expanduser()
+    source = str(local) if local.exists() else name_or_path
+    try:
+        model = BlipForConditionalGeneration.from_pretrained(source, dtype=dtype, trust_remote_code=False)
+        processor = load_processor(source)
+    except (OSError, ValueError) as err:
+        where = f"local directory {local}" if local.exists() else f"Hugging Face Hub id {name_or_path!r}"
+        hint = (
+            " It does not exist locally, and the Hub could not be reached or has no such model"
+            " (offline? HF_HUB_OFFLINE is set? a typo?)."
+            if not local.exists()
+            else " The directory should hold config.json, model.safetensors and the processor files."
+        )
+        raise ModelLoadError(f"could not load a BLIP captioning model from the {where}.{hint} ({err})") from err
+    if label_smoothing is not None:
+        model.config.text_config.label_smoothing = float(label_smoothing)
+        model.text_decoder.label_smoothing = float(label_smoothing)
+    configure_generation_ids(model, processor.tokenizer)
+    return model, processor
+
+
+def configure_generation_ids(model, tokenizer) -> None:
+    """Generation and the Trainer need pad/bos/eos ids on the top-level configs (BLIP keeps them in text_config)."""
+    text = model.config.text_config
+    model.config.pad_token_id = text.pad_token_id
+    model.generation_config.pad_token_id = text.pad_token_id
+    model.generation_config.bos_token_id = text.bos_token_id
+    model.generation_config.eos_token_id = text.sep_token_id
+    if tokenizer.pad_token_id != text.pad_token_id or tokenizer.convert_tokens_to_ids("[DEC]") != text.bos_token_id:
+        raise ModelLoadError(
+            f"tokenizer and model disagree on special tokens: pad {tokenizer.pad_token_id} vs {text.pad_token_id}, "
+            f"[DEC] {tokenizer.convert_tokens_to_ids('[DEC]')} vs bos {text.bos_token_id}"
+        )
+
+
+# --- a tiny BLIP built offline (tests, demo) -----------------------------------------------------------------
+
+
+def caption_vocabulary(captions: Iterable[str]) -> list[str]:
+    """Sorted unique words: deterministic across processes, unlike WordPiece training."""
+    from fashioncap.rewards import normalize_caption
+
+    return sorted({w for c in captions for w in normalize_caption(c).split()})
+
+
+def build_tiny_blip(
+    words: Iterable[str], image_size: int = 64, patch_size: int = 16, max_positions: int = 64, seed: int = 0
+):
+    """A ~1.4M-parameter BLIP with a whole-word vocabulary: sized to learn the synthetic set on 2 CPU cores."""
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessorPil,
+        BlipProcessor,
+    )
+
+    vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *sorted(set(words) - set(SPECIAL_TOKENS))])}
+    tokenizer = BertTokenizer(
+        vocab=vocab, bos_token="[DEC]", additional_special_tokens=["[ENC]"], model_max_length=max_positions
+    )
+    config = BlipConfig(
+        vision_config=dict(
+            hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+            image_size=image_size, patch_size=patch_size, initializer_range=0.02,
+        ),
+        text_config=dict(
+            vocab_size=len(vocab), hidden_size=96, encoder_hidden_size=128, intermediate_size=384,
+            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=max_positions,
+            pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[DEC]"], eos_token_id=vocab["[SEP]"],
+            sep_token_id=vocab["[SEP]"],
+        ),
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = BlipForConditionalGeneration(config)
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessorPil(size={"height": image_size, "width": image_size}), tokenizer=tokenizer
+    )
+    configure_generation_ids(model, tokenizer)
+    return model, processor
+
+
+# --- LoRA presets ---------------------------------------------------------------------------------------------
+
+
+def lora_target_regex(preset: str, num_vision_layers: int, vision_lora_layers: int = 6) -> str:
+    """The trials' targets: the decoder's attention and dense layers, plus the last N vision layers for trials 3/4."""
+    if preset not in LORA_PRESETS:
+        raise ValueError(f"unknown lora_preset {preset!r}; choose one of {LORA_PRESETS}")
+    if preset == "decoder":
+        return DECODER_TARGETS
+    if not 0 < vision_lora_layers <= num_vision_layers:
+        raise ValueError(f"vision_lora_layers={vision_lora_layers} but the vision encoder has {num_vision_layers} layers")
+    layers = "(?:" + "|".join(str(i) for i in range(num_vision_layers - vision_lora_layers, num_vision_layers)) + ")"
+    return f"(?:{DECODER_TARGETS}|{VISION_LAYER_TARGETS.format(layers=layers)})"
+
+
+def apply_lora(
+    model,
+    target_regex: str,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.05,
+    bias: str = "none",
+    modules_to_save: list[str] | None = None,
+):
+    """Wrap `model` in a PeftModel. No task_type: peft's causal/seq2seq wrappers break BLIP's forward.
+
+    `modules_to_save` trains full copies of small modules and saves them with the adapter: the demo's tiny base
+    never learned the descriptive words, and LoRA cannot teach a word whose embedding and output row are untrained.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    matched = [name for name, _ in model.named_modules() if re.fullmatch(target_regex, name)]
+    if not matched:
+        raise ValueError(f"LoRA target pattern {target_regex!r} matches no module of {type(model).__name__}")
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        bias=bias,
+        target_modules=target_regex,
+        modules_to_save=modules_to_save or None,
+    )
+    peft_model = get_peft_model(model, config)
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    logger.info("LoRA on %d modules: %d trainable of %d parameters (%.3f%%)", len(matched), trainable, total,
+                100 * trainable / total)  # fmt: skip
+    return peft_model
+
+
+def load_for_inference(model_dir: str, dtype: torch.dtype | str | None = None):
+    """A trained run (LoRA adapter dir, merged model dir) or a base model id, ready to caption.
+
+    An adapter is merged into its base for speed; its processor comes from the run dir when saved there.
+    """
+    import json
+
+    path = Path(model_dir)
+    adapter_config = path / "adapter_config.json"
+    if not adapter_config.is_file():
+        model, processor = load_model_and_processor(model_dir, dtype=dtype)
+        return model.eval(), processor
+    from peft import PeftModel
+
+    base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+    model, processor = load_model_and_processor(base, dtype=dtype)
+    model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    if (path / "processor_config.json").is_file() or (path / "preprocessor_config.json").is_file():
+        processor = load_processor(str(path))
+    configure_generation_ids(model, processor.tokenizer)
+    return model.eval(), processor

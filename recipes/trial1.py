@@ -1,0 +1,8 @@
+"""Trial 1: `accelerate launch recipes/trial1.py [--key value ...]` trains with recipes/trial1.yaml."""
+
+from pathlib import Path
+
+from fashioncap.train import main
+
+if __name__ == "__main__":
+    main(default_config=Path(__file__).with_suffix(".yaml"))
