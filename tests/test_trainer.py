@@ -1,0 +1,219 @@
+"""The learning signal: REINFORCE against hand-computed values, baselines, masks, and what each trial trains."""
+
+import re
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import Seq2SeqTrainingArguments
+
+from fashioncap.configs import GenerationArguments, RewardArguments
+from fashioncap.data.collator import IGNORE_INDEX, CaptionCollator
+from fashioncap.modeling import DECODER_TARGETS, apply_lora, build_tiny_blip, lora_target_regex
+from fashioncap.trainer import (
+    FashionCapTrainer,
+    completion_mask,
+    compute_baseline,
+    reinforce_loss,
+    sequence_logprobs,
+)
+
+CAPTIONS = ["a red dress with short sleeve", "a blue tee", "a green striped bag", "a pair of black boots"]
+WORDMAP = {1: "dress", 2: "tee", 3: "bag", 4: ["boot", "boots"]}
+
+
+# --- pure functions ---------------------------------------------------------------------------------------------
+
+
+def test_reinforce_loss_value_and_gradient_by_hand():
+    """Policy softmax(theta) over 3 actions; 2 images x 2 samples; mean baseline per image.
+
+    logp = log softmax(theta)[a]; L = -1/N sum (r - b) logp; dL/dtheta = -1/N sum (r - b)(onehot(a) - p).
+    """
+    theta = torch.tensor([0.5, -0.25, 1.0], requires_grad=True)
+    actions = torch.tensor([0, 2, 1, 1])
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.25])  # images: (1.0, 0.0), (0.5, 0.25)
+    logp = torch.log_softmax(theta, dim=0)[actions]
+    baseline = compute_baseline(rewards.view(2, 2), "mean").reshape(-1)
+    assert baseline.tolist() == [0.5, 0.5, 0.375, 0.375]
+    loss = reinforce_loss(logp, rewards, baseline)
+    loss.backward()
+
+    p = np.exp([0.5, -0.25, 1.0]) / np.exp([0.5, -0.25, 1.0]).sum()
+    adv = np.array([0.5, -0.5, 0.125, -0.125])
+    logp_np = np.log(p)[[0, 2, 1, 1]]
+    expected_loss = -(adv * logp_np).mean()
+    expected_grad = -sum(a * (np.eye(3)[k] - p) for a, k in zip(adv, [0, 2, 1, 1])) / 4
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-6)
+    np.testing.assert_allclose(theta.grad.numpy(), expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_baselines_by_hand():
+    r = torch.tensor([[1.0, 0.0, 0.5], [0.2, 0.2, 0.8]])
+    np.testing.assert_allclose(compute_baseline(r, "mean"), [[0.5] * 3, [0.4] * 3], rtol=1e-6)
+    np.testing.assert_allclose(compute_baseline(r, "loo"), [[0.25, 0.75, 0.5], [0.5, 0.5, 0.2]], rtol=1e-6)
+    greedy = torch.tensor([0.3, 0.9])
+    np.testing.assert_allclose(compute_baseline(r, "greedy", greedy), [[0.3] * 3, [0.9] * 3])
+    with pytest.raises(ValueError):
+        compute_baseline(r[:, :1], "loo")
+    with pytest.raises(ValueError):
+        compute_baseline(r, "greedy")
+
+
+@pytest.mark.parametrize("kind", ["mean", "loo", "greedy"])
+def test_equal_rewards_give_zero_loss_and_zero_gradient(kind):
+    logp = torch.tensor([-1.0, -2.0, -0.5, -3.0], requires_grad=True)
+    rewards = torch.full((4,), 0.7)
+    baseline = compute_baseline(rewards.view(2, 2), kind, torch.full((2,), 0.7)).reshape(-1)
+    loss = reinforce_loss(logp, rewards, baseline)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(logp.grad) == 0 and torch.isfinite(loss)
+
+
+def test_completion_mask_and_sequence_logprobs_by_hand():
+    sep, pad = 3, 0
+    seqs = torch.tensor([[5, 7, 8, sep, pad, pad], [5, 9, sep, 7, 7, 7], [5, 7, 7, 7, 7, 7]])
+    mask = completion_mask(seqs, sep)
+    assert mask.tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [1] * 6]
+    logits = torch.randn(3, 6, 10)
+    logp = sequence_logprobs(logits, seqs, mask)
+    lsm = torch.log_softmax(logits, dim=-1)
+    expected = [
+        lsm[0, 0, 7] + lsm[0, 1, 8] + lsm[0, 2, sep],
+        lsm[1, 0, 9] + lsm[1, 1, sep],
+        sum(lsm[2, t, 7] for t in range(5)),
+    ]
+    np.testing.assert_allclose(logp.numpy(), torch.stack(expected).numpy(), rtol=1e-5)
+
+
+# --- the trainer on a tiny BLIP ---------------------------------------------------------------------------------
+
+
+def _dataset(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = [CAPTIONS[i % len(CAPTIONS)] for i in range(n)]
+    return datasets.Dataset.from_dict(
+        {
+            "image_id": list(range(n)),
+            "image": [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in rows],
+            "caption": rows,
+            "attributes": [c.split()[1:3] for c in rows],
+            "category": [1 + i % len(CAPTIONS) for i in range(n)],
+        }
+    ).cast_column("image", datasets.Image())
+
+
+def _trainer(tmp_path, preset, reward_args, model=None, processor=None):
+    if model is None:
+        model, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
+        model = apply_lora(model, lora_target_regex(preset, model.config.vision_config.num_hidden_layers, 2), r=4)
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[], remove_unused_columns=False,
+        use_cpu=True, save_strategy="no", max_steps=1,
+    )  # fmt: skip
+    return FashionCapTrainer(
+        model=model, args=args, train_dataset=_dataset(), data_collator=CaptionCollator(processor),
+        processing_class=processor, reward_args=reward_args, generation_args=GenerationArguments(num_beams=2,
+        max_new_tokens=6, min_new_tokens=1), category_wordmap=WORDMAP,
+    )  # fmt: skip
+
+
+def _grads_after_one_loss(trainer):
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch))
+    loss.backward()
+    return {n: p.grad for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("preset", ["decoder", "decoder+vision"])
+def test_trials_train_exactly_their_lora_targets(preset):
+    model, _ = build_tiny_blip({"a"})
+    model = apply_lora(model, lora_target_regex(preset, model.config.vision_config.num_hidden_layers, 2), r=4)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    vision = [n for n in trainable if "vision_model" in n]
+    if preset == "decoder":
+        assert vision == []  # trials 1/2 leave the vision encoder untouched
+    else:
+        layers = {int(re.search(r"layers\.(\d+)\.", n).group(1)) for n in vision}
+        assert layers == {2, 3}  # the last 2 of 4 layers, counted from the model's own depth
+        kinds = {re.search(r"(qkv|projection|fc1|fc2)", n).group(1) for n in vision}
+        assert kinds == {"qkv", "projection", "fc1", "fc2"}
+    decoder_modules = {n.split(".lora_")[0].removeprefix("base_model.model.") for n in trainable if "text_decoder" in n}
+    assert decoder_modules and all(re.fullmatch(DECODER_TARGETS, m) for m in decoder_modules)
+    assert len(decoder_modules) == 2 * 10  # 2 layers x (self q/k/v/out + cross q/k/v/out + intermediate + output)
+
+
+def test_lora_target_matching_nothing_is_an_error():
+    model, _ = build_tiny_blip({"a"})
+    with pytest.raises(ValueError, match="matches no module"):
+        apply_lora(model, r"text_decoder\.nothing_here")
+    with pytest.raises(ValueError, match="vision_lora_layers"):
+        lora_target_regex("decoder+vision", 4, 6)
+
+
+def test_rl_gradient_reaches_the_vision_lora_in_trial4(tmp_path):
+    torch.manual_seed(0)
+    rl_only = RewardArguments(
+        reward_funcs=["als", "sls"], rl_weight=1.0, mle_weight=0.0, num_samples=4, max_sample_tokens=6
+    )
+    grads = _grads_after_one_loss(_trainer(tmp_path, "decoder+vision", rl_only))
+    vision = {n: g for n, g in grads.items() if "vision_model" in n and "lora_A" in n}
+    assert vision, "trial 4 should have vision LoRA"
+    # lora_B starts at zero, so lora_A's gradient is zero on the first step; lora_B's is not
+    vision_b = [g for n, g in grads.items() if "vision_model" in n and "lora_B" in n]
+    assert any(g is not None and g.abs().sum() > 0 for g in vision_b)
+
+
+def test_rl_term_logs_each_reward(tmp_path):
+    torch.manual_seed(0)
+    args = RewardArguments(reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6)
+    trainer = _trainer(tmp_path, "decoder", args)
+    _grads_after_one_loss(trainer)
+    assert {"loss/mle", "loss/rl", "reward/als", "reward/sls", "reward/total"} <= set(trainer._metrics)
+    total = trainer._metrics["reward/total"][0]
+    assert total == pytest.approx(trainer._metrics["reward/als"][0] + trainer._metrics["reward/sls"][0], abs=1e-6)
+
+
+def test_collator_starts_with_dec_and_masks_padding():
+    _, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
+    batch = CaptionCollator(processor, max_length=6)([{"image": Image.new("RGB", (64, 64)), "image_id": i,
+                                                       "caption": c, "attributes": [], "category": 1}
+                                                      for i, c in enumerate(CAPTIONS[:2])])  # fmt: skip
+    dec = processor.tokenizer.convert_tokens_to_ids("[DEC]")
+    assert (batch["input_ids"][:, 0] == dec).all()
+    assert batch["input_ids"].shape[1] == 6  # the long caption is truncated to max_length
+    assert (batch["labels"][:, 0] == IGNORE_INDEX).all()
+    pad = batch["attention_mask"] == 0
+    assert (batch["labels"][pad] == IGNORE_INDEX).all() and pad.any()
+    eval_batch = CaptionCollator(processor)([{"image": Image.new("RGB", (64, 64)), "image_id": 3,
+                                              "references": ["a red dress"]}])  # fmt: skip
+    assert set(eval_batch) == {"pixel_values", "image_ids"}  # nothing to copy a reference from
+
+
+def test_predictions_do_not_depend_on_the_references(tmp_path):
+    """Shuffling (here: replacing) the eval set's reference captions leaves the generated captions unchanged."""
+    from fashioncap.data import group_references
+
+    trainer = _trainer(tmp_path, "decoder", RewardArguments())
+    grouped = group_references(_dataset(6))
+    shuffled = grouped.map(lambda row, i: {"references": [CAPTIONS[(i + 1) % 4], "zzz"]}, with_indices=True)
+    first = trainer.predict(grouped)
+    second = trainer.predict(shuffled)
+    assert first.predictions.shape[0] == 6
+    np.testing.assert_array_equal(first.predictions, second.predictions)
+    np.testing.assert_array_equal(first.label_ids, np.arange(6))
+
+
+def test_nonfinite_loss_skips_the_step_then_stops(tmp_path):
+    trainer = _trainer(tmp_path, "decoder", RewardArguments())
+    trainer.model.train()
+    nan = torch.tensor(float("nan"))
+    zero = trainer._skip_if_nonfinite(trainer.model, nan)
+    assert zero.item() == 0.0 and zero.requires_grad
+    trainer._nonfinite_in_a_row = trainer.max_nonfinite_steps - 1
+    with pytest.raises(FloatingPointError, match="non-finite losses in a row"):
+        trainer._skip_if_nonfinite(trainer.model, nan)
