@@ -1,0 +1,362 @@
+"""Caption metrics as the COCO caption evaluation computes them, plus the ALS/SLS rewards as metrics.
+
+PTB tokenization, then BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr(-D) and SPICE from pycocoevalcap, on its scale
+(0-1, CIDEr 0-10). Unlike the stock `COCOEvalCap.evaluate()`, each scorer runs on its own, so a metric that
+cannot run (SPICE without its CoreNLP jars) is `None` with a reason and the others still come back.
+
+Three things the stock wrappers get wrong are handled here:
+- the PTB tokenizer writes its temp file into the package folder (fails in a read-only venv) and silently
+  misaligns captions when one holds a line break other than "\\n" (e.g. "\\r", U+2028): captions are put on
+  one line first and tokenized from a private temp dir, in one JVM for references and predictions;
+- METEOR's JVM takes ~10 s to start: one per process, started on first use, reused, closed at exit;
+- SPICE writes into the package folder too and needs extra flags and a JavaScript engine on Java 17.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.spice import spice as _spice
+from pycocoevalcap.tokenizer import ptbtokenizer as _ptb
+
+from fashioncap import rewards
+
+METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
+SPICE_LIB_ENV = "FASHIONCAP_SPICE_LIB"
+CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+JAVA_INSTALL_HINT = "Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless"
+
+_SPICE_DIR = Path(_spice.__file__).resolve().parent
+_JAVA_OPENS = ("java.lang", "java.math", "java.util", "java.util.concurrent", "java.net", "java.text")
+_JS_ENGINE_JARS = ("js.jar", "rhino.jar")
+_SYSTEM_JAVA_DIR = Path("/usr/share/java")
+
+ImageId = Hashable
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric cannot run here; the message says what is missing and how to provide it."""
+
+
+def _require_java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError(
+            f"Java (17+) is needed by the caption metrics (PTB tokenizer, METEOR). {JAVA_INSTALL_HINT}"
+        )
+    return java
+
+
+def _one_line(text: str) -> str:
+    """Collapse all whitespace, so each caption is exactly one line for the line-based Java tools."""
+    return " ".join(text.split())
+
+
+def describe_ids(ids: Sequence, limit: int = 5) -> str:
+    """'3 image(s): 1, 2, 3' or '40 image(s): 1, 2, 3, 4, 5, ...': error messages that name ids stay short."""
+    shown = ", ".join(repr(i) for i in ids[:limit])
+    return f"{len(ids)} image(s): {shown}{', ...' if len(ids) > limit else ''}"
+
+
+# --- tokenization ------------------------------------------------------------------------------------------
+
+
+def ptb_tokenize(captions: Mapping[ImageId, Sequence[str]]) -> dict[ImageId, list[str]]:
+    """pycocoevalcap's PTBTokenizer (same jar, flags and punctuation list), from a private temp dir.
+
+    Returns the same tokens as `PTBTokenizer().tokenize` for captions without line breaks, and keeps captions
+    with line breaks aligned with their image where the stock tokenizer shifts every later caption.
+    """
+    keys = [k for k, caps in captions.items() for _ in caps]
+    lines = [_one_line(c) for caps in captions.values() for c in caps]
+    tokenized: dict[ImageId, list[str]] = {k: [] for k in captions}
+    if not lines:
+        return tokenized
+    jar = Path(_ptb.__file__).resolve().parent / _ptb.STANFORD_CORENLP_3_4_1_JAR
+    with tempfile.TemporaryDirectory(prefix="fashioncap-ptb-") as tmp:
+        path = Path(tmp) / "captions.txt"
+        path.write_bytes("\n".join(lines).encode())
+        cmd = [_require_java(), "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer"]
+        proc = subprocess.run([*cmd, "-preserveLines", "-lowerCase", str(path)], capture_output=True)
+    if proc.returncode:
+        raise RuntimeError(
+            f"the PTB tokenizer failed (exit {proc.returncode}): {proc.stderr.decode()[-2000:]}"
+        )
+    out = proc.stdout.decode().split("\n")
+    if len(out) < len(lines) or any(out[len(lines) :]):
+        raise RuntimeError(f"the PTB tokenizer returned {len(out)} lines for {len(lines)} captions")
+    for key, line in zip(keys, out[: len(keys)], strict=True):
+        tokenized[key].append(" ".join(w for w in line.rstrip().split(" ") if w not in _ptb.PUNCTUATIONS))
+    return tokenized
+
+
+# --- METEOR: one JVM per process ---------------------------------------------------------------------------
+
+
+class _MeteorSession:
+    """One pycocoevalcap `Meteor` JVM per process: started on first use, reused by every call, closed at exit.
+
+    Starting it costs ~10 s (JVM + paraphrase table); scoring 1000 captions ~2 s. After a failed call the
+    JVM's pipe may be out of step, so it is discarded and the next call starts a fresh one.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._meteor: Meteor | None = None
+        self._pid: int | None = None
+
+    def compute_score(self, gts: dict, res: dict) -> float:
+        with self._lock:
+            if self._meteor is None or self._pid != os.getpid():  # a forked child must not share the pipe
+                _require_java()
+                self._meteor, self._pid = Meteor(), os.getpid()
+            try:
+                return float(self._meteor.compute_score(gts, res)[0])
+            except (OSError, ValueError) as err:
+                stderr = self._close()
+                raise MetricUnavailable(f"METEOR's JVM failed ({err!r}): {stderr[-2000:]}") from err
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> str:
+        meteor, self._meteor = self._meteor, None
+        if meteor is None or self._pid != os.getpid():
+            return ""
+        if meteor.lock.locked():  # the stock wrapper keeps its lock after an error; its __del__ would block
+            meteor.lock.release()
+        meteor.meteor_p.kill()
+        meteor.meteor_p.wait()
+        return meteor.meteor_p.stderr.read().decode(errors="replace")
+
+
+_METEOR = _MeteorSession()
+atexit.register(_METEOR.close)
+
+
+# --- SPICE -------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _java_major() -> int:
+    out = subprocess.run([_require_java(), "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if match is None:
+        raise RuntimeError(f"cannot read the Java version from: {out!r}")
+    major, minor = int(match.group(1)), int(match.group(2) or 0)
+    return minor if major == 1 else major  # "1.8.0" is Java 8
+
+
+def spice_lib_dir() -> Path:
+    """Where SPICE looks for the CoreNLP 3.6.0 jars: $FASHIONCAP_SPICE_LIB, else pycocoevalcap's spice/lib."""
+    return Path(os.environ.get(SPICE_LIB_ENV) or _SPICE_DIR / "lib")
+
+
+def spice_command() -> list[str]:
+    """The `java ... edu.anu.spice.SpiceScorer` command line for this machine.
+
+    Raises MetricUnavailable naming everything that is missing. Nothing is downloaded: pycocoevalcap's own
+    download (nlp.stanford.edu) is not reachable from many clusters and would stall every evaluation.
+    """
+    lib = spice_lib_dir()
+    problems = []
+    missing = [jar for jar in CORENLP_JARS if not (lib / jar).is_file()]
+    if missing:
+        problems.append(
+            f"Stanford CoreNLP 3.6.0 jar(s) {', '.join(missing)} not found in {lib}: take them from "
+            "stanford-corenlp-full-2015-12-09.zip (https://nlp.stanford.edu/software/) and put them there, "
+            f"or set {SPICE_LIB_ENV} to the folder that holds them"
+        )
+    classpath = [_SPICE_DIR / _spice.SPICE_JAR, _SPICE_DIR / "lib" / "*"]
+    if lib.resolve() != (_SPICE_DIR / "lib").resolve():
+        classpath.append(lib / "*")
+    flags = ["-Xmx8G"]
+    major = _java_major()
+    if major >= 9:
+        flags += [f"--add-opens=java.base/{package}=ALL-UNNAMED" for package in _JAVA_OPENS]
+    if major >= 15:  # Nashorn left the JDK in 15; CoreNLP 3.6.0 needs a JavaScript engine
+        system = (_SYSTEM_JAVA_DIR / name for name in ("rhino.jar", "js.jar"))  # Debian librhino-java
+        candidates = [*(lib / name for name in _JS_ENGINE_JARS), *system]
+        engine = next((path for path in candidates if path.is_file()), None)
+        if engine is None:
+            problems.append(
+                f"no JavaScript engine jar for Java {major} (looked for {', '.join(map(str, candidates))}): "
+                "install Debian's librhino-java (sudo apt-get install -y librhino-java) or put js.jar in "
+                f"{lib}"
+            )
+        else:
+            classpath.append(engine)
+    if problems:
+        raise MetricUnavailable("SPICE cannot run: " + "; ".join(problems))
+    return [_require_java(), *flags, "-cp", os.pathsep.join(map(str, classpath)), "edu.anu.spice.SpiceScorer"]
+
+
+def spice_cache_dir() -> Path:
+    """SPICE's parse cache, per user (the stock wrapper writes it into the package folder)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fashioncap" / "spice"
+
+
+def spice_score(gts: Mapping[ImageId, list[str]], res: Mapping[ImageId, list[str]]) -> float:
+    """Mean SPICE F-score over images, on PTB-tokenized captions (as COCOEvalCap passes them)."""
+    cmd = spice_command()
+    ids = list(gts)
+    records = [{"image_id": i, "test": res[k][0], "refs": gts[k]} for i, k in enumerate(ids)]
+    cache = spice_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fashioncap-spice-") as tmp:
+        in_file, out_file = Path(tmp) / "input.json", Path(tmp) / "output.json"
+        in_file.write_text(json.dumps(records), encoding="utf-8")
+        args = [str(in_file), "-cache", str(cache), "-out", str(out_file), "-subset", "-silent"]
+        proc = subprocess.run([*cmd, *args], cwd=_SPICE_DIR, capture_output=True)
+        if proc.returncode:
+            raise MetricUnavailable(f"SPICE failed (exit {proc.returncode}): {proc.stderr.decode()[-2000:]}")
+        results = json.loads(out_file.read_text(encoding="utf-8"))
+    scores = [float(item["scores"]["All"]["f"]) for item in results]
+    mean = sum(scores) / len(scores) if scores else math.nan
+    if len(scores) != len(ids) or not math.isfinite(mean):
+        raise MetricUnavailable(f"SPICE returned {len(scores)} scores for {len(ids)} images, mean {mean}")
+    return mean
+
+
+# --- ALS / SLS: the training rewards, averaged ------------------------------------------------------------
+
+
+def attribute_score(
+    predictions: Mapping[ImageId, str],
+    references: Mapping[ImageId, Sequence[str]],
+    attributes: Mapping[ImageId, Sequence[str] | None],
+) -> float:
+    """ALS: mean over images of `rewards.attribute_reward`, against the image's reference attributes.
+
+    Those are the annotation `attributes` where the image has any, else the NOUN/ADJ words of its reference
+    captions (`rewards.reference_attributes`, as the training reward does; with several references, their union).
+    """
+    pairs = [(k, ref) for k in predictions for ref in references[k]]
+    per_reference = rewards.reference_attributes(
+        [attributes.get(k) for k, _ in pairs], [ref for _, ref in pairs]
+    )
+    per_image: dict[ImageId, set[str]] = {k: set() for k in predictions}
+    for (k, _), attrs in zip(pairs, per_reference, strict=True):
+        per_image[k] |= attrs
+    scores = rewards.attribute_reward(list(predictions.values()), [per_image[k] for k in predictions])
+    return sum(scores) / len(scores)
+
+
+def category_score(
+    predictions: Mapping[ImageId, str],
+    categories: Mapping[ImageId, int | None],
+    category_wordmap: Mapping | rewards.CategoryMatcher | None,
+) -> float:
+    """SLS: mean of `rewards.category_reward` over the images whose references carry a category."""
+    if category_wordmap is None:
+        raise MetricUnavailable(
+            "the references carry categories but no category wordmap was given "
+            "(categories.json, id -> name: pass category_wordmap= or `fashioncap score --categories`)"
+        )
+    ids = [k for k in predictions if categories.get(k) is not None]
+    if not ids:
+        raise MetricUnavailable("no image has a reference category")
+    scores = rewards.category_reward(
+        [predictions[k] for k in ids], [categories[k] for k in ids], category_wordmap
+    )
+    return sum(scores) / len(scores)
+
+
+# --- everything together -----------------------------------------------------------------------------------
+
+
+def check_inputs(predictions: Mapping[ImageId, str], references: Mapping[ImageId, Sequence[str]]) -> None:
+    """Raise ValueError naming the images that break the one-prediction-per-referenced-image contract."""
+    problems = []
+    unknown = [k for k in predictions if k not in references]
+    missing = [k for k in references if k not in predictions]
+    not_text = [k for k, v in predictions.items() if not isinstance(v, str)]
+    no_refs = [
+        k
+        for k, refs in references.items()
+        if isinstance(refs, str) or not refs or not all(isinstance(r, str) for r in refs)
+    ]
+    if unknown:
+        problems.append(f"predictions for images without references: {describe_ids(unknown)}")
+    if missing:
+        problems.append(f"no prediction for {describe_ids(missing)}")
+    if not_text:
+        problems.append(f"predictions that are not strings: {describe_ids(not_text)}")
+    if no_refs:
+        problems.append(f"references that are not a non-empty list of strings: {describe_ids(no_refs)}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    if not references:
+        raise ValueError("nothing to score: no references")
+
+
+def compute_caption_metrics(
+    predictions: Mapping[ImageId, str],
+    references: Mapping[ImageId, Sequence[str]],
+    attributes: Mapping[ImageId, Sequence[str] | None] | None = None,
+    categories: Mapping[ImageId, int | None] | None = None,
+    category_wordmap: Mapping | rewards.CategoryMatcher | None = None,
+) -> dict:
+    """Score one caption per image against its reference captions.
+
+    Returns {"BLEU-1".."BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", ["ALS"], ["SLS"], "num_images",
+    "unavailable"}: ALS is present when `attributes` is given, SLS when `categories` is; a metric that cannot
+    run is None with its reason under "unavailable" (empty when everything ran).
+    """
+    check_inputs(predictions, references)
+    ids = list(references)
+    tokenized = ptb_tokenize(
+        {**{("ref", k): references[k] for k in ids}, **{("pred", k): [predictions[k]] for k in ids}}
+    )
+    gts = {k: tokenized["ref", k] for k in ids}
+    res = {k: tokenized["pred", k] for k in ids}
+
+    runners = {
+        "ROUGE-L": lambda: float(Rouge().compute_score(gts, res)[0]),
+        "CIDEr": lambda: float(Cider().compute_score(gts, res)[0]),
+        "SPICE": lambda: spice_score(gts, res),
+    }
+    if attributes is not None:
+        runners["ALS"] = lambda: attribute_score(predictions, references, attributes)
+    if categories is not None:
+        runners["SLS"] = lambda: category_score(predictions, categories, category_wordmap)
+    # METEOR works in its JVM (and starts it on the first call): run it beside the Python-side metrics
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fashioncap-meteor") as pool:
+        meteor = pool.submit(_METEOR.compute_score, gts, res)
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        results = {name: _attempt(runner) for name, runner in runners.items()}
+        results["METEOR"] = _attempt(meteor.result)
+    scores: dict = {f"BLEU-{n}": float(b) for n, b in enumerate(bleu, start=1)}
+    unavailable: dict[str, str] = {}
+    for name in ["METEOR", *runners]:
+        scores[name], reason = results[name]
+        if reason is not None:
+            unavailable[name] = reason
+    scores["num_images"] = len(ids)
+    scores["unavailable"] = unavailable
+    return scores
+
+
+def _attempt(runner: Callable[[], float]) -> tuple[float | None, str | None]:
+    """(score, None), or (None, reason) for a metric that cannot run here."""
+    try:
+        return runner(), None
+    except MetricUnavailable as err:
+        return None, str(err)
