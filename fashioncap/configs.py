@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
@@ -172,6 +174,10 @@ def load_config(config_path: str | Path | None, overrides: list[str] | None = No
     values.update(cli)
     values.setdefault("output_dir", "outputs/run")
     values["remove_unused_columns"] = False  # image/text columns are processed in the collator
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        # accelerate's multi-process launcher does not pass ACCELERATE_USE_CPU to the ranks: without use_cpu each
+        # CPU rank would silently train alone (world size 1, no gradient all-reduce)
+        values.setdefault("use_cpu", True)
     parser = HfArgumentParser(CONFIG_CLASSES)
     try:
         model, data, reward, generation, training = parser.parse_args_into_dataclasses(

@@ -69,7 +69,8 @@ def prepare_base_model(config: RecipeConfig) -> None:
     model = config.model
     if model.base_recipe and not Path(model.model_name_or_path).exists():
         logger.info("base model %s is missing: training it from %s", model.model_name_or_path, model.base_recipe)
-        train(load_config(model.base_recipe))
+        train(load_config(model.base_recipe, ["--output_dir", model.model_name_or_path,
+                                              "--data_dir", config.data.data_dir]))  # fmt: skip
 
 
 def build_model(config: RecipeConfig, datasets):

@@ -268,7 +268,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
             mle_term = mle_sum / num_items_in_batch * ranks
             rl_scale = 1.0 / self.current_gradient_accumulation_steps
         loss = self.reward_args.mle_weight * mle_term
-        self._log_metric("loss/mle", mle_mean)
+        self._log_metric("loss/mle", mle_mean, weight=n_local)
 
         if rl:
             logprobs = sequence_logprobs(logits[n_images:], input_ids[n_images:], attention_mask[n_images:])
@@ -283,17 +283,20 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     # --- logging ---
 
-    def _log_metric(self, name: str, value) -> None:
+    def _log_metric(self, name: str, value, weight=1) -> None:
+        """Accumulate a weighted value: `loss/mle` is weighted by its token count, so the logged mean is exact."""
         if self.model.training:
-            self._metrics[name].append(float(value.detach() if torch.is_tensor(value) else value))
+            value = value.detach() if torch.is_tensor(value) else value
+            weight = float(weight)
+            self._metrics[name].append((float(value) * weight, weight))
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
-        """Add the mean of each logged part (over steps since the last log, and over ranks) to training logs."""
+        """Add each logged part to training logs: its weighted mean over the steps since the last log and all ranks."""
         if "loss" in logs and self._metrics:
             names = sorted(self._metrics)
-            local = torch.tensor([sum(self._metrics[n]) / len(self._metrics[n]) for n in names], device=self.args.device)
-            means = self.accelerator.gather(local.unsqueeze(0)).mean(dim=0)
-            logs.update({n: round(m, 6) for n, m in zip(names, means.tolist())})
+            sums = [[sum(v for v, _ in self._metrics[n]), sum(w for _, w in self._metrics[n])] for n in names]
+            totals = self.accelerator.gather(torch.tensor([sums], device=self.args.device)).sum(dim=0)
+            logs.update({n: round((s / w).item(), 6) for n, (s, w) in zip(names, totals)})
             self._metrics.clear()
         super().log(logs, start_time)
 

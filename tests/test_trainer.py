@@ -173,9 +173,11 @@ def test_rl_term_logs_each_reward(tmp_path):
     args = RewardArguments(reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6)
     trainer = _trainer(tmp_path, "decoder", args)
     _grads_after_one_loss(trainer)
-    assert {"loss/mle", "loss/rl", "reward/als", "reward/sls", "reward/total"} <= set(trainer._metrics)
-    total = trainer._metrics["reward/total"][0]
-    assert total == pytest.approx(trainer._metrics["reward/als"][0] + trainer._metrics["reward/sls"][0], abs=1e-6)
+    trainer.log({"loss": 1.0})
+    logged = trainer.state.log_history[-1]
+    assert {"loss/mle", "loss/rl", "reward/als", "reward/sls", "reward/total"} <= set(logged)
+    assert logged["reward/total"] == pytest.approx(logged["reward/als"] + logged["reward/sls"], abs=1e-5)
+    assert not trainer._metrics  # reset after each log
 
 
 def test_collator_starts_with_dec_and_masks_padding():

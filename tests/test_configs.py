@@ -1,0 +1,86 @@
+"""Recipes parse into the dataclasses; unknown keys and bad values are errors that name them."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fashioncap.configs import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("trial*.yaml")) + sorted((ROOT / "recipes/demo").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_recipe_parses(recipe):
+    config = load_config(recipe, ["--bf16", "false"])  # the GPU recipes ask for bf16, which a CPU refuses
+    assert config.training.remove_unused_columns is False
+    assert config.model.lora_preset in ("decoder", "decoder+vision", "none")
+
+
+@pytest.mark.parametrize("trial", [1, 2, 3, 4])
+def test_seed_recipes_carry_the_seed_settings(trial):
+    c = load_config(ROOT / f"recipes/trial{trial}.yaml", ["--bf16", "false"])
+    assert c.model.model_name_or_path == "Salesforce/blip-image-captioning-large"
+    assert (c.model.lora_r, c.model.lora_alpha, c.model.lora_dropout, c.model.lora_bias) == (16, 32, 0.05, "none")
+    assert c.model.lora_preset == ("decoder" if trial in (1, 2) else "decoder+vision")
+    assert c.model.vision_lora_layers == 6
+    t = c.training
+    assert (t.per_device_train_batch_size, t.learning_rate, t.weight_decay, t.num_train_epochs) == (16, 2e-5, 0.05, 10)
+    assert t.lr_scheduler_type == "cosine" and t.warmup_steps == 0.1
+    assert c.data.max_length == 50
+    assert (c.generation.num_beams, c.generation.max_new_tokens, c.generation.min_new_tokens) == (3, 50, 5)
+    if trial in (2, 4):
+        assert c.reward.reward_funcs == ["als", "sls"] and c.reward.rl_weight > 0
+    else:
+        assert c.reward.rl_weight == 0
+
+
+def test_command_line_overrides_win_and_are_typed():
+    c = load_config(ROOT / "recipes/trial4.yaml", ["--lora_r", "8", "--reward_funcs", "sls", "--reward_weights", "2", "--bf16", "false",
+                                                   "--baseline=loo", "--learning_rate", "1e-4"])  # fmt: skip
+    assert c.model.lora_r == 8 and c.reward.reward_funcs == ["sls"] and c.reward.weights == [2.0]
+    assert c.training.bf16 is False
+    assert c.reward.baseline == "loo" and c.training.learning_rate == 1e-4
+
+
+def test_unknown_keys_are_errors_naming_the_key(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lora_r: 8\nlora_rank: 16\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['lora_rank'\] in .*r\.yaml"):
+        load_config(recipe)
+    with pytest.raises(ValueError, match=r"\['not_a_key'\] in the command line"):
+        load_config(None, ["--not_a_key", "1"])
+
+
+def test_wrong_types_are_errors_naming_the_key(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lora_r: sixteen\n")
+    with pytest.raises(ValueError, match="invalid value"):
+        load_config(recipe)
+    assert "--lora_r" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--baseline", "median"], "baseline must be"),
+        (["--rl_weight", "1"], "reward_funcs is empty"),
+        (["--reward_funcs", "als", "sls", "--reward_weights", "1"], "reward_weights"),
+        (["--reward_funcs", "als", "--rl_weight", "1", "--baseline", "loo", "--num_samples", "1"], "too few"),
+    ],
+)
+def test_inconsistent_reward_settings_are_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, overrides)
+
+
+def test_launcher_without_data_says_how_to_build_it(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes/trial4.py"), "--data_dir", str(tmp_path / "facad"),
+         "--output_dir", str(tmp_path / "out"), "--bf16", "false"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "fashioncap data facad" in result.stderr and str(tmp_path / "facad") in result.stderr
