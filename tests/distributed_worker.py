@@ -1,0 +1,253 @@
+"""One FashionCapTrainer run on a tiny deterministic BLIP, for the loss-scaling tests in test_distributed.py.
+
+Launched as a script (plain `python`, or `accelerate launch` for DDP / DeepSpeed). Every configuration sees the
+same model, the same 4 rows and, per row, the same sampled captions and rewards (`FixedRolloutTrainer`), so the
+logged loss and gradient of one optimizer step must agree whatever the per-device batch, GA steps or rank count.
+`--reference` computes the objective by hand on the whole batch instead, without the Trainer: the value that
+every Trainer configuration has to log.
+
+Writes (rank 0) OUT/result.json: {"world_size", "backend", "distributed_type", "runs": {mode: {"losses",
+"grad_norms", ...}}} and OUT/grads_<mode>.pt (the flattened gradient of the first step, when it lives in p.grad).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from datasets import Dataset, Features, Image, Sequence, Value
+from PIL import Image as PILImage
+from transformers import Seq2SeqTrainingArguments, TrainerCallback
+
+from fashioncap.configs import RewardArguments
+from fashioncap.data.collator import IGNORE_INDEX, CaptionCollator
+from fashioncap.modeling import (
+    SPECIAL_TOKENS,
+    apply_lora,
+    build_tiny_blip,
+    caption_vocabulary,
+    lora_target_regex,
+)
+from fashioncap.trainer import FashionCapTrainer, compute_baseline, reinforce_loss
+
+SEED = 0
+NUM_SAMPLES = 2
+# Different lengths, and every 2+2 split has unequal token counts: per-micro-batch means would not match.
+CAPTIONS = [
+    "a red dress",
+    "black leather ankle boots",
+    "a white knit sweater with a round neck",
+    "a long sleeve blue cotton shirt with buttons a pointed collar and one chest pocket",
+]
+CATEGORIES = [1, 2, 3, 4]
+
+
+def build_dataset() -> Dataset:
+    rng = np.random.default_rng(SEED)
+    images = [PILImage.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in CAPTIONS]
+    features = Features(
+        image_id=Value("int64"),
+        image=Image(),
+        caption=Value("string"),
+        attributes=Sequence(Value("string")),
+        category=Value("int64"),
+    )
+    return Dataset.from_dict(
+        {
+            "image_id": list(range(len(CAPTIONS))),
+            "image": images,
+            "caption": CAPTIONS,
+            "attributes": [c.split()[1:3] for c in CAPTIONS],
+            "category": CATEGORIES,
+        },
+        features=features,
+    )
+
+
+def build_model():
+    """Tiny BLIP + LoRA on decoder and vision, with lora_B made non-zero so the gradient reaches lora_A too."""
+    model, processor = build_tiny_blip(caption_vocabulary(CAPTIONS), seed=SEED)
+    target = lora_target_regex("decoder+vision", model.config.vision_config.num_hidden_layers, 2)
+    model = apply_lora(model, target, r=4, alpha=8, dropout=0.0)
+    generator = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return model, processor
+
+
+def fixed_rollout(captions: list[str], text_config, reward_args: RewardArguments):
+    """Per row (keyed by its caption) H fixed token sequences of different lengths and fixed rewards."""
+    first_word = len(SPECIAL_TOKENS)
+    sequences, rewards = [], {name: [] for name in reward_args.reward_funcs}
+    for caption in captions:
+        row = CAPTIONS.index(caption)
+        for j in range(reward_args.num_samples):
+            rng = random.Random(1000 * row + j)
+            tokens = [rng.randrange(first_word, text_config.vocab_size) for _ in range(1 + (row + 3 * j) % 6)]
+            sequences.append([text_config.bos_token_id, *tokens, text_config.sep_token_id])
+            for k, name in enumerate(reward_args.reward_funcs):
+                rewards[name].append(((row * 3 + j * 5 + k) % 7) / 6)
+    length = max(len(s) for s in sequences)
+    samples = torch.tensor([s + [text_config.pad_token_id] * (length - len(s)) for s in sequences])
+    rewards = {name: torch.tensor(values) for name, values in rewards.items()}
+    total = sum(
+        w * rewards[name] for name, w in zip(reward_args.reward_funcs, reward_args.weights, strict=True)
+    )
+    baseline = compute_baseline(total.view(-1, reward_args.num_samples), reward_args.baseline).reshape(-1)
+    return samples, rewards, total, baseline
+
+
+class FixedRolloutTrainer(FashionCapTrainer):
+    """The real trainer, with sampling replaced by `fixed_rollout` so runs differ only in how work is split."""
+
+    @torch.no_grad()
+    def rollout(self, blip, image_embeds, columns):
+        text = blip.config.text_config
+        samples, rewards, total, baseline = fixed_rollout(columns["captions"], text, self.reward_args)
+        return samples.to(image_embeds.device), rewards, total.to(image_embeds.device), baseline
+
+
+class GradCapture(TrainerCallback):
+    """The flattened gradient of the first optimizer step (after the DDP all-reduce; ZeRO-2 keeps none in p.grad)."""
+
+    def __init__(self):
+        self.grads: torch.Tensor | None = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        params = [p for p in model.parameters() if p.requires_grad]
+        if state.global_step == 0 and all(p.grad is not None for p in params):
+            self.grads = torch.cat([p.grad.detach().reshape(-1).float().cpu() for p in params])
+
+
+def reward_args_for(mode: str) -> RewardArguments:
+    if mode == "rl":
+        return RewardArguments(
+            reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=NUM_SAMPLES, max_sample_tokens=8
+        )
+    return RewardArguments()
+
+
+def train_one(
+    mode: str, batch: int, ga: int, steps: int, out: Path
+) -> tuple[dict, torch.Tensor | None, dict]:
+    model, processor = build_model()
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(out / f"trainer_{mode}"),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=ga,
+        max_steps=steps,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        max_grad_norm=1e9,  # report the norm, never clip
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=SEED,
+        # Without it, ranks started by accelerate's multi-GPU launcher on a CPU machine each train alone
+        # (PartialState(cpu=False) finds no GPU: DistributedType.NO, world_size 1, half the data each).
+        use_cpu=not torch.cuda.is_available(),
+    )
+    capture = GradCapture()
+    trainer = FixedRolloutTrainer(
+        model=model,
+        args=args,
+        train_dataset=build_dataset(),
+        data_collator=CaptionCollator(processor, max_length=32),
+        processing_class=processor,
+        reward_args=reward_args_for(mode),
+        callbacks=[capture],
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if trainer.args.world_size != launched:  # the silent failure: every rank trains alone on part of the data
+        raise RuntimeError(
+            f"{launched} ranks launched but the Trainer sees world_size {trainer.args.world_size}"
+        )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    run = {
+        "losses": [entry["loss"] for entry in logs],
+        "grad_norms": [entry["grad_norm"] for entry in logs],
+        "logged": logs[0],
+    }
+    env = {
+        "world_size": trainer.args.world_size,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "backend": dist.get_backend() if dist.is_initialized() else None,
+    }
+    return run, capture.grads, env
+
+
+def reference_one(mode: str) -> tuple[dict, torch.Tensor]:
+    """The objective by hand on all rows at once: token-mean MLE plus -mean_ij (r_ij - b_ij) log p(Y'_ij)."""
+    model, processor = build_model()
+    rows = list(build_dataset())
+    batch = CaptionCollator(processor, max_length=32)(rows)
+    blip = model.get_base_model()
+    image_embeds = blip.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
+    loss = blip.text_decoder(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        encoder_hidden_states=image_embeds,
+        labels=batch["labels"],
+    ).loss
+    reward_args = reward_args_for(mode)
+    if mode == "rl":
+        text = blip.config.text_config
+        samples, _, total, baseline = fixed_rollout(batch["captions"], text, reward_args)
+        mask = (samples != text.pad_token_id).long()
+        neg_logp = blip.text_decoder(
+            input_ids=samples,
+            attention_mask=mask,
+            encoder_hidden_states=image_embeds.repeat_interleave(reward_args.num_samples, 0),
+            labels=samples.masked_fill(mask == 0, IGNORE_INDEX),
+            reduction="none",
+        ).loss
+        loss = loss + reward_args.rl_weight * reinforce_loss(-neg_logp, total, baseline)
+    loss.backward()
+    grads = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad])
+    return {"losses": [loss.item()], "grad_norms": [grads.norm().item()]}, grads
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batch", type=int, default=4, help="per-device train batch size")
+    parser.add_argument("--ga", type=int, default=1, help="gradient accumulation steps")
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--modes", nargs="+", default=["rl", "mle"], choices=["rl", "mle"])
+    parser.add_argument("--reference", action="store_true", help="the objective by hand, no Trainer")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # CPU ranks share 2 cores: more threads per rank is much slower (stack-notes)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"runs": {}}
+    grads: dict[str, torch.Tensor] = {}
+    for mode in args.modes:
+        if args.reference:
+            run, grads[mode] = reference_one(mode)
+            env = {"world_size": 1, "distributed_type": "reference", "backend": None}
+        else:
+            run, grads[mode], env = train_one(mode, args.batch, args.ga, args.steps, args.out)
+        result.update(env)
+        result["runs"][mode] = run
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    for mode, vector in grads.items():
+        if vector is not None:
+            torch.save(vector, args.out / f"grads_{mode}.pt")
+    (args.out / "result.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
