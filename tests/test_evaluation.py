@@ -1,0 +1,144 @@
+"""`fashioncap eval`: the three files, the score object of `fashioncap score`, pixels-only generation, atomicity."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fashioncap import evaluation
+from fashioncap.cli import main
+from fashioncap.evaluation import EVAL_FILES, default_out_dir, predict_split
+from fashioncap.inference import load_captioner
+from fashioncap.metrics.cli import score_files
+
+FAST = {"num_beams": 1, "max_new_tokens": 4, "min_new_tokens": 1}
+FAST_FLAGS = ["--num-beams", "1", "--max-new-tokens", "4", "--min-new-tokens", "1", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, synthetic_dir) -> Path:
+    """A tiny BLIP saved as a merged model dir (model + processor), with the synthetic set's vocabulary."""
+    from fashioncap.data import load_captions
+    from fashioncap.modeling import build_tiny_blip, caption_vocabulary
+
+    model, processor = build_tiny_blip(
+        caption_vocabulary(load_captions(synthetic_dir, ["test"])["test"]["caption"])
+    )
+    out = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_model_dir, synthetic_dir, tmp_path_factory):
+    """One `fashioncap eval` run: (out dir, exit code, stdout)."""
+    out_dir = tmp_path_factory.mktemp("run") / "eval"
+    args = ["--model-dir", str(tiny_model_dir), "--data", str(synthetic_dir), "--out-dir", str(out_dir)]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["eval", *args, *FAST_FLAGS])
+    return out_dir, code, stdout.getvalue()
+
+
+def test_eval_writes_predictions_metrics_and_table(evaluated, synthetic_dir):
+    out_dir, code, stdout = evaluated
+    assert code == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(EVAL_FILES)
+    assert not list(out_dir.parent.glob(".*")), "no temporary directory left beside the eval dir"
+
+    predictions = json.loads((out_dir / "predictions.json").read_text())
+    test = json.loads((synthetic_dir / "annotations" / "test.json").read_text())
+    assert [p["image_id"] for p in predictions] == [im["id"] for im in test["images"]]
+    assert all(set(p) == {"image_id", "caption"} and isinstance(p["caption"], str) for p in predictions)
+
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics == score_files(synthetic_dir / "annotations" / "test.json", out_dir / "predictions.json")
+    assert metrics["SPICE"] is None and "SPICE" in metrics["unavailable"]
+    assert {"ALS", "SLS"} <= set(metrics) and metrics["num_images"] == len(predictions)
+
+    table = (out_dir / "metrics.md").read_text()
+    assert "| metric | score |" in table and "| SPICE | n/a |" in table
+    assert f"| CIDEr | {metrics['CIDEr']:.4f} |" in table
+    assert "| BLEU-4 |" in stdout, "the table is printed too"
+
+
+def test_generation_never_sees_the_references(tiny_model_dir, synthetic_dir, tmp_path):
+    """Same captions when every reference is replaced, and `generate` receives pixels and settings only."""
+    altered = shutil.copytree(synthetic_dir, tmp_path / "altered")
+    coco = json.loads((altered / "annotations" / "test.json").read_text())
+    for i, ann in enumerate(coco["annotations"]):
+        ann.update(caption=f"zebra {i} " * 3, attributes=["zebra"], category=1)
+    (altered / "annotations" / "test.json").write_text(json.dumps(coco))
+
+    model, processor = load_captioner(str(tiny_model_dir))
+    seen = []
+    original = model.generate
+
+    def recording_generate(**kwargs):
+        seen.append(set(kwargs))
+        return original(**kwargs)
+
+    model.generate = recording_generate
+    before = predict_split(model, processor, synthetic_dir, "test", 4, **FAST)
+    after = predict_split(model, processor, altered, "test", 4, **FAST)
+    assert before == after
+    assert seen and all(keys == {"pixel_values", *FAST} for keys in seen)
+
+
+def test_interrupted_eval_keeps_the_previous_results(evaluated, tiny_model_dir, synthetic_dir, monkeypatch):
+    out_dir, _, _ = evaluated
+    before = {name: (out_dir / name).read_bytes() for name in EVAL_FILES}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fashioncap.metrics.cli.score_files", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate_run(str(tiny_model_dir), synthetic_dir, out_dir=out_dir, batch_size=8, **FAST)
+    assert {name: (out_dir / name).read_bytes() for name in EVAL_FILES} == before
+    assert not list(out_dir.parent.glob(".*")), "the partial eval dir is removed"
+
+
+def test_eval_refuses_an_out_dir_holding_other_files(tiny_model_dir, synthetic_dir, tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep me")
+    args = [
+        "eval",
+        "--model-dir",
+        str(tiny_model_dir),
+        "--data",
+        str(synthetic_dir),
+        "--out-dir",
+        str(tmp_path),
+    ]
+    assert main(args) == 2
+    assert "mine.txt" in capsys.readouterr().err
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_eval_of_an_unavailable_hub_model_is_a_clear_error(synthetic_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = [
+        "eval",
+        "--model-dir",
+        "nobody/no-such-model",
+        "--data",
+        str(synthetic_dir),
+        "--out-dir",
+        str(tmp_path / "e"),
+    ]
+    assert main(args) == 2
+    assert "nobody/no-such-model" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
+def test_default_out_dir():
+    assert default_out_dir("Salesforce/blip-image-captioning-large") == Path(
+        "outputs/eval/Salesforce--blip-image-captioning-large"
+    )
+    assert default_out_dir(str(Path(__file__).parent)) == Path(__file__).parent / "eval"
