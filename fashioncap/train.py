@@ -1,13 +1,12 @@
 """Train one trial from a recipe: data, model + LoRA, FashionCapTrainer, test-set metrics, model card, push.
 
-    fashioncap train --config recipes/trial4.yaml [--key value ...]
-    accelerate launch recipes/trial4.py [--key value ...]          (the same thing)
+fashioncap train --config recipes/trial4.yaml [--key value ...]
+accelerate launch recipes/trial4.py [--key value ...]          (the same thing)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -68,7 +67,9 @@ def prepare_base_model(config: RecipeConfig) -> None:
     """Train the recipe's base model first when it is a local dir that does not exist yet (the demo's tiny base)."""
     model = config.model
     if model.base_recipe and not Path(model.model_name_or_path).exists():
-        logger.info("base model %s is missing: training it from %s", model.model_name_or_path, model.base_recipe)
+        logger.info(
+            "base model %s is missing: training it from %s", model.model_name_or_path, model.base_recipe
+        )
         train(load_config(model.base_recipe, ["--output_dir", model.model_name_or_path,
                                               "--data_dir", config.data.data_dir]))  # fmt: skip
 
@@ -89,7 +90,9 @@ def build_model(config: RecipeConfig, datasets):
         if args.label_smoothing is not None:
             model.config.text_config.label_smoothing = args.label_smoothing
     else:
-        model, processor = load_model_and_processor(args.model_name_or_path, label_smoothing=args.label_smoothing)
+        model, processor = load_model_and_processor(
+            args.model_name_or_path, label_smoothing=args.label_smoothing
+        )
     if args.lora_preset != "none":
         target = lora_target_regex(
             args.lora_preset, model.config.vision_config.num_hidden_layers, args.vision_lora_layers
@@ -114,7 +117,7 @@ def make_compute_metrics(processor, references, category_wordmap):
         ids[ids < 0] = processor.tokenizer.pad_token_id
         captions = processor.batch_decode(ids, skip_special_tokens=True)
         predictions = {}
-        for image_id, caption in zip(eval_pred.label_ids.reshape(-1).tolist(), captions):
+        for image_id, caption in zip(eval_pred.label_ids.reshape(-1).tolist(), captions, strict=True):
             predictions.setdefault(int(image_id), caption)
         scores = compute_caption_metrics(
             predictions,
@@ -162,7 +165,9 @@ def train(config: RecipeConfig) -> dict:
         args=training,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=CaptionCollator(processor, max_length=data.max_length, augment=data.augment, seed=training.seed),
+        data_collator=CaptionCollator(
+            processor, max_length=data.max_length, augment=data.augment, seed=training.seed
+        ),
         processing_class=processor,
         compute_metrics=make_compute_metrics(processor, eval_set, wordmap),
         reward_args=config.reward,
@@ -172,7 +177,9 @@ def train(config: RecipeConfig) -> dict:
     )
     result = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
     if preemption.preempted:
-        logger.warning("stopped by SIGTERM at step %d; resume with --resume_from_checkpoint", trainer.state.global_step)
+        logger.warning(
+            "stopped by SIGTERM at step %d; resume with --resume_from_checkpoint", trainer.state.global_step
+        )
         sys.exit(143)
 
     output_dir = Path(training.output_dir)
@@ -193,13 +200,17 @@ def train(config: RecipeConfig) -> dict:
         if training.push_to_hub:
             from fashioncap.hub import push
 
-            push(output_dir, training.hub_model_id or output_dir.name, private=bool(training.hub_private_repo))
+            push(
+                output_dir, training.hub_model_id or output_dir.name, private=bool(training.hub_private_repo)
+            )
     return metrics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="recipe YAML (recipes/trial4.yaml, recipes/demo/...)")
-    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs that override the recipe")
+    parser.add_argument(
+        "overrides", nargs=argparse.REMAINDER, help="--key value pairs that override the recipe"
+    )
 
 
 def main(argv: list[str] | None = None, default_config: str | Path | None = None) -> dict:

@@ -35,7 +35,9 @@ REWARD_COLUMNS = ("captions", "attributes", "category")
 # --- the learning signal, as pure functions ---------------------------------------------------------------------
 
 
-def compute_baseline(rewards: torch.Tensor, kind: str, greedy_rewards: torch.Tensor | None = None) -> torch.Tensor:
+def compute_baseline(
+    rewards: torch.Tensor, kind: str, greedy_rewards: torch.Tensor | None = None
+) -> torch.Tensor:
     """Baselines for rewards of shape (images, H): the group mean (the seed's), leave-one-out, or greedy (SCST)."""
     if kind == "mean":
         return rewards.mean(dim=1, keepdim=True).expand_as(rewards)
@@ -66,7 +68,9 @@ def completion_mask(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
 def sequence_logprobs(logits: torch.Tensor, sequences: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum of the log-probabilities of tokens 1..T given their prefixes (logits of shape (N, T, V))."""
     targets = sequences[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    nll = F.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )
     return -nll.sum(dim=1)
 
 
@@ -146,7 +150,9 @@ class FashionCapTrainer(Seq2SeqTrainer):
             input_ids=start,
             attention_mask=torch.ones_like(start),
             encoder_hidden_states=image_embeds,
-            encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device),
+            encoder_attention_mask=torch.ones(
+                image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device
+            ),
             eos_token_id=text.sep_token_id,
             pad_token_id=text.pad_token_id,
             synced_gpus=self._is_zero3(),
@@ -166,11 +172,14 @@ class FashionCapTrainer(Seq2SeqTrainer):
         }
         return {
             name: torch.tensor(func(completions, **kwargs), dtype=torch.float32)
-            for name, func in zip(self.reward_args.reward_funcs, self.reward_funcs)
+            for name, func in zip(self.reward_args.reward_funcs, self.reward_funcs, strict=True)
         }
 
     def _total_reward(self, rewards: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(w * rewards[name] for name, w in zip(self.reward_args.reward_funcs, self.reward_args.weights))
+        return sum(
+            w * rewards[name]
+            for name, w in zip(self.reward_args.reward_funcs, self.reward_args.weights, strict=True)
+        )
 
     @torch.no_grad()
     def rollout(self, blip, image_embeds: torch.Tensor, columns: dict):
@@ -190,7 +199,9 @@ class FashionCapTrainer(Seq2SeqTrainer):
                 max_new_tokens=args.max_sample_tokens,
             )
             greedy = (
-                self._generate(blip, image_embeds, do_sample=False, num_beams=1, max_new_tokens=args.max_sample_tokens)
+                self._generate(
+                    blip, image_embeds, do_sample=False, num_beams=1, max_new_tokens=args.max_sample_tokens
+                )
                 if args.baseline == "greedy"
                 else None
             )
@@ -231,7 +242,9 @@ class FashionCapTrainer(Seq2SeqTrainer):
             )
         return sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
 
-    def _policy_step(self, blip, columns, num_items_in_batch, pixel_values, input_ids, attention_mask, labels, **_):
+    def _policy_step(
+        self, blip, columns, num_items_in_batch, pixel_values, input_ids, attention_mask, labels, **_
+    ):
         image_embeds = blip.vision_model(pixel_values=pixel_values).last_hidden_state
         n_images = image_embeds.size(0)
         rl = self._uses_rl and blip.training
@@ -243,7 +256,9 @@ class FashionCapTrainer(Seq2SeqTrainer):
             input_ids = torch.cat([pad_to(input_ids, length, pad_id), pad_to(samples, length, pad_id)])
             attention_mask = torch.cat([pad_to(attention_mask, length, 0), pad_to(sample_mask, length, 0)])
             labels = pad_to(labels, length, IGNORE_INDEX)
-            encoder_states = torch.cat([image_embeds, image_embeds.repeat_interleave(self.reward_args.num_samples, 0)])
+            encoder_states = torch.cat(
+                [image_embeds, image_embeds.repeat_interleave(self.reward_args.num_samples, 0)]
+            )
         else:
             encoder_states = image_embeds
         logits = blip.text_decoder(
@@ -296,7 +311,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
             names = sorted(self._metrics)
             sums = [[sum(v for v, _ in self._metrics[n]), sum(w for _, w in self._metrics[n])] for n in names]
             totals = self.accelerator.gather(torch.tensor([sums], device=self.args.device)).sum(dim=0)
-            logs.update({n: round((s / w).item(), 6) for n, (s, w) in zip(names, totals)})
+            logs.update({n: round((s / w).item(), 6) for n, (s, w) in zip(names, totals, strict=True)})
             self._metrics.clear()
         super().log(logs, start_time)
 

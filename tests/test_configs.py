@@ -23,11 +23,21 @@ def test_every_recipe_parses(recipe):
 def test_seed_recipes_carry_the_seed_settings(trial):
     c = load_config(ROOT / f"recipes/trial{trial}.yaml", ["--bf16", "false"])
     assert c.model.model_name_or_path == "Salesforce/blip-image-captioning-large"
-    assert (c.model.lora_r, c.model.lora_alpha, c.model.lora_dropout, c.model.lora_bias) == (16, 32, 0.05, "none")
+    assert (c.model.lora_r, c.model.lora_alpha, c.model.lora_dropout, c.model.lora_bias) == (
+        16,
+        32,
+        0.05,
+        "none",
+    )
     assert c.model.lora_preset == ("decoder" if trial in (1, 2) else "decoder+vision")
     assert c.model.vision_lora_layers == 6
     t = c.training
-    assert (t.per_device_train_batch_size, t.learning_rate, t.weight_decay, t.num_train_epochs) == (16, 2e-5, 0.05, 10)
+    assert (t.per_device_train_batch_size, t.learning_rate, t.weight_decay, t.num_train_epochs) == (
+        16,
+        2e-5,
+        0.05,
+        10,
+    )
     assert t.lr_scheduler_type == "cosine" and t.warmup_steps == 0.1
     assert c.data.max_length == 50
     assert (c.generation.num_beams, c.generation.max_new_tokens, c.generation.min_new_tokens) == (3, 50, 5)

@@ -27,7 +27,15 @@ def facad_records():
         return [json.loads(line) for line in f][:300]
 
 
-WORDMAP = {1: "boot", 2: "bag", 3: "belt", 4: ["t shirt", "tee"], 5: "dress", 6: "sweater dress", 7: "sweater"}
+WORDMAP = {
+    1: "boot",
+    2: "bag",
+    3: "belt",
+    4: ["t shirt", "tee"],
+    5: "dress",
+    6: "sweater dress",
+    7: "sweater",
+}
 
 
 def test_extract_attributes_nouns_and_adjectives_lowercased():
@@ -79,7 +87,7 @@ def test_als_on_facad_captions_is_one_for_the_reference_itself(facad_records):
     captions = [r["description"] for r in facad_records[:50]]
     attrs = extract_attributes(captions)
     scores = attribute_reward(captions, attrs)
-    assert all(s == 1.0 for s, a in zip(scores, attrs) if a)
+    assert all(s == 1.0 for s, a in zip(scores, attrs, strict=True) if a)
     shuffled = attribute_reward(captions[1:] + captions[:1], attrs)
     assert sum(shuffled) / len(shuffled) < 0.5
 
@@ -106,7 +114,9 @@ def test_sls_plural_and_multiword_forms(caption, category):
 
 
 def test_sls_needs_whole_words_and_a_known_category():
-    assert CategoryMatcher(WORDMAP)("a belted dressing gown") is None  # 'belted', 'dressing' are not categories
+    assert (
+        CategoryMatcher(WORDMAP)("a belted dressing gown") is None
+    )  # 'belted', 'dressing' are not categories
     assert category_reward(["a red dress"], [-1], WORDMAP) == [0.0]
     assert category_reward(["a red dress"], [None], WORDMAP) == [0.0]
 

@@ -45,7 +45,7 @@ def test_reinforce_loss_value_and_gradient_by_hand():
     adv = np.array([0.5, -0.5, 0.125, -0.125])
     logp_np = np.log(p)[[0, 2, 1, 1]]
     expected_loss = -(adv * logp_np).mean()
-    expected_grad = -sum(a * (np.eye(3)[k] - p) for a, k in zip(adv, [0, 2, 1, 1])) / 4
+    expected_grad = -sum(a * (np.eye(3)[k] - p) for a, k in zip(adv, [0, 2, 1, 1], strict=True)) / 4
     assert loss.item() == pytest.approx(expected_loss, rel=1e-6)
     np.testing.assert_allclose(theta.grad.numpy(), expected_grad, rtol=1e-5, atol=1e-7)
 
@@ -108,7 +108,9 @@ def _dataset(n=8, seed=0):
 def _trainer(tmp_path, preset, reward_args, model=None, processor=None):
     if model is None:
         model, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
-        model = apply_lora(model, lora_target_regex(preset, model.config.vision_config.num_hidden_layers, 2), r=4)
+        model = apply_lora(
+            model, lora_target_regex(preset, model.config.vision_config.num_hidden_layers, 2), r=4
+        )
     args = Seq2SeqTrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[], remove_unused_columns=False,
         use_cpu=True, save_strategy="no", max_steps=1,
@@ -142,9 +144,13 @@ def test_trials_train_exactly_their_lora_targets(preset):
         assert layers == {2, 3}  # the last 2 of 4 layers, counted from the model's own depth
         kinds = {re.search(r"(qkv|projection|fc1|fc2)", n).group(1) for n in vision}
         assert kinds == {"qkv", "projection", "fc1", "fc2"}
-    decoder_modules = {n.split(".lora_")[0].removeprefix("base_model.model.") for n in trainable if "text_decoder" in n}
+    decoder_modules = {
+        n.split(".lora_")[0].removeprefix("base_model.model.") for n in trainable if "text_decoder" in n
+    }
     assert decoder_modules and all(re.fullmatch(DECODER_TARGETS, m) for m in decoder_modules)
-    assert len(decoder_modules) == 2 * 10  # 2 layers x (self q/k/v/out + cross q/k/v/out + intermediate + output)
+    assert (
+        len(decoder_modules) == 2 * 10
+    )  # 2 layers x (self q/k/v/out + cross q/k/v/out + intermediate + output)
 
 
 def test_lora_target_matching_nothing_is_an_error():
