@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     command_parser = argparse.ArgumentParser(prog=f"fashioncap {name}", description=COMMANDS[name][1])
     module.add_arguments(command_parser)
-    args = command_parser.parse_args(argv[1:])
+    if getattr(module, "ACCEPTS_OVERRIDES", False):  # `train`: any other --key value overrides the recipe
+        args, args.overrides = command_parser.parse_known_args(argv[1:])
+    else:
+        args = command_parser.parse_args(argv[1:])
     return int(module.run(args) or 0)
 
 

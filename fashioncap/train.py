@@ -206,11 +206,12 @@ def train(config: RecipeConfig) -> dict:
     return metrics
 
 
+ACCEPTS_OVERRIDES = True
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="recipe YAML (recipes/trial4.yaml, recipes/demo/...)")
-    parser.add_argument(
-        "overrides", nargs=argparse.REMAINDER, help="--key value pairs that override the recipe"
-    )
+    parser.epilog = "Any other --key value pair overrides that key of the recipe."
 
 
 def main(argv: list[str] | None = None, default_config: str | Path | None = None) -> dict:

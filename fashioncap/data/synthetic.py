@@ -86,7 +86,8 @@ SHAPE_WORDS = frozenset(w for c in CATEGORIES for s in c.shapes for w in s.split
 # ---------------------------------------------------------------------------------------------- drawing
 # A silhouette is a list of primitives in a unit box (x right, y down), drawn in order onto a mask:
 # ("poly", points) and ("ellipse", box) fill; ("erase_ellipse", box) cuts a hole; ("stroke", points, width)
-# is a filled thick line; ("line", points) is a detail line drawn in the outline colour after filling.
+# is a filled thick line; ("line", points) is a detail line and ("band", points) a filled detail polygon, both
+# drawn in the outline colour after filling.
 
 
 def _mirror(points):
@@ -106,11 +107,15 @@ def _top(kind: int, body_bottom: float, sleeves: str, width: float = 0.2, neck: 
     if neck == "turtle":
         prims.append(("poly", [(0.42, 0.07), (0.58, 0.07), (0.58, 0.2), (0.42, 0.2)]))
         prims.append(("line", [(0.42, 0.12), (0.58, 0.12)]))
-    if kind == 2:  # sweater: ribbed hem and cuffs
-        prims.append(("line", [(left, body_bottom - 0.05), (right, body_bottom - 0.05)]))
-    if kind == 3:  # jacket: open front and lapels
-        prims.append(("line", [(0.5, 0.3), (0.5, body_bottom)]))
-        prims.append(("line", [(0.42, 0.16), (0.5, 0.32), (0.58, 0.16)]))
+    if kind == 2:  # sweater: a thick ribbed hem band and cuffs
+        prims.append(("band", [(left, body_bottom - 0.08), (right, body_bottom - 0.08), (right, body_bottom),
+                               (left, body_bottom)]))  # fmt: skip
+        for side in (lambda pts: pts, _mirror):
+            prims.append(("band", side([(left - 0.15, 0.7), (left - 0.06, 0.72), (left - 0.06, 0.78),
+                                        (left - 0.15, 0.76)])))  # fmt: skip
+    if kind == 3:  # jacket: an open front and lapels, drawn thick enough to read at 64 px
+        prims.append(("band", [(0.48, 0.3), (0.52, 0.3), (0.52, body_bottom), (0.48, body_bottom)]))
+        prims.append(("band", [(0.42, 0.16), (0.5, 0.34), (0.58, 0.16), (0.5, 0.26)]))
     return prims
 
 
@@ -289,8 +294,8 @@ def _texture(size: int, rgb, pattern: str, rng: np.random.Generator) -> Image.Im
 
 
 def draw_item(size: int, category: Category, colour: str, pattern: str, shape: str, rng) -> Image.Image:
-    """Render one product photo: scaled 70-100% and shifted a few pixels, with a darker outline."""
-    scale = rng.uniform(0.7, 1.0)
+    """Render one product photo: scaled 85-100% and shifted a few pixels, with a darker outline."""
+    scale = rng.uniform(0.85, 1.0)
     shift = rng.uniform(-1.0, 1.0, size=2) * size * 0.05
     extent = size * scale
     ox = (size - extent) / 2 + shift[0]
@@ -312,7 +317,7 @@ def draw_item(size: int, category: Category, colour: str, pattern: str, shape: s
         elif kind == "stroke":
             draw.line(px(prim[1]), fill=255, width=max(1, round(prim[2] * extent)))
         else:
-            details.append(px(prim[1]))
+            details.append((kind, px(prim[1])))
     rgb = COLOURS[colour]
     picture = Image.new("RGB", (size, size), BACKGROUND)
     picture.paste(_texture(size, rgb, pattern, rng), (0, 0), mask)
@@ -323,8 +328,12 @@ def draw_item(size: int, category: Category, colour: str, pattern: str, shape: s
     outline = tuple(int(c * 0.55) for c in rgb) if colour != "white" else (150, 150, 150)
     picture.paste(outline, (0, 0), edge)
     pen = ImageDraw.Draw(picture)
-    for points in details:
-        pen.line(points, fill=outline, width=line_width)
+    band = outline if sum(rgb) > 150 else (120, 120, 124)  # a dark item's outline would hide its bands
+    for kind, points in details:
+        if kind == "band":
+            pen.polygon(points, fill=band)
+        else:
+            pen.line(points, fill=outline, width=line_width)
     return picture
 
 
