@@ -168,17 +168,17 @@ def _to_argv(values: dict) -> list[str]:
 
 
 def _overrides(argv: list[str]) -> dict:
-    """`--key value [value ...]` pairs, each value read as YAML (so `--lora_r 8` is an int, `--x a b` a list)."""
+    """`--key value [value ...]` pairs as strings (argparse types them: `--save_strategy no` stays "no")."""
     values: dict = {}
     key = None
     for token in argv:
         if token.startswith("--"):
             key, _, inline = token[2:].partition("=")
-            values[key] = [yaml.safe_load(inline)] if inline else []
+            values[key] = [inline] if inline else []
         elif key is None:
             raise ValueError(f"unexpected argument {token!r}: overrides look like --key value")
         else:
-            values[key].append(yaml.safe_load(token))
+            values[key].append(token)
     return {k: (True if not v else v[0] if len(v) == 1 else v) for k, v in values.items()}
 
 

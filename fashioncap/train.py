@@ -104,6 +104,19 @@ def build_model(config: RecipeConfig, datasets):
     return model, processor
 
 
+def resume_checkpoint(training) -> str | None:
+    """`--resume_from_checkpoint true` means the last COMPLETE checkpoint: a kill during a save can leave a newer
+    `checkpoint-N` without its trainer_state.json, which the Trainer's own choice would pick and fail on."""
+    value = training.resume_from_checkpoint
+    if value is None or str(value).lower() != "true":
+        return value
+    complete = [p for p in Path(training.output_dir).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    if not complete:
+        logger.warning("no complete checkpoint in %s: starting from scratch", training.output_dir)
+        return None
+    return str(max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1])))
+
+
 def make_compute_metrics(processor, references, category_wordmap):
     """Score generated ids against the eval split's references, keyed by image id (distributed duplicates dropped)."""
     from fashioncap.metrics import compute_caption_metrics
@@ -175,7 +188,7 @@ def train(config: RecipeConfig) -> dict:
         category_wordmap=wordmap,
         callbacks=[preemption],
     )
-    result = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(training))
     if preemption.preempted:
         logger.warning(
             "stopped by SIGTERM at step %d; resume with --resume_from_checkpoint", trainer.state.global_step
@@ -226,7 +239,12 @@ def main(argv: list[str] | None = None, default_config: str | Path | None = None
 
 
 def run(args: argparse.Namespace) -> int:
-    train(load_config(args.config, args.overrides))
+    try:
+        config = load_config(args.config, args.overrides)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"fashioncap train: error: {err}", file=sys.stderr)
+        return 2
+    train(config)
     return 0
 
 
