@@ -27,7 +27,7 @@ from fashioncap.io_utils import write_json_atomic, write_text_atomic
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 MARKDOWN = ROOT / "BENCHMARKS.md"
-MODULES = ("data", "metrics", "eval", "rewards", "train_step")
+MODULES = ("data", "metrics", "eval", "rewards", "train_step", "caption_memory")
 
 RL_H4_GOAL, RL_H1_GOAL = 1.3, 1.0
 # (figure key, module, path into its result, what it is, goal). The metrics figures are named by caption count.
@@ -56,6 +56,10 @@ FIGURES = [
     ("rl_h1_over_seed", "train_step", ("rl_h1_over_seed",), "H=1 / seed step", f"<= {RL_H1_GOAL} at BLIP-large shape"),
     ("seed_over_mle", "train_step", ("seed_over_mle",), "seed step / MLE", ""),
     ("train_rl_h4_sample_tokens", "train_step", ("rl_h4_sample_tokens",), "mean sampled tokens, H=4", ""),
+    ("caption_500_peak_rss_mib", "caption_memory", ("500", "peak_rss_mib"), "`fashioncap caption`, 500 images", ""),
+    ("caption_5000_peak_rss_mib", "caption_memory", ("5000", "peak_rss_mib"), "`fashioncap caption`, 5,000 images",
+     ""),
+    ("caption_rss_5000_over_500", "caption_memory", ("ratio",), "peak RSS 5,000 / 500 images", "<= 1.25"),
 ]  # fmt: skip
 GOALS = {"rl_h4_over_mle": RL_H4_GOAL, "rl_h1_over_seed": RL_H1_GOAL}
 LIMITS = {

@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -96,23 +95,14 @@ def iter_image_paths(inputs: Iterable[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def open_output(path: str | None):
-    """stdout, or a temporary file beside `path` renamed over it only once every line is written."""
+    """stdout, or `path` written atomically: it appears only once every line is written."""
+    from fashioncap.io_utils import atomic_open
+
     if path is None:
         yield sys.stdout
         return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+        yield f
 
 
 def caption_paths(model, processor, paths: Iterable[Path], batch_size: int = 16, **generate_kwargs):

@@ -17,15 +17,19 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator:
+    """A file object on a temporary file beside `path`; fsynced and renamed over `path` only if the block succeeds.
+
+    Streams (captions of a large folder) get the same guarantee as whole-file writes: a reader never sees half.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make every output owner-only
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -33,6 +37,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

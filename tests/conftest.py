@@ -57,3 +57,18 @@ def facad_descriptions() -> list[dict]:
         pytest.fail(f"FACAD text sample not found at {FACAD_TEXT_SAMPLE} (shared/ must sit beside the repo)")
     with open(FACAD_TEXT_SAMPLE, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, synthetic_dir) -> Path:
+    """A tiny BLIP saved as a merged model dir (model + processor), with the synthetic set's vocabulary."""
+    from fashioncap.data import load_captions
+    from fashioncap.modeling import build_tiny_blip, caption_vocabulary
+
+    model, processor = build_tiny_blip(
+        caption_vocabulary(load_captions(synthetic_dir, ["test"])["test"]["caption"])
+    )
+    out = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

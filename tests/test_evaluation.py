@@ -21,21 +21,6 @@ FAST_FLAGS = ["--num-beams", "1", "--max-new-tokens", "4", "--min-new-tokens", "
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, synthetic_dir) -> Path:
-    """A tiny BLIP saved as a merged model dir (model + processor), with the synthetic set's vocabulary."""
-    from fashioncap.data import load_captions
-    from fashioncap.modeling import build_tiny_blip, caption_vocabulary
-
-    model, processor = build_tiny_blip(
-        caption_vocabulary(load_captions(synthetic_dir, ["test"])["test"]["caption"])
-    )
-    out = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def evaluated(tiny_model_dir, synthetic_dir, tmp_path_factory):
     """One `fashioncap eval` run: (out dir, exit code, stdout)."""
     out_dir = tmp_path_factory.mktemp("run") / "eval"

@@ -16,21 +16,6 @@ from fashioncap.inference import generate_captions, generation_settings, iter_im
 FAST = ["--num-beams", "1", "--max-new-tokens", "4", "--min-new-tokens", "1"]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, synthetic_dir) -> Path:
-    """A tiny BLIP saved as a merged model dir (model + processor), with the synthetic set's vocabulary."""
-    from fashioncap.data import load_captions
-    from fashioncap.modeling import build_tiny_blip, caption_vocabulary
-
-    model, processor = build_tiny_blip(
-        caption_vocabulary(load_captions(synthetic_dir, ["test"])["test"]["caption"])
-    )
-    out = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
-
 @pytest.fixture
 def image_folder(tmp_path, synthetic_dir) -> Path:
     """Three good images (one in a subfolder), a zero-byte and a truncated PNG, and a text file to skip."""
