@@ -110,7 +110,9 @@ def resume_checkpoint(training) -> str | None:
     value = training.resume_from_checkpoint
     if value is None or str(value).lower() != "true":
         return value
-    complete = [p for p in Path(training.output_dir).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    complete = [
+        p for p in Path(training.output_dir).glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+    ]
     if not complete:
         logger.warning("no complete checkpoint in %s: starting from scratch", training.output_dir)
         return None
