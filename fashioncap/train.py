@@ -127,8 +127,7 @@ def make_compute_metrics(processor, references, category_wordmap):
                                                                          "category"])}  # fmt: skip
 
     def compute_metrics(eval_pred):
-        ids = eval_pred.predictions
-        ids = ids.copy()
+        ids = eval_pred.predictions.copy()
         ids[ids < 0] = processor.tokenizer.pad_token_id
         captions = processor.batch_decode(ids, skip_special_tokens=True)
         predictions = {}
