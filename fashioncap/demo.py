@@ -2,12 +2,14 @@
 
 Builds the data and the tiny base model if missing, trains trials 1-4 as LoRA fine-tunes of that base with the
 same entry point, trainer and configs as the real recipes (recipes/demo/), evaluates the base zero-shot and each
-trial on the test split, and writes the seed-style report. Finished runs are reused; evaluation always reruns.
+trial on the test split, and writes the seed-style report. A finished run is reused while its recipe, the data
+and the run it starts from are unchanged; evaluation always reruns.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -30,6 +32,25 @@ def table(summary: dict[str, dict]) -> str:
     return "\n".join([header, "|" + "---|" * (len(TABLE_METRICS) + 1), *rows])
 
 
+def _finished_run_reason(run_dir: Path, config, inputs: list[Path]) -> str | None:
+    """Why `run_dir` must be (re)trained for `config`, or None when its finished result is still current.
+
+    `inputs` are files whose change invalidates the run (the data's build report, the base run's results)."""
+    from fashioncap.train import RUN_CONFIG
+
+    results = run_dir / "all_results.json"
+    if not results.is_file():
+        return "not trained yet"
+    saved = json.loads((run_dir / RUN_CONFIG).read_text()) if (run_dir / RUN_CONFIG).is_file() else {}
+    saved.pop("source", None)  # where the recipe file was, not what it says
+    wanted = json.loads(json.dumps(config.to_dict(), default=str))
+    wanted.pop("source", None)
+    if saved != wanted:
+        return "its recipe changed"
+    newer = [str(p) for p in inputs if p.is_file() and p.stat().st_mtime_ns > results.stat().st_mtime_ns]
+    return f"{', '.join(newer)} changed since" if newer else None
+
+
 def run_demo(recipes: Path = RECIPES, report_dir: str = "outputs/demo/report", force: bool = False) -> dict:
     from fashioncap.configs import load_config
     from fashioncap.data import ensure_synthetic
@@ -44,9 +65,14 @@ def run_demo(recipes: Path = RECIPES, report_dir: str = "outputs/demo/report", f
     run_dirs = {}
     for name, config in configs.items():
         run_dir = Path(config.training.output_dir)
-        if force or not (run_dir / "all_results.json").is_file():
-            print(f"\n== training {name} ({recipes / (name + '.yaml')}) ==", flush=True)
+        base_results = Path(config.model.model_name_or_path) / "all_results.json"
+        inputs = [Path(data_dir) / "build_report.json", base_results]
+        reason = "--force" if force else _finished_run_reason(run_dir, config, inputs)
+        if reason:
+            print(f"\n== training {name} ({recipes / (name + '.yaml')}): {reason} ==", flush=True)
             train(config)
+        else:
+            print(f"\n== {name}: reusing the finished run in {run_dir} ==", flush=True)
         run_dirs[name] = run_dir
     summary = {}
     for name, run_dir in run_dirs.items():

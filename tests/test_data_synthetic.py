@@ -133,6 +133,10 @@ def test_overwrite_and_ensure(tmp_path):
     assert (out / "build_report.json").stat().st_mtime_ns == before  # same settings: kept
     ensure_synthetic(out, **{**SMALL, "train": 5})  # other settings: rebuilt
     assert len(_annotations(out, "train")["images"]) == 5
+    report = json.loads((out / "build_report.json").read_text())
+    (out / "build_report.json").write_text(json.dumps({**report, "version": synthetic.DRAWING_VERSION - 1}))
+    ensure_synthetic(out, **{**SMALL, "train": 5})  # drawn by an older version: rebuilt
+    assert json.loads((out / "build_report.json").read_text())["version"] == synthetic.DRAWING_VERSION
     fresh = ensure_synthetic(tmp_path / "fresh", **SMALL)
     assert (fresh / "annotations" / "train.json").is_file()
     (tmp_path / "mine").mkdir()

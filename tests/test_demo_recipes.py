@@ -46,3 +46,25 @@ def test_every_demo_recipe_loads_and_runs_a_step(demo_base, tmp_path):
                     "--model_name_or_path", str(base), "--output_dir", str(run), "--max_steps", "2",
                     "--disable_tqdm", "true"]) == 0  # fmt: skip
         assert (run / "adapter_config.json").is_file()
+
+
+def test_demo_reuses_a_finished_run_only_while_its_inputs_are_unchanged(tmp_path):
+    import os
+
+    from fashioncap.configs import load_config
+    from fashioncap.demo import _finished_run_reason
+    from fashioncap.io_utils import write_json_atomic
+
+    config = load_config("recipes/demo/trial1.yaml")
+    run, data_report = tmp_path / "trial1", tmp_path / "build_report.json"
+    assert _finished_run_reason(run, config, [data_report]) == "not trained yet"
+    data_report.write_text("{}")
+    write_json_atomic(run / "fashioncap_config.json", {**config.to_dict(), "source": "elsewhere/trial1.yaml"})
+    write_json_atomic(run / "all_results.json", {})
+    os.utime(data_report, ns=(1, 1))
+    assert _finished_run_reason(run, config, [data_report]) is None
+    os.utime(data_report)  # the data was rebuilt after the run finished
+    assert "build_report.json changed since" in _finished_run_reason(run, config, [data_report])
+    os.utime(data_report, ns=(1, 1))
+    config.reward.rl_weight = 0.5
+    assert _finished_run_reason(run, config, [data_report]) == "its recipe changed"

@@ -20,6 +20,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from fashioncap.io_utils import atomic_directory, write_json_atomic
 
 SPLITS = ("pretrain", "train", "val", "test")
+# Bumped whenever the drawings or captions change, so `ensure_synthetic` rebuilds an older set.
+# 2: a domed hat (was a mini-skirt look-alike), an open-front jacket, wide-leg jeans with a visible gap.
+DRAWING_VERSION = 2
 DEFAULT_SIZES = {"pretrain": 2000, "train": 1000, "val": 100, "test": 200}
 BACKGROUND = (241, 240, 236)
 
@@ -85,7 +88,8 @@ SHAPE_WORDS = frozenset(w for c in CATEGORIES for s in c.shapes for w in s.split
 
 # ---------------------------------------------------------------------------------------------- drawing
 # A silhouette is a list of primitives in a unit box (x right, y down), drawn in order onto a mask:
-# ("poly", points) and ("ellipse", box) fill; ("erase_ellipse", box) cuts a hole; ("stroke", points, width)
+# ("poly", points) and ("ellipse", box) fill; ("erase_poly", points) and ("erase_ellipse", box) cut a hole;
+# ("stroke", points, width)
 # is a filled thick line; ("line", points) is a detail line and ("band", points) a filled detail polygon, both
 # drawn in the outline colour after filling.
 
@@ -113,9 +117,11 @@ def _top(kind: int, body_bottom: float, sleeves: str, width: float = 0.2, neck: 
         for side in (lambda pts: pts, _mirror):
             prims.append(("band", side([(left - 0.15, 0.7), (left - 0.06, 0.72), (left - 0.06, 0.78),
                                         (left - 0.15, 0.76)])))  # fmt: skip
-    if kind == 3:  # jacket: an open front and lapels, drawn thick enough to read at 64 px
-        prims.append(("band", [(0.48, 0.3), (0.52, 0.3), (0.52, body_bottom), (0.48, body_bottom)]))
-        prims.append(("band", [(0.42, 0.16), (0.5, 0.34), (0.58, 0.16), (0.5, 0.26)]))
+    if kind == 3:  # jacket: worn open (a gap down the front, so no pattern hides it) with lapels beside it
+        hem = body_bottom + 0.01
+        prims.append(("erase_poly", [(0.46, 0.17), (0.54, 0.17), (0.54, hem), (0.46, hem)]))
+        prims.append(("band", [(0.4, 0.16), (0.46, 0.17), (0.46, 0.36)]))
+        prims.append(("band", [(0.6, 0.16), (0.54, 0.17), (0.54, 0.36)]))
     return prims
 
 
@@ -211,7 +217,7 @@ def silhouette(category: Category, shape: str) -> list:
             ("poly", [(0.33, 0.22), (0.67, 0.22), (1 - spread, bottom), (spread, bottom)]),
         ]
     if name == "jeans":
-        hem = (0.44, 0.36) if first else (0.46, 0.18)  # inner and outer x of the left hem
+        hem = (0.44, 0.36) if first else (0.41, 0.16)  # inner and outer x of the left hem
         leg = [(0.3, 0.14), (0.5, 0.14), (0.5, 0.36), (hem[0], 0.94), (hem[1], 0.94), (0.3, 0.36)]
         return [
             ("poly", leg),
@@ -238,13 +244,13 @@ def silhouette(category: Category, shape: str) -> list:
             ("poly", [(0.3, 0.56), (0.7, 0.56), (0.7, 0.86), (0.3, 0.86)]),
             ("line", [(0.3, 0.68), (0.7, 0.68)]),
         ]
-    if name == "hat":
-        brim = (0.04, 0.56, 0.96, 0.76) if first else (0.24, 0.6, 0.76, 0.72)
+    if name == "hat":  # a round crown with a ribbon band on a flat brim: nothing else is domed
+        brim = (0.0, 0.56, 1.0, 0.76) if first else (0.2, 0.58, 0.8, 0.74)
         return [
+            ("ellipse", (0.3, 0.22, 0.7, 1.0)),
+            ("erase_poly", [(0.0, 0.64), (1.0, 0.64), (1.0, 1.0), (0.0, 1.0)]),
             ("ellipse", brim),
-            ("ellipse", (0.3, 0.26, 0.7, 0.52)),
-            ("poly", [(0.3, 0.39), (0.7, 0.39), (0.7, 0.66), (0.3, 0.66)]),
-            ("line", [(0.3, 0.58), (0.7, 0.58)]),
+            ("band", [(0.3, 0.5), (0.7, 0.5), (0.7, 0.6), (0.3, 0.6)]),
         ]
     # scarf: a loop around a (missing) neck and two hanging ends; a long fringe or a hem line at each end
     prims = [
@@ -309,8 +315,8 @@ def draw_item(size: int, category: Category, colour: str, pattern: str, shape: s
     details = []
     for prim in silhouette(category, shape):
         kind = prim[0]
-        if kind == "poly":
-            draw.polygon(px(prim[1]), fill=255)
+        if kind in ("poly", "erase_poly"):
+            draw.polygon(px(prim[1]), fill=255 if kind == "poly" else 0)
         elif kind in ("ellipse", "erase_ellipse"):
             (a, b), (c, d) = px([prim[1][:2], prim[1][2:]])
             draw.ellipse((a, b, c, d), fill=255 if kind == "ellipse" else 0)
@@ -446,6 +452,7 @@ def build_synthetic(
         total = sum(counts.values())
         report = {
             "builder": "synthetic",
+            "version": DRAWING_VERSION,
             "seed": seed,
             "image_size": image_size,
             "counts": counts,
@@ -468,6 +475,7 @@ def ensure_synthetic(out_dir: str | Path, **kwargs) -> Path:
     if report_path.is_file():
         report = json.loads(report_path.read_text())
         wanted = {
+            "version": DRAWING_VERSION,
             "counts": {s: settings[s] for s in SPLITS},
             "image_size": settings["image_size"],
             "seed": settings["seed"],
