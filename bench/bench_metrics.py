@@ -22,7 +22,8 @@ RECORDS = Path(__file__).resolve().parents[2] / "shared/data/facad_text_sample/r
 N_CAPTIONS = 2000
 
 
-def _perturb(caption: str, rng: random.Random, vocabulary: list[str]) -> str:
+def perturb(caption: str, rng: random.Random, vocabulary: list[str]) -> str:
+    """A plausible model error: drop, swap or replace a word, or stop early (tests/test_metrics.py uses it too)."""
     words = caption.split()
     op = rng.randrange(4)
     if op == 0 and len(words) > 1:
@@ -46,7 +47,7 @@ def make_inputs(n: int, seed: int) -> tuple[dict, dict, dict, dict, dict]:
     vocabulary = sorted({w for r in records for w in r["description"].split()})
     names = sorted({r["title"].split()[-1] for r in records})
     category = {name: i for i, name in enumerate(names, start=1)}
-    predictions = {r["id"]: _perturb(r["description"], rng, vocabulary) for r in records}
+    predictions = {r["id"]: perturb(r["description"], rng, vocabulary) for r in records}
     references = {r["id"]: [r["description"]] for r in records}
     attributes = {r["id"]: r["title"].split()[:-1] or None for r in records}
     categories = {r["id"]: category[r["title"].split()[-1]] for r in records}

@@ -16,6 +16,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from bench.bench_metrics import perturb
 from fashioncap import rewards
 from fashioncap.metrics import (
     EVALUATE_MODULE,
@@ -27,22 +28,6 @@ from fashioncap.metrics import (
 
 RECORDS = Path(__file__).resolve().parents[2] / "shared/data/facad_text_sample/records.jsonl"
 N_IMAGES = 120
-
-
-def perturb(caption: str, rng: random.Random, vocabulary: list[str]) -> str:
-    """A plausible model error: drop, swap or replace a word, or stop early."""
-    words = caption.split()
-    op = rng.randrange(4)
-    if op == 0 and len(words) > 1:
-        del words[rng.randrange(len(words))]
-    elif op == 1 and len(words) > 1:
-        i, j = rng.sample(range(len(words)), 2)
-        words[i], words[j] = words[j], words[i]
-    elif op == 2:
-        words[rng.randrange(len(words))] = rng.choice(vocabulary)
-    else:
-        words = words[: max(1, len(words) // 2)]
-    return " ".join(words)
 
 
 @pytest.fixture(scope="module")
