@@ -84,6 +84,10 @@ class RewardArguments:
     baseline: str = field(
         default="mean", metadata={"help": "mean (the seed's) | loo (leave-one-out) | greedy"}
     )
+    rl_start: float = field(
+        default=0.0,
+        metadata={"help": "fraction of the steps trained by MLE alone before the REINFORCE term starts"},
+    )
     sample_temperature: float = 1.0
     sample_top_k: int = field(default=0, metadata={"help": "0 samples from the full distribution"})
     max_sample_tokens: int = 50
@@ -95,6 +99,8 @@ class RewardArguments:
             raise ValueError(
                 f"{len(self.reward_weights)} reward_weights for {len(self.reward_funcs)} reward_funcs"
             )
+        if not 0.0 <= self.rl_start < 1.0:
+            raise ValueError(f"rl_start is a fraction of the training steps in [0, 1), not {self.rl_start}")
         if self.rl_weight and not self.reward_funcs:
             raise ValueError("rl_weight is set but reward_funcs is empty")
         if self.rl_weight and self.num_samples < (2 if self.baseline == "loo" else 1):

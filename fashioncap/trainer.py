@@ -135,6 +135,12 @@ class FashionCapTrainer(Seq2SeqTrainer):
     def _uses_rl(self) -> bool:
         return self.reward_args.rl_weight > 0 and bool(self.reward_funcs)
 
+    @property
+    def _rl_started(self) -> bool:
+        """SCST-style schedule: MLE alone for the first `rl_start` of the steps, so sampling starts from a policy
+        that already writes the captions' style (every rank sees the same global step, so all agree)."""
+        return self.state.global_step >= self.reward_args.rl_start * self.state.max_steps
+
     def _is_zero3(self) -> bool:
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         return plugin is not None and plugin.zero_stage == 3
@@ -247,7 +253,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
     ):
         image_embeds = blip.vision_model(pixel_values=pixel_values).last_hidden_state
         n_images = image_embeds.size(0)
-        rl = self._uses_rl and blip.training
+        rl = self._uses_rl and blip.training and self._rl_started
         if rl:
             samples, rewards, total, baseline = self.rollout(blip, image_embeds.detach(), columns)
             length = max(input_ids.size(1), samples.size(1))

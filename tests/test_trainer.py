@@ -225,3 +225,17 @@ def test_nonfinite_loss_skips_the_step_then_stops(tmp_path):
     trainer._nonfinite_in_a_row = trainer.max_nonfinite_steps - 1
     with pytest.raises(FloatingPointError, match="non-finite losses in a row"):
         trainer._skip_if_nonfinite(trainer.model, nan)
+
+
+def test_rl_start_trains_mle_alone_first(tmp_path):
+    torch.manual_seed(0)
+    args = RewardArguments(reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6,
+                           rl_start=0.5)  # fmt: skip
+    trainer = _trainer(tmp_path, "decoder", args)
+    trainer.args.max_steps, trainer.args.logging_steps = 4, 1
+    trainer.train()
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    assert [("reward/total" in h) for h in history] == [False, False, True, True]
+    assert all("loss/mle" in h for h in history)
+    with pytest.raises(ValueError, match="rl_start"):
+        RewardArguments(reward_funcs=["als"], rl_weight=1.0, rl_start=1.0)
