@@ -32,7 +32,7 @@ def table(summary: dict[str, dict]) -> str:
     return "\n".join([header, "|" + "---|" * (len(TABLE_METRICS) + 1), *rows])
 
 
-def _finished_run_reason(run_dir: Path, config, inputs: list[Path]) -> str | None:
+def _reason_to_train(run_dir: Path, config, inputs: list[Path]) -> str | None:
     """Why `run_dir` must be (re)trained for `config`, or None when its finished result is still current.
 
     `inputs` are files whose change invalidates the run (the data's build report, the base run's results)."""
@@ -67,7 +67,7 @@ def run_demo(recipes: Path = RECIPES, report_dir: str = "outputs/demo/report", f
         run_dir = Path(config.training.output_dir)
         base_results = Path(config.model.model_name_or_path) / "all_results.json"
         inputs = [Path(data_dir) / "build_report.json", base_results]
-        reason = "--force" if force else _finished_run_reason(run_dir, config, inputs)
+        reason = "--force" if force else _reason_to_train(run_dir, config, inputs)
         if reason:
             print(f"\n== training {name} ({recipes / (name + '.yaml')}): {reason} ==", flush=True)
             train(config)

@@ -53,19 +53,19 @@ def test_demo_reuses_a_finished_run_only_while_its_inputs_are_unchanged(tmp_path
     import os
 
     from fashioncap.configs import load_config
-    from fashioncap.demo import _finished_run_reason
+    from fashioncap.demo import _reason_to_train
     from fashioncap.io_utils import write_json_atomic
 
     config = load_config("recipes/demo/trial1.yaml")
     run, data_report = tmp_path / "trial1", tmp_path / "build_report.json"
-    assert _finished_run_reason(run, config, [data_report]) == "not trained yet"
+    assert _reason_to_train(run, config, [data_report]) == "not trained yet"
     data_report.write_text("{}")
     write_json_atomic(run / "fashioncap_config.json", {**config.to_dict(), "source": "elsewhere/trial1.yaml"})
     write_json_atomic(run / "all_results.json", {})
     os.utime(data_report, ns=(1, 1))
-    assert _finished_run_reason(run, config, [data_report]) is None
+    assert _reason_to_train(run, config, [data_report]) is None
     os.utime(data_report)  # the data was rebuilt after the run finished
-    assert "build_report.json changed since" in _finished_run_reason(run, config, [data_report])
+    assert "build_report.json changed since" in _reason_to_train(run, config, [data_report])
     os.utime(data_report, ns=(1, 1))
     config.reward.rl_weight = 0.5
-    assert _finished_run_reason(run, config, [data_report]) == "its recipe changed"
+    assert _reason_to_train(run, config, [data_report]) == "its recipe changed"

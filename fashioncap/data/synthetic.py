@@ -89,9 +89,8 @@ SHAPE_WORDS = frozenset(w for c in CATEGORIES for s in c.shapes for w in s.split
 # ---------------------------------------------------------------------------------------------- drawing
 # A silhouette is a list of primitives in a unit box (x right, y down), drawn in order onto a mask:
 # ("poly", points) and ("ellipse", box) fill; ("erase_poly", points) and ("erase_ellipse", box) cut a hole;
-# ("stroke", points, width)
-# is a filled thick line; ("line", points) is a detail line and ("band", points) a filled detail polygon, both
-# drawn in the outline colour after filling.
+# ("stroke", points, width) is a filled thick line; ("line", points) is a detail line and ("band", points) a
+# filled detail polygon, both drawn in the outline colour after filling.
 
 
 def _mirror(points):
