@@ -13,6 +13,19 @@ FACAD_TEXT_SAMPLE = REPO.parent / "shared/data/facad_text_sample/records.jsonl"
 
 
 @pytest.fixture(scope="session")
+def pushed_files() -> list[str]:
+    """What `fashioncap push` uploads from a run, sorted: the adapter, the processor files and the card."""
+    return [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+
+
+@pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     """A tiny synthetic data dir (read-only: tests that modify data build their own)."""
     from fashioncap.data.synthetic import build_synthetic

@@ -15,14 +15,6 @@ from fashioncap.modeling import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "hf_FAKEtokenFORtestsONLYabcdefghijklmnop"
-EXPECTED = [
-    "README.md",
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "processor_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-]
 EVAL_METRICS = {"BLEU-4": 0.12345, "METEOR": 0.2, "ROUGE-L": 0.3, "CIDEr": 1.5, "SPICE": None, "ALS": 0.4,
                 "SLS": 0.9, "num_images": 16, "unavailable": {"SPICE": "no jars"}}  # fmt: skip
 
@@ -92,20 +84,20 @@ def test_model_card_from_training_time_test_metrics(recipe):
     assert "model-index" not in _front_matter(model_card(recipe, None))
 
 
-def test_push_dry_run_shows_files_and_card_and_never_the_token(run_dir, capsys):
+def test_push_dry_run_shows_files_and_card_and_never_the_token(run_dir, capsys, pushed_files):
     listing = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
     assert main(["push", "--model-dir", str(run_dir), "--repo-id", "me/trial4", "--dry-run"]) == 0
     out, err = capsys.readouterr()
     listing_part, card = out.split("--- README.md ---")
     listed = [line.split()[0] for line in listing_part.splitlines() if line.startswith("  ")]
-    assert listed == EXPECTED
+    assert listed == pushed_files
     meta = _front_matter(card.lstrip())
     assert meta["library_name"] == "peft" and meta["base_model"] == DEFAULT_MODEL and meta["model-index"]
     assert TOKEN not in out + err
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == listing, "a dry run writes nothing"
 
 
-def test_push_uploads_only_the_expected_files_without_network(run_dir, monkeypatch, capsys):
+def test_push_uploads_only_the_expected_files_without_network(run_dir, monkeypatch, capsys, pushed_files):
     from huggingface_hub import HfApi
 
     calls = []
@@ -118,7 +110,7 @@ def test_push_uploads_only_the_expected_files_without_network(run_dir, monkeypat
     (_, repo_id, create), (_, upload) = calls
     assert repo_id == "me/trial4" and create["private"] is True
     assert upload["repo_id"] == "me/trial4" and Path(upload["folder_path"]) == run_dir
-    assert sorted(upload["allow_patterns"]) == EXPECTED
+    assert sorted(upload["allow_patterns"]) == pushed_files
     assert "token" not in create and "token" not in upload, "the token comes from huggingface_hub itself"
     card = (run_dir / "README.md").read_text()
     assert _front_matter(card)["model-index"][0]["name"] == "me/trial4"
@@ -128,7 +120,7 @@ def test_push_uploads_only_the_expected_files_without_network(run_dir, monkeypat
     push(run_dir, "me/public", private=False, extra=["eval/*"])
     assert calls[0][2]["private"] is False
     assert sorted(calls[1][1]["allow_patterns"]) == sorted(
-        [*EXPECTED, "eval/metrics.json", "eval/predictions.json"]
+        [*pushed_files, "eval/metrics.json", "eval/predictions.json"]
     )
 
 

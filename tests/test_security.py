@@ -40,14 +40,6 @@ do_predict: false
 push_to_hub: false
 hub_token: {token}
 """
-PUSHED = [
-    "README.md",
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "processor_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-]
 
 
 def child_env() -> dict:
@@ -156,7 +148,7 @@ def test_the_hub_token_never_reaches_output_logs_configs_or_cards(trained):
 
 
 @pytest.mark.slow
-def test_push_uploads_only_the_adapter_processor_and_card_of_a_real_run(trained, monkeypatch):
+def test_push_uploads_only_the_adapter_processor_and_card_of_a_real_run(trained, monkeypatch, pushed_files):
     from huggingface_hub import HfApi
 
     from fashioncap.hub import push
@@ -167,10 +159,10 @@ def test_push_uploads_only_the_adapter_processor_and_card_of_a_real_run(trained,
         for line in output.split("would upload", 1)[1].splitlines()[1:]
         if line.startswith("  ")
     ]
-    assert listed == PUSHED
+    assert listed == pushed_files
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     uploads = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: None)
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: uploads.append(kw["allow_patterns"]))
-    assert push(run, "me/sec") == PUSHED and uploads == [PUSHED]
-    assert not any(TOKEN.encode() in (run / f).read_bytes() for f in PUSHED)
+    assert push(run, "me/sec") == pushed_files and uploads == [pushed_files]
+    assert not any(TOKEN.encode() in (run / f).read_bytes() for f in pushed_files)
