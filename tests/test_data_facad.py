@@ -1,4 +1,4 @@
-"""FACAD builder on ~50 records with real FACAD descriptions, generated images and every kind of bad input."""
+"""FACAD builder on real FACAD descriptions: ~50 records with every kind of bad input, and the shared ones."""
 
 from __future__ import annotations
 
@@ -6,13 +6,24 @@ import io
 import json
 import struct
 import zlib
+from collections import Counter
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fashioncap.data import facad
-from fashioncap.data.facad import build_facad, colour_dir, normalise_caption, plural, split_sizes
+from fashioncap.data.facad import (
+    build_facad,
+    category_forms,
+    colour_dir,
+    detail_info_caption,
+    fill_splits,
+    group_by_description,
+    read_candidates,
+    split_sizes,
+)
+from fashioncap.text import normalize_text
 
 CATEGORY_IDS = {"dress": 1, "tee": 2, "jeans": 3, "sweater": 4, "skirt": 5, "top": 6, "blazer": 7, "gown": 8}
 COLOURS = ["Black", "Navy/ White", "Pale Pink", "Red Multi"]
@@ -241,14 +252,86 @@ def test_interrupted_build_leaves_no_output(facad_raw, tmp_path, monkeypatch):
 
 def test_helpers():
     assert colour_dir("Navy/ White") == "Navy_White" and colour_dir("Black") == "Black"
-    assert normalise_caption("DETAILS & CARE\nA Soft, Easy-Fit Tee!") == "a soft easy fit tee"
-    assert [plural(n) for n in ("boot", "dress", "jeans", "hoody", "tray")] == [
-        "boots",
-        "dresses",
-        None,
-        "hoodies",
-        "trays",
-    ]
+    assert detail_info_caption("DETAILS & CARE\nA Soft, Easy-Fit Tee!") == "a soft easy fit tee"
+    assert category_forms({3: "jeans", 1: "dress"}) == {"1": ["dress", "dresses"], "3": ["jeans"]}
+
+
+def test_fill_splits_never_splits_a_unit():
+    units = [["a", "b"], ["c"], ["d", "e", "f"], ["g"], ["h"], ["i", "j"]]
+    splits, left_over = fill_splits(units, {"train": 3, "val": 2, "test": 4})
+    assert splits == {"train": ["a", "b", "c"], "val": ["g", "h"], "test": ["d", "e", "f"]}
+    assert left_over == [["i", "j"]]
+
+
+@pytest.fixture(scope="module")
+def shared_raw(tmp_path_factory, facad_descriptions):
+    """The sample's 20 records that share a description (6 groups) and 40 others, with front images."""
+    root = tmp_path_factory.mktemp("shared_raw")
+    counts = Counter(normalize_text(r["description"]) for r in facad_descriptions)
+    shared = [r for r in facad_descriptions if counts[normalize_text(r["description"])] > 1]
+    others = [r for r in facad_descriptions if r not in shared and len(r["description"].split()) <= 50][:40]
+    records = [_record(rec, "Black", "dress") for rec in shared + others]
+    for i, rec in enumerate(records):
+        folder = root / "images" / str(rec["id"]) / "Black"
+        folder.mkdir(parents=True)
+        (folder / "0.jpeg").write_bytes(_jpeg((i * 4 % 255, 90, 160)))
+    (root / "meta.json").write_text(json.dumps(records))
+    groups = {}
+    for rec in shared:
+        groups.setdefault(normalize_text(rec["description"]), []).append(rec["id"])
+    return {"meta": root / "meta.json", "images": root / "images", "groups": list(groups.values())}
+
+
+def test_shared_descriptions_in_the_sample(facad_descriptions, tmp_path):
+    """The slice holds every shared description of the 3,000-record sample: 20 records in 6 groups, one of 9."""
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps([_record(rec, "Black", "dress") for rec in facad_descriptions]))
+    candidates = read_candidates(meta, tmp_path, max_words=200)
+    assert len(candidates.items) == len(facad_descriptions) == 400
+    units, boilerplate = group_by_description(candidates.items, max_shared=len(candidates.items))
+    assert not boilerplate
+    assert sorted((len(u) for u in units if len(u) > 1), reverse=True) == [9, 3, 2, 2, 2, 2]
+    units, boilerplate = group_by_description(candidates.items, max_shared=3)
+    assert [len(group) for group in boilerplate] == [9]
+    assert boilerplate[0][0].caption.startswith("this wedding gown can t be purchased online")
+    assert len(units) == 400 - 20 + 5
+
+
+def _split_ids(out) -> dict[int, str]:
+    splits = {}
+    for split in ("train", "val", "test"):
+        ids = [int(line) for line in (out / "splits" / f"{split}.txt").read_text().splitlines()]
+        assert ids == [image["id"] for image in _coco(out, split)["images"]]
+        splits.update(dict.fromkeys(ids, split))
+    return splits
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shared_descriptions_stay_in_one_split_and_boilerplate_is_skipped(shared_raw, tmp_path, seed):
+    out = build_facad(shared_raw["meta"], shared_raw["images"], tmp_path / "out", train=30, val=10, test=11,
+                      image_size=16, seed=seed, workers=2, progress=False)  # fmt: skip
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["counts"] == {"train": 30, "val": 10, "test": 11}  # 60 records less the 9 boilerplate ones
+    assert report["duplicate_description_groups"] == {"groups": 5, "items": 11}
+    assert report["boilerplate_skipped"] == {"groups": 1, "items": 9}
+    boilerplate = next(group for group in shared_raw["groups"] if len(group) == 9)
+    skipped = {entry["record"]: entry for entry in report["skipped"]}
+    assert skipped.keys() == set(boilerplate)
+    assert all("max_shared_description=3" in entry["reason"] for entry in skipped.values())
+    split_of = _split_ids(out)
+    for group in shared_raw["groups"]:
+        if group is not boilerplate:
+            assert len({split_of[item_id] for item_id in group}) == 1, group
+
+
+def test_max_shared_description_keeps_a_larger_group_together(shared_raw, tmp_path):
+    out = build_facad(shared_raw["meta"], shared_raw["images"], tmp_path / "out", train=40, val=10, test=10,
+                      image_size=16, max_shared_description=9, workers=2, progress=False)  # fmt: skip
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["boilerplate_skipped"] == {"groups": 0, "items": 0} and report["skipped"] == []
+    split_of = _split_ids(out)
+    for group in shared_raw["groups"]:
+        assert len({split_of.get(item_id) for item_id in group}) == 1, group
 
 
 def test_cli_then_check(facad_raw, tmp_path, capsys):

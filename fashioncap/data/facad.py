@@ -1,7 +1,12 @@
 """Build a data dir from FACAD (Yang et al., ECCV 2020): one front image per item, its description, attributes
 and category, split reproducibly. Every record left out is listed in build_report.json with its reason.
 
-Record format: shared/data/facad_text_sample/README.md. Images follow the FACAD authors' layout,
+Items whose normalised descriptions are identical stay in one split, so a test caption is never also a train
+caption. A description shared by more than `max_shared_description` items is boilerplate ("this wedding gown
+can't be purchased online..."), not a description, and those items are skipped. The ids of each split are
+written to `splits/<split>.txt`, one per line, so the scores of two builds can be checked for comparability.
+
+Record format: docs/data.md ("FACAD"). Images follow the FACAD authors' layout,
 `<IMG_ROOT>/<id>/<colour words joined by "_", "/" removed>/0.jpeg`; only the first colour's view "0" is used.
 """
 
@@ -18,23 +23,50 @@ from pathlib import Path
 
 from PIL import Image
 
-from fashioncap.data.check import ImageProblem, open_rgb
 from fashioncap.data.download import DownloadJob, download_images, full_resolution_url
-from fashioncap.io_utils import atomic_directory, safe_join, write_json_atomic
+from fashioncap.data.images import ImageProblem, open_rgb
+from fashioncap.io_utils import atomic_directory, safe_join, write_json_atomic, write_text_atomic
+from fashioncap.text import normalize_text, plural
 
 SPLIT_ORDER = ("train", "val", "test")
 JPEG_QUALITY = 90
+DETAILS_HEADING = re.compile(r"^\s*details\s*&\s*care\s*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class FacadItem:
     id: int
     caption: str
+    caption_field: str  # the record field the caption came from: "description" or "detail_info"
     attributes: list[str]
     category: int
     category_name: str
     source: Path  # the front image under IMG_ROOT
     url: str | None
+
+
+Unit = list[FacadItem]  # items that share a normalised description (most units hold one item)
+Encoded = tuple[FacadItem, tuple[int, int]]  # an item and its encoded image's (width, height)
+
+
+@dataclass
+class Candidates:
+    """The valid records of a meta file as items, with what reading them left out."""
+
+    records: int
+    items: list[FacadItem]
+    category_names: dict[int, str]
+    skipped: list[dict]
+
+
+@dataclass
+class Selection:
+    """The encoded items of each split, and what the download and encode walk left out."""
+
+    splits: dict[str, list[Encoded]]
+    examined: int
+    download_failures: int
+    skipped: list[dict]
 
 
 class Skip(Exception):
@@ -45,26 +77,14 @@ class Skip(Exception):
         self.field, self.reason = field, reason
 
 
-def normalise_caption(text: str) -> str:
-    """FACAD style for raw text (detail_info): lower case, words only, without the "DETAILS & CARE" heading."""
-    text = re.sub(r"^\s*details\s*&\s*care\s*", "", text, flags=re.IGNORECASE)
-    return " ".join(re.sub(r"[\W_]+", " ", text.lower()).split())
+def detail_info_caption(text: str) -> str:
+    """A caption from FACAD's raw detail_info: normalised, without the "DETAILS & CARE" heading it starts with."""
+    return normalize_text(DETAILS_HEADING.sub("", text))
 
 
 def colour_dir(colour: str) -> str:
     """The FACAD authors' folder name for a colour: '/' removed, words joined by '_' ("Black/ White" -> "Black_White")."""
     return "_".join(colour.replace("/", "").split())
-
-
-def plural(name: str) -> str | None:
-    """A plural surface form for SLS matching ("boot" -> "boots"); None when the name already ends in s."""
-    if name.endswith(("ss", "sh", "ch", "x", "z")):
-        return name + "es"
-    if name.endswith("s"):
-        return None
-    if name.endswith("y") and len(name) > 1 and name[-2] not in "aeiou":
-        return name[:-1] + "ies"
-    return name + "s"
 
 
 def read_meta(path: str | Path) -> list[tuple[str, object]]:
@@ -106,7 +126,7 @@ def parse_record(record, image_root: Path, max_words: int) -> FacadItem:
         " ".join(description.lower().split()) if isinstance(description, str) else "",
     )
     if not caption:
-        field, caption = "detail_info", normalise_caption(details) if isinstance(details, str) else ""
+        field, caption = "detail_info", detail_info_caption(details) if isinstance(details, str) else ""
     if not caption:
         raise Skip("description", "empty caption (no description, no detail_info)")
     if len(caption.split()) > max_words:
@@ -122,12 +142,50 @@ def parse_record(record, image_root: Path, max_words: int) -> FacadItem:
     return FacadItem(
         id=item_id,
         caption=caption,
+        caption_field=field,
         attributes=list(dict.fromkeys(a for a in attr if a != "nah")),
         category=category,
         category_name=" ".join(name.lower().split()),
         source=source,
         url=full_resolution_url(url) if isinstance(url, str) and url else None,
     )
+
+
+def read_candidates(meta: str | Path, image_root: Path, max_words: int) -> Candidates:
+    """Every valid record of the meta file as an item; duplicate ids and conflicting category names are skipped."""
+    records = read_meta(meta)
+    items: list[FacadItem] = []
+    names: dict[int, str] = {}
+    seen: set[int] = set()
+    skipped: list[dict] = []
+    for label, record in records:
+        if isinstance(record, Skip):
+            skipped.append({"record": label, "field": record.field, "reason": record.reason})
+            continue
+        record_id = record.get("id", label) if isinstance(record, dict) else label
+        try:
+            item = parse_record(record, image_root, max_words)
+            if item.id in seen:
+                raise Skip("id", "duplicate id (the first record with it is kept)")
+            if names.setdefault(item.category, item.category_name) != item.category_name:
+                raise Skip("category", f"category id {item.category} is {names[item.category]!r} elsewhere")
+        except Skip as e:
+            skipped.append({"record": record_id, "field": e.field, "reason": e.reason})
+            continue
+        seen.add(item.id)
+        items.append(item)
+    return Candidates(records=len(records), items=items, category_names=names, skipped=skipped)
+
+
+def group_by_description(items: list[FacadItem], max_shared: int) -> tuple[list[Unit], list[Unit]]:
+    """(units, boilerplate): items with identical normalised captions form one unit, so they can share a split;
+    a caption shared by more than `max_shared` items is boilerplate. Both lists keep meta-file order."""
+    groups: dict[str, Unit] = {}
+    for item in items:
+        groups.setdefault(normalize_text(item.caption), []).append(item)
+    units = [group for group in groups.values() if len(group) <= max_shared]
+    boilerplate = [group for group in groups.values() if len(group) > max_shared]
+    return units, boilerplate
 
 
 def encode_image(source: Path, target: Path, size: int) -> tuple[int, int]:
@@ -148,6 +206,146 @@ def split_sizes(requested: dict[str, int], available: int) -> dict[str, int]:
     return {s: sizes[s] for s in SPLIT_ORDER}
 
 
+def fill_splits(units: list[list], sizes: dict[str, int]) -> tuple[dict[str, list], list[list]]:
+    """Whole units, in order, each into the first split (train, val, test) with room for all of it, so no unit
+    straddles two splits; returns the splits and the units that fit nowhere."""
+    splits: dict[str, list] = {s: [] for s in SPLIT_ORDER}
+    left_over = []
+    for unit in units:
+        split = next((s for s in SPLIT_ORDER if len(splits[s]) + len(unit) <= sizes[s]), None)
+        if split is None:
+            left_over.append(unit)
+        else:
+            splits[split].extend(unit)
+    return splits, left_over
+
+
+def select_and_encode(
+    units: list[Unit],
+    requested: dict[str, int],
+    images_dir: Path,
+    *,
+    download: bool,
+    image_size: int,
+    workers: int,
+    timeout: float,
+    retries: int,
+    progress: bool,
+) -> Selection:
+    """Walk the units in order, downloading (if asked) and encoding their images until the splits are full.
+
+    Only the images that end up in the splits are kept in `images_dir`; an item whose image fails is skipped.
+    """
+    from tqdm.auto import tqdm
+
+    needed = sum(requested.values())
+    usable: list[list[Encoded]] = []
+    skipped: list[dict] = []
+    position = examined = download_failures = filled = 0
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        tqdm(total=needed, desc="facad", unit="img", disable=not progress) as bar,
+    ):
+        while filled < needed and position < len(units):
+            # Examine a little more than still missing, to absorb failures without a second round trip.
+            batch = _next_units(units, position, needed - filled + max(8, (needed - filled) // 20))
+            position += len(batch)
+            items = [item for unit in batch for item in unit]
+            examined += len(items)
+            failed: dict[object, str] = {}
+            if download:
+                jobs = [DownloadJob(it.id, it.url, it.source) for it in items if it.url]
+                failed = download_images(jobs, workers, timeout, retries, progress=progress)
+                download_failures += len(failed)
+                no_url = [it for it in items if not it.url and not it.source.is_file()]
+                failed.update({it.id: "no image URL in the record" for it in no_url})
+            encode = partial(_encode_item, failed=failed, out=images_dir, size=image_size)
+            results = dict(zip((it.id for it in items), pool.map(encode, items), strict=True))
+            skipped += [
+                {"record": item_id, "field": result.field, "reason": result.reason}
+                for item_id, result in results.items()
+                if isinstance(result, Skip)
+            ]
+            usable += [encoded for unit in batch if (encoded := _encoded(unit, results))]
+            filled = sum(map(len, fill_splits(usable, requested)[0].values()))
+            bar.update(filled - bar.n)
+    splits, left_over = fill_splits(usable, split_sizes(requested, sum(map(len, usable))))
+    for item, _ in (encoded for unit in left_over for encoded in unit):
+        # examined beyond what the splits need: not part of the data dir
+        (images_dir / f"{item.id}.jpg").unlink()
+    return Selection(splits=splits, examined=examined, download_failures=download_failures, skipped=skipped)
+
+
+def _next_units(units: list[Unit], position: int, wanted: int) -> list[Unit]:
+    """The units from `position` on that hold at least `wanted` items (fewer at the end of the list)."""
+    batch, count = [], 0
+    for unit in units[position:]:
+        if count >= wanted:
+            break
+        batch.append(unit)
+        count += len(unit)
+    return batch
+
+
+def _encoded(unit: Unit, results: dict[int, tuple[int, int] | Skip]) -> list[Encoded]:
+    return [(item, results[item.id]) for item in unit if not isinstance(results[item.id], Skip)]
+
+
+def write_splits(out: Path, splits: dict[str, list[Encoded]], seed: int, split_strategy: str) -> None:
+    """annotations/<split>.json (COCO captions) and splits/<split>.txt (the ids, to compare builds by)."""
+    for split in SPLIT_ORDER:
+        write_json_atomic(
+            out / "annotations" / f"{split}.json", _coco(splits[split], split, seed, split_strategy), None
+        )
+        write_text_atomic(
+            out / "splits" / f"{split}.txt", "".join(f"{item.id}\n" for item, _ in splits[split])
+        )
+
+
+def category_forms(names: dict[int, str]) -> dict[str, list[str]]:
+    """categories.json: each id's name and its plural, or the name alone when it is its own plural ("jeans")."""
+    return {str(c): list(dict.fromkeys([n, plural(n)])) for c, n in sorted(names.items())}
+
+
+def build_report(
+    settings: dict,
+    candidates: Candidates,
+    units: list[Unit],
+    boilerplate: list[Unit],
+    selection: Selection,
+    seconds: float,
+) -> dict:
+    """build_report.json: the settings, the counts and every skipped record with its field and reason."""
+    shared = [unit for unit in units if len(unit) > 1]
+    kept = sum(map(len, selection.splits.values()))
+    boilerplate_skips = [
+        {
+            "record": item.id,
+            "field": item.caption_field,
+            "reason": f"boilerplate: {len(group)} items share this description "
+            f"(more than max_shared_description={settings['max_shared_description']})",
+        }
+        for group in boilerplate
+        for item in group
+    ]
+    return {
+        "builder": "facad",
+        **settings,
+        "resize": f"fit into {settings['image_size']}x{settings['image_size']}, aspect kept, never upscaled; "
+        f"RGB JPEG q{JPEG_QUALITY}",
+        "counts": {split: len(selection.splits[split]) for split in SPLIT_ORDER},
+        "records": candidates.records,
+        "candidates": len(candidates.items),
+        "duplicate_description_groups": {"groups": len(shared), "items": sum(map(len, shared))},
+        "boilerplate_skipped": {"groups": len(boilerplate), "items": len(boilerplate_skips)},
+        "examined": selection.examined,
+        "download_failures": selection.download_failures,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(kept / seconds, 1) if seconds > 0 else None,
+        "skipped": candidates.skipped + boilerplate_skips + selection.skipped,
+    }
+
+
 def build_facad(
     meta: str | Path,
     image_root: str | Path,
@@ -160,6 +358,7 @@ def build_facad(
     split_strategy: str = "random",
     image_size: int = 384,
     max_words: int = 50,
+    max_shared_description: int = 3,
     seed: int = 0,
     workers: int = 16,
     timeout: float = 30.0,
@@ -169,107 +368,53 @@ def build_facad(
 ) -> Path:
     """Build a FACAD data dir at `out_dir` (atomically: an interrupted build leaves nothing there).
 
-    Items are ordered by `split_strategy` (`random`: shuffled with `seed`; `order`: meta-file order) and walked
-    in that order until enough usable ones are found, so only the images that end up in the splits are
-    downloaded and re-encoded. The usable items fill train, then val, then test.
+    Items sharing a normalised description form a unit; units of more than `max_shared_description` items
+    (boilerplate) are skipped. Units are ordered by `split_strategy` (`random`: shuffled with `seed`; `order`:
+    meta-file order) and walked in that order until enough usable items are found, so only the images that end
+    up in the splits are downloaded and re-encoded. Whole units fill train, then val, then test.
     """
-    from tqdm.auto import tqdm
-
     if split_strategy not in ("random", "order"):
         raise ValueError(f"split_strategy must be 'random' or 'order' (got {split_strategy!r})")
     requested = {"train": train, "val": val, "test": test}
     if min(requested.values()) < 0 or sum(requested.values()) == 0:
         raise ValueError(f"split sizes must be >= 0 and not all 0 (got {requested})")
+    if max_shared_description < 1:
+        raise ValueError(f"max_shared_description must be >= 1 (got {max_shared_description})")
     if Path(out_dir).exists() and not overwrite:  # fail before reading a large meta file or downloading
         raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
     start = time.perf_counter()
-    image_root = Path(image_root)
-    skipped: list[dict] = []
-    candidates: list[FacadItem] = []
-    names: dict[int, str] = {}
-    seen: set[int] = set()
-    records = read_meta(meta)
-    for label, record in records:
-        if isinstance(record, Skip):
-            skipped.append({"record": label, "field": record.field, "reason": record.reason})
-            continue
-        record_id = record.get("id", label) if isinstance(record, dict) else label
-        try:
-            item = parse_record(record, image_root, max_words)
-            if item.id in seen:
-                raise Skip("id", "duplicate id (the first record with it is kept)")
-            if names.setdefault(item.category, item.category_name) != item.category_name:
-                raise Skip("category", f"category id {item.category} is {names[item.category]!r} elsewhere")
-        except Skip as e:
-            skipped.append({"record": record_id, "field": e.field, "reason": e.reason})
-            continue
-        seen.add(item.id)
-        candidates.append(item)
+    candidates = read_candidates(meta, Path(image_root), max_words)
+    units, boilerplate = group_by_description(candidates.items, max_shared_description)
     if split_strategy == "random":
-        random.Random(seed).shuffle(candidates)
-
-    needed = sum(requested.values())
-    usable: list[tuple[FacadItem, tuple[int, int]]] = []
-    downloaded_failures = 0
+        random.Random(seed).shuffle(units)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
-        position = 0
-        with (
-            ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
-            tqdm(total=needed, desc="facad", unit="img", disable=not progress) as bar,
-        ):
-            while len(usable) < needed and position < len(candidates):
-                # Examine a little more than still missing, to absorb failures without a second round trip.
-                missing = needed - len(usable)
-                batch = candidates[position : position + missing + max(8, missing // 20)]
-                position += len(batch)
-                failed: dict[object, str] = {}
-                if download:
-                    jobs = [DownloadJob(it.id, it.url, it.source) for it in batch if it.url]
-                    failed = download_images(jobs, workers, timeout, retries, progress=progress)
-                    downloaded_failures += len(failed)
-                    no_url = [it for it in batch if not it.url and not it.source.is_file()]
-                    failed.update({it.id: "no image URL in the record" for it in no_url})
-                encode = partial(_encode_item, failed=failed, out=tmp / "images", size=image_size)
-                for item, result in zip(batch, pool.map(encode, batch), strict=True):
-                    if isinstance(result, Skip):
-                        skipped.append({"record": item.id, "field": result.field, "reason": result.reason})
-                    elif len(usable) < needed:
-                        usable.append((item, result))
-                        bar.update()
-                    else:  # examined beyond what the splits need: not part of the data dir
-                        (tmp / "images" / f"{item.id}.jpg").unlink()
-
-        sizes = split_sizes(requested, len(usable))
-        offset = 0
-        for split in SPLIT_ORDER:
-            chosen = usable[offset : offset + sizes[split]]
-            offset += sizes[split]
-            write_json_atomic(
-                tmp / "annotations" / f"{split}.json", _coco(chosen, split, seed, split_strategy), None
-            )
-        categories = {str(c): [n, p] if (p := plural(n)) else [n] for c, n in sorted(names.items())}
-        write_json_atomic(tmp / "categories.json", categories)
-        seconds = time.perf_counter() - start
-        report = {
-            "builder": "facad",
+        selection = select_and_encode(
+            units,
+            requested,
+            tmp / "images",
+            download=download,
+            image_size=image_size,
+            workers=workers,
+            timeout=timeout,
+            retries=retries,
+            progress=progress,
+        )
+        write_splits(tmp, selection.splits, seed, split_strategy)
+        write_json_atomic(tmp / "categories.json", category_forms(candidates.category_names))
+        settings = {
             "meta": str(meta),
             "image_root": str(image_root),
             "seed": seed,
             "split_strategy": split_strategy,
             "image_size": image_size,
-            "resize": f"fit into {image_size}x{image_size}, aspect kept, never upscaled; RGB JPEG q{JPEG_QUALITY}",
             "max_words": max_words,
+            "max_shared_description": max_shared_description,
             "requested": requested,
-            "counts": sizes,
-            "records": len(records),
-            "candidates": len(candidates),
-            "examined": position,
-            "download_failures": downloaded_failures,
-            "seconds": round(seconds, 3),
-            "images_per_second": round(len(usable) / seconds, 1) if seconds > 0 else None,
-            "skipped": skipped,
         }
+        report = build_report(
+            settings, candidates, units, boilerplate, selection, time.perf_counter() - start
+        )
         write_json_atomic(tmp / "build_report.json", report)
     return Path(out_dir)
 
@@ -283,7 +428,7 @@ def _encode_item(item: FacadItem, failed: dict, out: Path, size: int) -> tuple[i
         return Skip("image", f"{item.source}: {e}")
 
 
-def _coco(chosen: list[tuple[FacadItem, tuple[int, int]]], split: str, seed: int, strategy: str) -> dict:
+def _coco(chosen: list[Encoded], split: str, seed: int, strategy: str) -> dict:
     info = {"description": "FACAD (Yang et al., ECCV 2020), built by fashioncap", "split": split}
     info.update(seed=seed, split_strategy=strategy)
     images = [{"id": it.id, "file_name": f"{it.id}.jpg", "width": w, "height": h} for it, (w, h) in chosen]

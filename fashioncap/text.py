@@ -1,0 +1,31 @@
+"""Text normalisation and plural forms: one definition for the data builders, the rewards and the metrics.
+
+Captions, reference attributes and category names all pass through `normalize_text` before they are compared,
+so "One-Piece", "one - piece" (how BLIP's WordPiece tokenizer decodes it) and "one piece" are the same words.
+"""
+
+from __future__ import annotations
+
+import re
+
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, punctuation, hyphens and underscores to spaces, single spaces: 'T-Shirt!' -> 't shirt'."""
+    return " ".join(_NON_WORD.sub(" ", text.lower()).split())
+
+
+def plural(form: str) -> str:
+    """The plural of a (normalised) name, inflecting its last word: 'boot' -> 'boots', 'dress' -> 'dresses',
+    'hoody' -> 'hoodies'. A last word already ending in a single 's' is taken as plural: 'jeans' stays 'jeans'."""
+    *head, last = form.split()
+    if last.endswith(("ss", "sh", "ch", "x", "z")):
+        last += "es"
+    elif last.endswith("s"):
+        pass
+    elif len(last) > 1 and last.endswith("y") and last[-2] not in "aeiou":
+        last = last[:-1] + "ies"
+    else:
+        last += "s"
+    return " ".join([*head, last])
