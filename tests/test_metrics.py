@@ -26,7 +26,7 @@ from fashioncap.metrics import (
     ptb_tokenize,
 )
 
-RECORDS = Path(__file__).resolve().parents[2] / "shared/data/facad_text_sample/records.jsonl"
+RECORDS = Path(__file__).resolve().parent / "data/facad_records.jsonl"
 N_IMAGES = 120
 
 
@@ -113,8 +113,13 @@ def test_cider_of_identical_captions_needs_a_corpus(references):
 
 
 def test_schema(scored, identical):
-    assert list(scored) == [*METRIC_NAMES, "ALS", "SLS", "num_images", "unavailable"]
-    assert list(identical) == [*METRIC_NAMES, "num_images", "unavailable"]  # no attributes/categories given
+    assert list(scored) == [*METRIC_NAMES, "ALS", "SLS", "num_images", "unavailable", "ci95"]
+    assert list(identical) == [
+        *METRIC_NAMES,
+        "num_images",
+        "unavailable",
+        "ci95",
+    ]  # no attributes/categories given
     assert all(isinstance(scored[m], float) for m in METRIC_NAMES if m != "SPICE")
     json.dumps(scored, allow_nan=False)
 
@@ -265,3 +270,76 @@ def test_evaluate_module_offline_matches_function_api(
         category_wordmap=wordmap,
     )
     assert result == scored
+
+
+# --- per-image scores, bootstrap intervals, paired comparison ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scored_per_image(predictions, references, attributes, categories) -> dict:
+    image_categories, wordmap = categories
+    return compute_caption_metrics(
+        predictions, references, attributes, image_categories, wordmap, bootstrap=0, per_image=True
+    )
+
+
+def test_ci95_brackets_every_metric_that_ran(scored, scored_per_image, references):
+    from fashioncap.metrics.bootstrap import bootstrap_ci
+
+    assert list(scored["ci95"]) == ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "ALS", "SLS"]  # SPICE did not run
+    for name, (lo, hi) in scored["ci95"].items():
+        assert lo < hi, name
+        if name != "METEOR":  # its interval is for the mean of per-segment scores: see STATISTICS
+            assert lo <= scored[name] <= hi, name
+        values = scored_per_image["per_image"][name]
+        resampled = bootstrap_ci(
+            [values[k] for k in references], coco_caption.STATISTICS[name], n=1000, seed=0
+        )
+        assert scored["ci95"][name] == resampled, name
+    assert scored["ci95"]["CIDEr"][1] - scored["ci95"]["CIDEr"][0] > 0.1  # 120 images: wide, not degenerate
+
+
+def test_per_image_only_when_asked_and_same_scores(scored, scored_per_image):
+    assert "per_image" not in scored and "ci95" not in scored_per_image
+    assert {k: v for k, v in scored.items() if k != "ci95"} == {
+        k: v for k, v in scored_per_image.items() if k != "per_image"
+    }
+    json.dumps(scored_per_image, allow_nan=False)
+
+
+def test_per_image_scores_make_the_corpus_values(scored, scored_per_image, stock_tokenized, references):
+    import numpy as np
+
+    from fashioncap.metrics.bootstrap import corpus_bleu
+
+    per_image = scored_per_image["per_image"]
+    assert list(per_image) == ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "ALS", "SLS"]
+    assert all(list(values) == list(references) for values in per_image.values())
+    gts, res = stock_tokenized
+    stock_bleu4 = Bleu(4).compute_score(gts, res, verbose=0)[0][3]
+    bleu_totals = [sum(column) for column in zip(*per_image["BLEU-4"].values(), strict=True)]
+    assert corpus_bleu(np.array(bleu_totals, dtype=float), N_IMAGES) == pytest.approx(
+        stock_bleu4, abs=1e-9, rel=0
+    )
+    stock_cider = Cider().compute_score(gts, res)[1]
+    assert list(per_image["CIDEr"].values()) == pytest.approx(list(stock_cider), rel=1e-12)
+    for name in ("ROUGE-L", "CIDEr", "ALS", "SLS"):
+        assert sum(per_image[name].values()) / N_IMAGES == pytest.approx(scored[name], rel=1e-12), name
+    meteor = list(per_image["METEOR"].values())
+    assert all(0 <= m <= 1 for m in meteor) and len(set(meteor)) > N_IMAGES / 2
+    assert sum(meteor) / N_IMAGES == pytest.approx(scored["METEOR"], abs=0.05)  # aggregated differently
+
+
+def test_compare_runs_pairs_the_images(scored_per_image, references):
+    exact = compute_caption_metrics(
+        {k: refs[0] for k, refs in references.items()}, references, bootstrap=0, per_image=True
+    )
+    compared = coco_caption.compare_runs(exact["per_image"], scored_per_image["per_image"])
+    assert list(compared) == ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]  # the metrics both runs scored
+    for name, result in compared.items():
+        assert 0 < result["ci95"][0] < result["delta"] < result["ci95"][1], name
+    for name in ("BLEU-4", "ROUGE-L", "CIDEr"):  # METEOR's delta is of per-segment means
+        assert compared[name]["delta"] == pytest.approx(exact[name] - scored_per_image[name], abs=1e-9)
+    fewer = {name: dict(list(values.items())[1:]) for name, values in scored_per_image["per_image"].items()}
+    with pytest.raises(ValueError, match=f"only run a scored 1 image\\(s\\): {next(iter(references))!r}"):
+        coco_caption.compare_runs(exact["per_image"], fewer)

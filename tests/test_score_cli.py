@@ -12,13 +12,13 @@ import pytest
 from fashioncap.cli import main
 from fashioncap.metrics import METRIC_NAMES, compute_caption_metrics
 
-RECORDS = Path(__file__).resolve().parents[2] / "shared/data/facad_text_sample/records.jsonl"
+RECORDS = Path(__file__).resolve().parent / "data/facad_records.jsonl"
 N_IMAGES = 40
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    """A data dir as design.md lays it out: categories.json + annotations/test.json (FACAD captions)."""
+    """A data dir as docs/data.md lays it out: categories.json + annotations/test.json (FACAD captions)."""
     records = [json.loads(line) for line in RECORDS.read_text(encoding="utf-8").splitlines()][:N_IMAGES]
     names = sorted({r["title"].split()[-1] for r in records})
     category = {name: i for i, name in enumerate(names, start=1)}
@@ -66,7 +66,7 @@ def test_score_prints_the_design_object_and_writes_out(references, data_dir, tmp
         == 0
     )
     printed = json.loads(capsys.readouterr().out)
-    assert list(printed) == [*METRIC_NAMES, "ALS", "SLS", "num_images", "unavailable"]
+    assert list(printed) == [*METRIC_NAMES, "ALS", "SLS", "num_images", "unavailable", "ci95"]
     assert printed["num_images"] == N_IMAGES
     assert all(isinstance(printed[m], float) for m in METRIC_NAMES if m != "SPICE")
     assert printed["SPICE"] is None and "SPICE" in printed["unavailable"]

@@ -10,6 +10,9 @@ Three things the stock wrappers get wrong are handled here:
   one line first and tokenized from a private temp dir, in one JVM for references and predictions;
 - METEOR's JVM takes ~10 s to start: one per process, started on first use, reused, closed at exit;
 - SPICE writes into the package folder too and needs extra flags and a JavaScript engine on Java 17.
+
+Each metric also keeps its per-image scores, for seeded bootstrap intervals over images (`ci95`) and for
+paired comparisons of two runs (`compare_runs`). See `STATISTICS` for how each interval is computed.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
-from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.bleu.bleu_scorer import BleuScorer
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
@@ -36,6 +40,8 @@ from pycocoevalcap.spice import spice as _spice
 from pycocoevalcap.tokenizer import ptbtokenizer as _ptb
 
 from fashioncap import rewards
+from fashioncap.metrics.bootstrap import Statistic, bootstrap_ci, corpus_bleu, mean, paired_bootstrap
+from fashioncap.metrics.ids import describe_ids
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
 SPICE_LIB_ENV = "FASHIONCAP_SPICE_LIB"
@@ -48,6 +54,27 @@ _JS_ENGINE_JARS = ("js.jar", "rhino.jar")
 _SYSTEM_JAVA_DIR = Path("/usr/share/java")
 
 ImageId = Hashable
+PerImage = dict[ImageId, float]
+T = TypeVar("T")
+
+# How each metric's per-image scores make the value its interval is for; the intervals are approximate where
+# the corpus metric is not a function of per-image sums:
+# - BLEU-4: exact. Per image [hypothesis length, closest reference length, 4 n-gram counts, 4 clipped
+#   matches]; corpus BLEU (brevity penalty included) from their sums, as pycocoevalcap's BleuScorer computes it.
+# - CIDEr: mean of per-image CIDEr-D, document frequencies fixed from all the images' references (a resample
+#   would count a drawn image's n-grams as often as it was drawn; that change to the IDF is ignored).
+# - METEOR: mean of per-image (per-segment) METEOR scores. The reported METEOR is computed by the JVM from
+#   statistics summed over all images (matches, chunks, lengths), so the interval need not be centred on it.
+# - ROUGE-L, SPICE, ALS, SLS: means of per-image scores, as the reported values are.
+STATISTICS: dict[str, Statistic] = {
+    "BLEU-4": corpus_bleu,
+    "METEOR": mean,
+    "ROUGE-L": mean,
+    "CIDEr": mean,
+    "SPICE": mean,
+    "ALS": mean,
+    "SLS": mean,
+}
 
 
 class MetricUnavailable(RuntimeError):
@@ -66,12 +93,6 @@ def _require_java() -> str:
 def _one_line(text: str) -> str:
     """Collapse all whitespace, so each caption is exactly one line for the line-based Java tools."""
     return " ".join(text.split())
-
-
-def describe_ids(ids: Sequence, limit: int = 5) -> str:
-    """'3 image(s): 1, 2, 3' or '40 image(s): 1, 2, 3, 4, 5, ...': error messages that name ids stay short."""
-    shown = ", ".join(repr(i) for i in ids[:limit])
-    return f"{len(ids)} image(s): {shown}{', ...' if len(ids) > limit else ''}"
 
 
 # --- tokenization ------------------------------------------------------------------------------------------
@@ -122,15 +143,20 @@ class _MeteorSession:
         self._pid: int | None = None
 
     def compute_score(self, gts: dict, res: dict) -> float:
+        return self.compute_scores(gts, res)[0]
+
+    def compute_scores(self, gts: dict, res: dict) -> tuple[float, PerImage]:
+        """(corpus METEOR, per-segment METEOR by image id)."""
         with self._lock:
             if self._meteor is None or self._pid != os.getpid():  # a forked child must not share the pipe
                 _require_java()
                 self._meteor, self._pid = Meteor(), os.getpid()
             try:
-                return float(self._meteor.compute_score(gts, res)[0])
+                score, per_segment = self._meteor.compute_score(gts, res)
             except (OSError, ValueError) as err:
                 stderr = self._close()
                 raise MetricUnavailable(f"METEOR's JVM failed ({err!r}): {stderr[-2000:]}") from err
+        return float(score), _by_image(gts, per_segment)
 
     def close(self) -> None:
         with self._lock:
@@ -180,8 +206,8 @@ def spice_command() -> list[str]:
     missing = [jar for jar in CORENLP_JARS if not (lib / jar).is_file()]
     if missing:
         problems.append(
-            f"Stanford CoreNLP 3.6.0 jar(s) {', '.join(missing)} not found in {lib}: take them from "
-            "stanford-corenlp-full-2015-12-09.zip (https://nlp.stanford.edu/software/) and put them there, "
+            f"Stanford CoreNLP 3.6.0 jar(s) {', '.join(missing)} not found in {lib}: run "
+            "`fashioncap metrics install-spice` (fetches them from Maven Central), or put them there yourself, "
             f"or set {SPICE_LIB_ENV} to the folder that holds them"
         )
     classpath = [_SPICE_DIR / _spice.SPICE_JAR, _SPICE_DIR / "lib" / "*"]
@@ -213,8 +239,8 @@ def spice_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fashioncap" / "spice"
 
 
-def spice_score(gts: Mapping[ImageId, list[str]], res: Mapping[ImageId, list[str]]) -> float:
-    """Mean SPICE F-score over images, on PTB-tokenized captions (as COCOEvalCap passes them)."""
+def spice_scores(gts: Mapping[ImageId, list[str]], res: Mapping[ImageId, list[str]]) -> PerImage:
+    """SPICE F-score per image, on PTB-tokenized captions (as COCOEvalCap passes them)."""
     cmd = spice_command()
     ids = list(gts)
     records = [{"image_id": i, "test": res[k][0], "refs": gts[k]} for i, k in enumerate(ids)]
@@ -228,11 +254,11 @@ def spice_score(gts: Mapping[ImageId, list[str]], res: Mapping[ImageId, list[str
         if proc.returncode:
             raise MetricUnavailable(f"SPICE failed (exit {proc.returncode}): {proc.stderr.decode()[-2000:]}")
         results = json.loads(out_file.read_text(encoding="utf-8"))
-    scores = [float(item["scores"]["All"]["f"]) for item in results]
-    mean = sum(scores) / len(scores) if scores else math.nan
-    if len(scores) != len(ids) or not math.isfinite(mean):
-        raise MetricUnavailable(f"SPICE returned {len(scores)} scores for {len(ids)} images, mean {mean}")
-    return mean
+    scores = {ids[item["image_id"]]: float(item["scores"]["All"]["f"]) for item in results}
+    average = _mean(scores) if scores else math.nan
+    if len(scores) != len(ids) or not math.isfinite(average):
+        raise MetricUnavailable(f"SPICE returned {len(scores)} scores for {len(ids)} images, mean {average}")
+    return scores
 
 
 # --- ALS / SLS: the training rewards, averaged ------------------------------------------------------------
@@ -243,7 +269,16 @@ def attribute_score(
     references: Mapping[ImageId, Sequence[str]],
     attributes: Mapping[ImageId, Sequence[str] | None],
 ) -> float:
-    """ALS: mean over images of `rewards.attribute_reward`, against the image's reference attributes.
+    """ALS: mean over images of `attribute_scores`."""
+    return _mean(attribute_scores(predictions, references, attributes))
+
+
+def attribute_scores(
+    predictions: Mapping[ImageId, str],
+    references: Mapping[ImageId, Sequence[str]],
+    attributes: Mapping[ImageId, Sequence[str] | None],
+) -> PerImage:
+    """ALS per image: `rewards.attribute_reward` against the image's reference attributes.
 
     Those are the annotation `attributes` where the image has any, else the NOUN/ADJ words of its reference
     captions (`rewards.reference_attributes`, as the training reward does; with several references, their union).
@@ -256,7 +291,7 @@ def attribute_score(
     for (k, _), attrs in zip(pairs, per_reference, strict=True):
         per_image[k] |= attrs
     scores = rewards.attribute_reward(list(predictions.values()), [per_image[k] for k in predictions])
-    return sum(scores) / len(scores)
+    return dict(zip(predictions, scores, strict=True))
 
 
 def category_score(
@@ -264,7 +299,16 @@ def category_score(
     categories: Mapping[ImageId, int | None],
     category_wordmap: Mapping | rewards.CategoryMatcher | None,
 ) -> float:
-    """SLS: mean of `rewards.category_reward` over the images whose references carry a category."""
+    """SLS: mean of `category_scores`."""
+    return _mean(category_scores(predictions, categories, category_wordmap))
+
+
+def category_scores(
+    predictions: Mapping[ImageId, str],
+    categories: Mapping[ImageId, int | None],
+    category_wordmap: Mapping | rewards.CategoryMatcher | None,
+) -> PerImage:
+    """SLS per image: `rewards.category_reward`, for the images whose references carry a category."""
     if category_wordmap is None:
         raise MetricUnavailable(
             "the references carry categories but no category wordmap was given "
@@ -276,7 +320,7 @@ def category_score(
     scores = rewards.category_reward(
         [predictions[k] for k in ids], [categories[k] for k in ids], category_wordmap
     )
-    return sum(scores) / len(scores)
+    return dict(zip(ids, scores, strict=True))
 
 
 # --- everything together -----------------------------------------------------------------------------------
@@ -313,12 +357,20 @@ def compute_caption_metrics(
     attributes: Mapping[ImageId, Sequence[str] | None] | None = None,
     categories: Mapping[ImageId, int | None] | None = None,
     category_wordmap: Mapping | rewards.CategoryMatcher | None = None,
+    *,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    per_image: bool = False,
 ) -> dict:
     """Score one caption per image against its reference captions.
 
     Returns {"BLEU-1".."BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", ["ALS"], ["SLS"], "num_images",
-    "unavailable"}: ALS is present when `attributes` is given, SLS when `categories` is; a metric that cannot
-    run is None with its reason under "unavailable" (empty when everything ran).
+    "unavailable", ["ci95"], ["per_image"]}: ALS is present when `attributes` is given, SLS when `categories` is; a
+    metric that cannot run is None with its reason under "unavailable" (empty when everything ran).
+    "ci95" (unless `bootstrap` is 0): metric -> [lo, hi], 95% intervals from `bootstrap` resamples of the images
+    (seeded by `seed`) for BLEU-4 and the other metrics that ran, computed as `STATISTICS` says.
+    "per_image" (only when asked: it grows with the eval set): metric -> {image id: score}, BLEU-4's scores being
+    its per-image stats; what `compare_runs` takes.
     """
     check_inputs(predictions, references)
     ids = list(references)
@@ -328,34 +380,96 @@ def compute_caption_metrics(
     gts = {k: tokenized["ref", k] for k in ids}
     res = {k: tokenized["pred", k] for k in ids}
 
-    runners = {
-        "ROUGE-L": lambda: float(Rouge().compute_score(gts, res)[0]),
-        "CIDEr": lambda: float(Cider().compute_score(gts, res)[0]),
-        "SPICE": lambda: spice_score(gts, res),
+    runners: dict[str, Callable[[], tuple[float, PerImage]]] = {
+        "ROUGE-L": lambda: _corpus_and_per_image(Rouge().compute_score(gts, res), gts),
+        "CIDEr": lambda: _corpus_and_per_image(Cider().compute_score(gts, res), gts),
+        "SPICE": lambda: _mean_and_per_image(spice_scores(gts, res)),
     }
     if attributes is not None:
-        runners["ALS"] = lambda: attribute_score(predictions, references, attributes)
+        runners["ALS"] = lambda: _mean_and_per_image(attribute_scores(predictions, references, attributes))
     if categories is not None:
-        runners["SLS"] = lambda: category_score(predictions, categories, category_wordmap)
+        runners["SLS"] = lambda: _mean_and_per_image(
+            category_scores(predictions, categories, category_wordmap)
+        )
     # METEOR works in its JVM (and starts it on the first call): run it beside the Python-side metrics
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fashioncap-meteor") as pool:
-        meteor = pool.submit(_METEOR.compute_score, gts, res)
-        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        meteor = pool.submit(_METEOR.compute_scores, gts, res)
+        bleu, bleu_stats = bleu_scores(gts, res)
         results = {name: _attempt(runner) for name, runner in runners.items()}
         results["METEOR"] = _attempt(meteor.result)
-    scores: dict = {f"BLEU-{n}": float(b) for n, b in enumerate(bleu, start=1)}
+    scores: dict = {f"BLEU-{n}": b for n, b in enumerate(bleu, start=1)}
+    per_image_scores: dict[str, dict] = {"BLEU-4": bleu_stats}
     unavailable: dict[str, str] = {}
     for name in ["METEOR", *runners]:
-        scores[name], reason = results[name]
-        if reason is not None:
-            unavailable[name] = reason
+        outcome, reason = results[name]
+        if reason is None:
+            scores[name], per_image_scores[name] = outcome
+        else:
+            scores[name], unavailable[name] = None, reason
     scores["num_images"] = len(ids)
     scores["unavailable"] = unavailable
+    if bootstrap:
+        scores["ci95"] = {
+            name: bootstrap_ci(
+                [values[k] for k in ids if k in values], STATISTICS[name], n=bootstrap, seed=seed
+            )
+            for name, values in per_image_scores.items()
+        }
+    if per_image:
+        scores["per_image"] = per_image_scores
     return scores
 
 
-def _attempt(runner: Callable[[], float]) -> tuple[float | None, str | None]:
-    """(score, None), or (None, reason) for a metric that cannot run here."""
+def compare_runs(
+    per_image_a: Mapping[str, Mapping], per_image_b: Mapping[str, Mapping], n: int = 1000, seed: int = 0
+) -> dict:
+    """Run a minus run b on every metric both scored: metric -> {"delta", "ci95"} from a paired bootstrap over
+    the images, taking the two runs' "per_image" results. Raises ValueError when they scored different images."""
+    return {
+        name: paired_bootstrap(per_image_a[name], per_image_b[name], STATISTICS[name], n=n, seed=seed)
+        for name in per_image_a
+        if name in per_image_b
+    }
+
+
+def bleu_scores(
+    gts: Mapping[ImageId, list[str]], res: Mapping[ImageId, list[str]]
+) -> tuple[list[float], dict[ImageId, list[int]]]:
+    """pycocoevalcap's Bleu(4) corpus BLEU-1..4, and per image the stats `bootstrap.corpus_bleu` sums."""
+    scorer = BleuScorer(n=4)
+    for k in gts:
+        scorer += (res[k][0], gts[k])
+    bleu, _ = scorer.compute_score(option="closest")  # what Bleu(4).compute_score asks for
+    stats = {}
+    for k, cooked in zip(gts, scorer.ctest, strict=True):
+        length = cooked["testlen"]
+        closest = min((abs(ref - length), ref) for ref in cooked["reflen"])[1]  # BleuScorer's "closest"
+        stats[k] = [length, closest, *cooked["guess"], *cooked["correct"]]
+    return [float(b) for b in bleu], stats
+
+
+def _by_image(gts: Mapping[ImageId, list[str]], scores: Sequence[float]) -> PerImage:
+    return {k: float(s) for k, s in zip(gts, scores, strict=True)}
+
+
+def _corpus_and_per_image(
+    score_and_scores: tuple, gts: Mapping[ImageId, list[str]]
+) -> tuple[float, PerImage]:
+    """A pycocoevalcap scorer's (corpus score, per-image scores in gts order) as (float, by image id)."""
+    score, scores = score_and_scores
+    return float(score), _by_image(gts, scores)
+
+
+def _mean_and_per_image(scores: PerImage) -> tuple[float, PerImage]:
+    return _mean(scores), scores
+
+
+def _mean(scores: PerImage) -> float:
+    return sum(scores.values()) / len(scores)
+
+
+def _attempt(runner: Callable[[], T]) -> tuple[T | None, str | None]:
+    """(result, None), or (None, reason) for a metric that cannot run here."""
     try:
         return runner(), None
     except MetricUnavailable as err:
