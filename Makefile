@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 demo: $(STAMP)
-	$(BIN)/python -m fashioncap.demo
+	$(BIN)/fashioncap demo
 
 eval: $(STAMP)
 	$(BIN)/fashioncap eval --model-dir $(RUN) --data $(DATA) --split $(SPLIT)

@@ -31,12 +31,12 @@ def _throughput(model, processor, images: list, batch_size: int, settings: dict)
 def run(images: int = 200, batch_size: int = 64) -> dict:
     import torch
 
-    from fashioncap.configs import GenerationArguments
     from fashioncap.data import build_synthetic, references_file
-    from fashioncap.data.check import open_rgb
+    from fashioncap.data.images import open_rgb
+    from fashioncap.inference import generation_settings
     from fashioncap.modeling import build_tiny_blip, caption_vocabulary
 
-    settings = GenerationArguments().generate_kwargs()  # num_beams 3, max_new_tokens 50, min_new_tokens 5
+    settings = generation_settings()  # the recipe defaults: beams 3, 50 tokens, at least 5
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = build_synthetic(Path(tmp) / "data", train=0, val=0, test=images, pretrain=0)
         annotations = json.loads(references_file(data_dir, "test").read_text())["annotations"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import random
 import statistics
@@ -118,29 +119,27 @@ def make_trainer(model, processor, wordmap, reward_funcs, output_dir: str, devic
     """
     from types import SimpleNamespace
 
-    from transformers import Seq2SeqTrainingArguments
-
-    from fashioncap.configs import RewardArguments
+    from fashioncap.configs import SECTIONS, FashionCapTrainingArguments
     from fashioncap.rewards import get_reward_funcs
-    from fashioncap.trainer import FashionCapTrainer
+    from fashioncap.trainer import FashionCapTrainer, build_trainer
 
-    reward_args = RewardArguments(reward_funcs=list(reward_funcs), rl_weight=1.0, num_samples=4)
+    rl = dict(reward_funcs=list(reward_funcs), rl_weight=1.0, num_samples=4)
     try:
-        args = Seq2SeqTrainingArguments(
+        args = FashionCapTrainingArguments(
             output_dir=output_dir, use_cpu=device == "cpu", bf16=bf16, report_to=[], remove_unused_columns=False,
-            save_strategy="no",
+            save_strategy="no", **rl,
         )  # fmt: skip
-        trainer = FashionCapTrainer(
-            model=model, args=args, processing_class=processor.tokenizer, reward_args=reward_args,
-            category_wordmap=wordmap,
-        )  # fmt: skip
-        return trainer, "FashionCapTrainer"
+        return build_trainer(model, processor, args, category_wordmap=wordmap), "FashionCapTrainer"
     except Exception as err:  # noqa: BLE001 - any construction failure falls back; the reason is reported
+        args = object.__new__(FashionCapTrainingArguments)  # the fields compute_loss reads, no __post_init__
+        for f in dataclasses.fields(FashionCapTrainingArguments):
+            if any(f.name in keys for keys in SECTIONS.values()):
+                setattr(args, f.name, f.default_factory() if callable(f.default_factory) else f.default)
+        args.__dict__.update(average_tokens_across_devices=True, **rl)
         trainer = FashionCapTrainer.__new__(FashionCapTrainer)
         trainer.__dict__.update(
-            model=model, processing_class=processor.tokenizer, reward_args=reward_args,
-            reward_funcs=get_reward_funcs(reward_args.reward_funcs), category_wordmap=wordmap,
-            _metrics=defaultdict(list), _nonfinite_in_a_row=0,
+            model=model, args=args, processing_class=processor, reward_funcs=get_reward_funcs(rl["reward_funcs"]),
+            category_wordmap=wordmap, _metrics=defaultdict(list), _nonfinite_in_a_row=0,
             accelerator=SimpleNamespace(unwrap_model=lambda m: m, state=SimpleNamespace(deepspeed_plugin=None)),
         )  # fmt: skip
         return trainer, f"compute_loss on an uninitialised FashionCapTrainer ({type(err).__name__}: {err})"
@@ -176,7 +175,7 @@ def seed_step(trainer, model, batch: dict, optimizer) -> None:
     mle_loss = outputs.loss
     generated_ids = model.generate(pixel_values=batch["pixel_values"], max_length=50)
     generated_texts = trainer.processing_class.batch_decode(generated_ids, skip_special_tokens=True)
-    rewards = trainer.score(generated_texts, {k: batch[k] for k in ("captions", "attributes", "category")})
+    rewards = trainer.score(generated_texts, {k: batch[k] for k in ("caption", "attributes", "category")})
     optimizer.zero_grad()
     mle_loss.backward(retain_graph=True)
     log_probs = torch.nn.functional.log_softmax(outputs.logits, dim=-1)
@@ -213,7 +212,6 @@ def measure(
     `built` = (model, processor, rows, wordmap) reuses a model across calls (the GPU check's two checkpointing
     settings); otherwise one is built here.
     """
-    from fashioncap.configs import RewardArguments
     from fashioncap.data.collator import CaptionCollator
     from fashioncap.rewards import _attribute_cache
 
@@ -234,13 +232,9 @@ def measure(
         [p for p in model.parameters() if p.requires_grad], lr=2e-5, weight_decay=0.05
     )
     settings = {
-        "mle": RewardArguments(reward_funcs=list(reward_funcs), rl_weight=0.0),
-        "rl_h1": RewardArguments(
-            reward_funcs=list(reward_funcs), rl_weight=1.0, num_samples=1, max_sample_tokens=max_tokens
-        ),  # fmt: skip
-        "rl_h4": RewardArguments(
-            reward_funcs=list(reward_funcs), rl_weight=1.0, num_samples=4, max_sample_tokens=max_tokens
-        ),  # fmt: skip
+        "mle": dict(rl_weight=0.0),
+        "rl_h1": dict(rl_weight=1.0, num_samples=1, max_sample_tokens=max_tokens),
+        "rl_h4": dict(rl_weight=1.0, num_samples=4, max_sample_tokens=max_tokens),
     }
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and cuda else contextlib.nullcontext()
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -251,8 +245,8 @@ def measure(
         lengths = record_sample_lengths(trainer)
         for round_ in range(warmup + steps):
             for variant in variants:
-                if variant in settings:
-                    trainer.reward_args = settings[variant]
+                for key, value in settings.get(variant, {}).items():
+                    setattr(trainer.args, key, value)
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
                 _attribute_cache.clear()  # each training step tags new captions; this batch repeats

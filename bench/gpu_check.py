@@ -48,16 +48,13 @@ def eval_throughput(
     import torch
 
     from bench.bench_train_step import make_trainer, synchronize
-    from fashioncap.configs import GenerationArguments
     from fashioncap.data.collator import CaptionCollator
     from fashioncap.trainer import eval_mode
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer, _ = make_trainer(model, processor, wordmap, ("sls",), tmp, device, bf16)
     pixel_values = CaptionCollator(processor).pixel_values([r["image"] for r in rows[:batch_size]]).to(device)
-    kwargs = GenerationArguments(
-        num_beams=3, max_new_tokens=max_new_tokens, min_new_tokens=5
-    ).generate_kwargs()
+    kwargs = dict(num_beams=3, max_new_tokens=max_new_tokens, min_new_tokens=5)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     times = []
     with torch.no_grad(), eval_mode(model), autocast:

@@ -1,4 +1,8 @@
-"""The `fashioncap` command: one subcommand per module, imported only when used (torch is slow to import)."""
+"""The `fashioncap` command: one subcommand per module of fashioncap/commands/.
+
+Command modules import only the standard library at their top (the library loads inside `run`), so building
+the whole parser is cheap and `--help` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -6,36 +10,31 @@ import argparse
 import importlib
 import sys
 
-# name -> (module, help). Each module defines `add_arguments(parser)` and `run(args) -> int | None`.
-COMMANDS = {
-    "data": ("fashioncap.data.cli", "build or check a data dir (synthetic set, FACAD, your own COCO set)"),
-    "train": ("fashioncap.train", "train one trial from a YAML recipe"),
-    "eval": ("fashioncap.evaluation", "caption a split with a trained run and score it"),
-    "score": ("fashioncap.metrics.cli", "score predictions against references (COCO formats)"),
-    "caption": ("fashioncap.inference", "caption images or folders"),
-    "report": ("fashioncap.report", "compare runs: table, HTML with captions, training curves"),
-    "push": ("fashioncap.hub", "push an adapter, its processor and model card to the Hugging Face Hub"),
-}
+from fashioncap import __version__
+
+COMMANDS = ("data", "train", "eval", "score", "caption", "report", "push", "demo", "metrics")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fashioncap", description="Fine-tune BLIP for fashion captioning.")
+    parser.add_argument("--version", action="version", version=f"fashioncap {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"fashioncap.commands.{name}")
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run, accepts_overrides=getattr(module, "ACCEPTS_OVERRIDES", False))
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="fashioncap", description=__doc__)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        parser.parse_args(argv)  # prints help or the usage error
-        return 2
-    name = argv[0]
-    module = importlib.import_module(COMMANDS[name][0])
-    command_parser = argparse.ArgumentParser(prog=f"fashioncap {name}", description=COMMANDS[name][1])
-    module.add_arguments(command_parser)
-    if getattr(module, "ACCEPTS_OVERRIDES", False):  # `train`: any other --key value overrides the recipe
-        args, args.overrides = command_parser.parse_known_args(argv[1:])
-    else:
-        args = command_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not args.accepts_overrides:  # only `train` takes --key value overrides of its recipe
+        parser.parse_args(argv)  # prints the usage error and exits 2
+    args.overrides = extra
+    return int(args.run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     data_dir: str = field(
-        default="data/facad", metadata={"help": "data dir (design.md layout) or a Hub data set id"}
+        default="data/facad", metadata={"help": "data dir (docs/data.md layout) or a Hub data set id"}
     )
     data_from_hub: bool = field(
         default=False, metadata={"help": "data_dir is a Hub data set id with the same columns"}
@@ -70,29 +70,52 @@ class DataArguments:
     max_eval_samples: int | None = None
 
 
+def _help(default, help_text: str):
+    return field(default=default, metadata={"help": help_text})
+
+
+# The recipe's sections beyond the Trainer's own arguments: saved apart in the run's config, shown on the card.
+SECTIONS = {
+    "reward": (
+        "reward_funcs", "reward_weights", "mle_weight", "rl_weight", "num_samples", "baseline", "rl_start",
+        "sample_temperature", "sample_top_k", "max_sample_tokens",
+    ),
+    "generation": ("num_beams", "max_new_tokens", "min_new_tokens"),
+}  # fmt: skip
+
+
 @dataclass
-class RewardArguments:
-    reward_funcs: list[str] = field(default_factory=list, metadata={"help": "registry names, e.g. als sls"})
+class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
+    """The Trainer's arguments plus the REINFORCE and generation settings: the trainer reads all from `self.args`.
+
+    Its own fields are grouped into `SECTIONS` only for the run's saved recipe and its model card.
+    """
+
+    reward_funcs: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "reward functions: registry names (als, sls) or dotted import paths (my_pkg.rewards.brevity)"
+        },
+    )
     reward_weights: list[float] = field(
         default_factory=list, metadata={"help": "one per reward (default: all 1)"}
     )
-    mle_weight: float = 1.0
-    rl_weight: float = field(
-        default=0.0, metadata={"help": "weight of the REINFORCE term (needs reward_funcs)"}
+    mle_weight: float = _help(1.0, "weight of the MLE (teacher-forced cross-entropy) term")
+    rl_weight: float = _help(0.0, "weight of the REINFORCE term (needs reward_funcs)")
+    num_samples: int = _help(4, "H: captions sampled per image")
+    baseline: str = _help("mean", "mean (the seed's) | loo (leave-one-out) | greedy (self-critical)")
+    rl_start: float = _help(
+        0.0, "fraction of the steps trained by MLE alone before the REINFORCE term starts"
     )
-    num_samples: int = field(default=4, metadata={"help": "H: captions sampled per image"})
-    baseline: str = field(
-        default="mean", metadata={"help": "mean (the seed's) | loo (leave-one-out) | greedy"}
-    )
-    rl_start: float = field(
-        default=0.0,
-        metadata={"help": "fraction of the steps trained by MLE alone before the REINFORCE term starts"},
-    )
-    sample_temperature: float = 1.0
-    sample_top_k: int = field(default=0, metadata={"help": "0 samples from the full distribution"})
-    max_sample_tokens: int = 50
+    sample_temperature: float = _help(1.0, "temperature of the sampled captions")
+    sample_top_k: int = _help(0, "0 samples from the full distribution")
+    max_sample_tokens: int = _help(50, "new tokens per sampled caption at most")
+    num_beams: int = _help(3, "beams for evaluation captions")
+    max_new_tokens: int = _help(50, "new tokens per evaluation caption at most")
+    min_new_tokens: int = _help(5, "new tokens per evaluation caption at least")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.baseline not in ("mean", "loo", "greedy"):
             raise ValueError(f"baseline must be mean, loo or greedy, not {self.baseline!r}")
         if self.reward_weights and len(self.reward_weights) != len(self.reward_funcs):
@@ -108,45 +131,39 @@ class RewardArguments:
 
     @property
     def weights(self) -> list[float]:
+        """One weight per reward function (all 1 unless the recipe says otherwise)."""
         return list(self.reward_weights) or [1.0] * len(self.reward_funcs)
 
-
-@dataclass
-class GenerationArguments:
-    num_beams: int = 3
-    max_new_tokens: int = 50
-    min_new_tokens: int = 5
+    def section(self, name: str) -> dict:
+        """The fields of one section ("reward" or "generation") as a dict."""
+        return {key: getattr(self, key) for key in SECTIONS[name]}
 
     def generate_kwargs(self) -> dict:
-        return dataclasses.asdict(self)
+        """The evaluation captions' settings, as `generate` takes them."""
+        return self.section("generation")
 
 
-CONFIG_CLASSES = (
-    ModelArguments,
-    DataArguments,
-    RewardArguments,
-    GenerationArguments,
-    Seq2SeqTrainingArguments,
-)
+CONFIG_CLASSES = (ModelArguments, DataArguments, FashionCapTrainingArguments)
 
 
 @dataclass
 class RecipeConfig:
     model: ModelArguments
     data: DataArguments
-    reward: RewardArguments
-    generation: GenerationArguments
-    training: Seq2SeqTrainingArguments
+    training: FashionCapTrainingArguments
     source: str | None = None
 
     def to_dict(self) -> dict:
         """Everything a later `eval` or model card needs; never the Hub token."""
-        training = {k: v for k, v in self.training.to_dict().items() if "token" not in k}
+        sectioned = {key for keys in SECTIONS.values() for key in keys}
+        training = {
+            k: v for k, v in self.training.to_dict().items() if "token" not in k and k not in sectioned
+        }
         return {
             "model": dataclasses.asdict(self.model),
             "data": dataclasses.asdict(self.data),
-            "reward": dataclasses.asdict(self.reward),
-            "generation": dataclasses.asdict(self.generation),
+            "reward": self.training.section("reward"),
+            "generation": self.training.section("generation"),
             "training": training,
             "source": self.source,
         }
@@ -214,13 +231,11 @@ def load_config(config_path: str | Path | None, overrides: list[str] | None = No
         values.setdefault("use_cpu", True)
     parser = HfArgumentParser(CONFIG_CLASSES)
     try:
-        model, data, reward, generation, training = parser.parse_args_into_dataclasses(
+        model, data, training = parser.parse_args_into_dataclasses(
             args=_to_argv(values), look_for_args_file=False
         )
     except SystemExit as exc:  # argparse prints the offending key and value before exiting
         raise ValueError(
             f"invalid value in {config_path or 'the command line'} (see the message above)"
         ) from exc
-    return RecipeConfig(
-        model, data, reward, generation, training, source=str(config_path) if config_path else None
-    )
+    return RecipeConfig(model, data, training, source=str(config_path) if config_path else None)

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import (
+    AutoTokenizer,
+    BertTokenizer,
+    BlipConfig,
+    BlipForConditionalGeneration,
+    BlipImageProcessorPil,
+    BlipProcessor,
+)
+
+from fashioncap.text import normalize_text
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-large"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"]
 
-# Module-name patterns (see stack-notes): every attention query/key/value and dense layer of the text decoder,
+# Module-name patterns (docs/stack-traps.md): every attention query/key/value and dense layer of the text decoder,
 # self- and cross-attention alike, and the attention/MLP projections of a vision-encoder layer.
 DECODER_TARGETS = (
     r"text_decoder\.bert\.encoder\.layer\.\d+\."
@@ -33,8 +45,6 @@ class ModelLoadError(RuntimeError):
 
 def load_processor(name_or_path: str):
     """BLIP's processor with the PIL image backend: transformers 5's default one needs torchvision."""
-    from transformers import AutoTokenizer, BlipImageProcessorPil, BlipProcessor
-
     image_processor = BlipImageProcessorPil.from_pretrained(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     return BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
@@ -46,8 +56,6 @@ def load_model_and_processor(
     dtype: torch.dtype | str | None = None,
 ):
     """Load BLIP for captioning from a Hub id or a local directory (a full model, never remote code)."""
-    from transformers import BlipForConditionalGeneration
-
     local = Path(name_or_path).expanduser()
     source = str(local) if local.exists() else name_or_path
     try:
@@ -93,22 +101,13 @@ def configure_generation_ids(model, tokenizer) -> None:
 
 def caption_vocabulary(captions: Iterable[str]) -> list[str]:
     """Sorted unique words: deterministic across processes, unlike WordPiece training."""
-    from fashioncap.rewards import normalize_caption
-
-    return sorted({w for c in captions for w in normalize_caption(c).split()})
+    return sorted({w for c in captions for w in normalize_text(c).split()})
 
 
 def build_tiny_blip(
     words: Iterable[str], image_size: int = 64, patch_size: int = 16, max_positions: int = 64, seed: int = 0
 ):
     """A ~1.4M-parameter BLIP with a whole-word vocabulary: sized to learn the synthetic set on 2 CPU cores."""
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessorPil,
-        BlipProcessor,
-    )
 
     vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *sorted(set(words) - set(SPECIAL_TOKENS))])}
     tokenizer = BertTokenizer(
@@ -171,8 +170,6 @@ def apply_lora(
     `modules_to_save` trains full copies of small modules and saves them with the adapter: the demo's tiny base
     never learned the descriptive words, and LoRA cannot teach a word whose embedding and output row are untrained.
     """
-    from peft import LoraConfig, get_peft_model
-
     matched = [name for name, _ in model.named_modules() if re.fullmatch(target_regex, name)]
     if not matched:
         raise ValueError(f"LoRA target pattern {target_regex!r} matches no module of {type(model).__name__}")
@@ -196,15 +193,11 @@ def load_for_inference(model_dir: str, dtype: torch.dtype | str | None = None):
 
     An adapter is merged into its base for speed; its processor comes from the run dir when saved there.
     """
-    import json
-
     path = Path(model_dir)
     adapter_config = path / "adapter_config.json"
     if not adapter_config.is_file():
         model, processor = load_model_and_processor(model_dir, dtype=dtype)
         return model.eval(), processor
-    from peft import PeftModel
-
     base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
     model, processor = load_model_and_processor(base, dtype=dtype)
     model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()

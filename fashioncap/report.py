@@ -1,4 +1,4 @@
-"""`fashioncap report`: compare runs the way the seed did, from the files `train` and `eval` leave in each run.
+"""Compare runs the way the seed did, from the files `train` and `eval` leave in each run (`fashioncap report`).
 
 OUT/comparison.md      the seed-style table (BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE, ALS, SLS) per run
 OUT/report.html        one self-contained page: the table, sample test images (embedded) with the reference
@@ -9,27 +9,26 @@ OUT/summary.json       {run name: RUN/eval/metrics.json}
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
 import json
 import logging
 import re
-import sys
 from pathlib import Path
 
-from fashioncap.evaluation import EVAL_DIR, HEADLINE_METRICS, format_score
-from fashioncap.io_utils import write_bytes_atomic, write_json_atomic, write_text_atomic
+from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
+
+from fashioncap import rundir
+from fashioncap.data import references_file
+from fashioncap.data.images import ImageProblem, open_rgb
+from fashioncap.io_utils import safe_join, write_bytes_atomic, write_json_atomic, write_text_atomic
+from fashioncap.scoretable import HEADLINE_METRICS, format_score, score_table
 
 logger = logging.getLogger(__name__)
 
 CURVES = ("loss", "loss/mle", "loss/rl", "reward/total", "reward/als", "reward/sls")
 THUMBNAIL = 256
-
-
-def _read_json(path: Path):
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def run_names(run_dirs: list[str]) -> dict[str, Path]:
@@ -48,18 +47,13 @@ def run_names(run_dirs: list[str]) -> dict[str, Path]:
 
 def comparison_table(metrics: dict[str, dict | None]) -> str:
     """Markdown, one row per run; a metric that could not run (or a run not evaluated) shows "n/a"."""
-    lines = ["| run | " + " | ".join(HEADLINE_METRICS) + " |", "|---" * (len(HEADLINE_METRICS) + 1) + "|"]
-    for name, scores in metrics.items():
-        lines.append(
-            f"| {name} | " + " | ".join(format_score((scores or {}).get(m)) for m in HEADLINE_METRICS) + " |"
-        )
     missing = [name for name, scores in metrics.items() if scores is None]
     note = (
-        f"\nNot evaluated (no {EVAL_DIR}/metrics.json; run `fashioncap eval`): {', '.join(missing)}\n"
+        f"\nNot evaluated (no {rundir.EVAL_DIR}/{rundir.METRICS}; run `fashioncap eval`): {', '.join(missing)}\n"
         if missing
         else ""
     )
-    return "\n".join(lines) + "\n" + note
+    return score_table(metrics) + note
 
 
 # --- training curves ----------------------------------------------------------------------------------------
@@ -67,8 +61,6 @@ def comparison_table(metrics: dict[str, dict | None]) -> str:
 
 def plot_curves(trainer_state: dict, title: str) -> bytes | None:
     """A PNG with one panel per logged curve (vs step), or None when the log has none of them."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
-
     history = trainer_state.get("log_history") or []
     series = {
         key: [(row["step"], row[key]) for row in history if key in row and "step" in row] for key in CURVES
@@ -104,8 +96,6 @@ def _data_uri(png: bytes) -> str:
 
 def _thumbnail(path: Path) -> str | None:
     """The image as an embedded PNG, at most THUMBNAIL pixels a side; None when it cannot be read."""
-    from fashioncap.data.check import ImageProblem, open_rgb
-
     try:
         image = open_rgb(path, draft=THUMBNAIL)
     except ImageProblem as err:
@@ -119,9 +109,6 @@ def _thumbnail(path: Path) -> str | None:
 
 def sample_rows(data_dir: Path, split: str, predictions: dict[str, dict], samples: int) -> list[dict]:
     """`samples` test images spread evenly over the split: image, references, each run's caption."""
-    from fashioncap.data import references_file
-    from fashioncap.io_utils import safe_join
-
     coco = json.loads(references_file(data_dir, split).read_text(encoding="utf-8"))
     references: dict[int, list[str]] = {}
     for ann in coco["annotations"]:
@@ -197,7 +184,7 @@ def render_html(metrics: dict, rows: list[dict], curves: dict[str, bytes | None]
 def _data_dir_of(run_dirs: dict[str, Path]) -> Path | None:
     """The data dir the runs were trained on, from their recipe, when it is a local dir."""
     for run_dir in run_dirs.values():
-        config = _read_json(run_dir / "fashioncap_config.json") or {}
+        config = rundir.run_config(run_dir) or {}
         data_dir = (config.get("data") or {}).get("data_dir")
         if data_dir and Path(data_dir, "annotations").is_dir():
             return Path(data_dir)
@@ -218,17 +205,14 @@ def write_report(
     """
     out_dir = Path(out_dir)
     run_dirs = {name: Path(d) for name, d in runs.items()}
-    metrics = {name: _read_json(d / EVAL_DIR / "metrics.json") for name, d in run_dirs.items()}
-    predictions = {
-        name: {p["image_id"]: p["caption"] for p in _read_json(d / EVAL_DIR / "predictions.json") or []}
-        for name, d in run_dirs.items()
-    }
+    metrics = {name: rundir.eval_metrics(d) for name, d in run_dirs.items()}
+    predictions = {name: rundir.eval_predictions(d) for name, d in run_dirs.items()}
     data_dir = Path(data_dir) if data_dir else _data_dir_of(run_dirs)
     rows = sample_rows(data_dir, split, predictions, samples) if data_dir else []
     files = []
     curves = {}
     for name, run_dir in run_dirs.items():
-        curves[name] = plot_curves(_read_json(run_dir / "trainer_state.json") or {}, name)
+        curves[name] = plot_curves(rundir.read_json(run_dir / rundir.TRAINER_STATE) or {}, name)
         if curves[name]:
             files.append(out_dir / "curves" / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".png"))
             write_bytes_atomic(files[-1], curves[name])
@@ -242,23 +226,3 @@ def write_report(
     write_json_atomic(out_dir / "summary.json", metrics)
     files.append(out_dir / "summary.json")
     return {"metrics": metrics, "files": [str(f) for f in files]}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "runs", nargs="+", metavar="RUN", help="run dirs (each with eval/ from `fashioncap eval`)"
-    )
-    parser.add_argument(
-        "--out", required=True, help="output dir for comparison.md, report.html, curves/, summary.json"
-    )
-    parser.add_argument("--data", help="data dir for the sample images (default: the runs' recipe data dir)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--samples", type=int, default=12, help="sample images on the HTML page")
-
-
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(format="%(levelname)s %(message)s", level=logging.INFO)
-    result = write_report(run_names(args.runs), args.out, args.data, args.split, args.samples)
-    print(comparison_table(result["metrics"]))
-    print("wrote " + ", ".join(result["files"]), file=sys.stderr)
-    return 0

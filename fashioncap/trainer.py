@@ -1,6 +1,6 @@
 """FashionCapTrainer: MLE plus a REINFORCE term that rewards captions naming the item's attributes and category.
 
-One training step, as design.md defines it:
+One training step (docs/design.md, "The training step"):
   1. encode the images once (with gradient: trials 3/4 train vision LoRA);
   2. sample H captions per image from the detached image embeddings (no gradient, KV cache, one `generate`);
   3. score them with the reward functions, subtract the baseline;
@@ -23,13 +23,11 @@ import torch
 import torch.nn.functional as F
 from transformers import Seq2SeqTrainer
 
-from fashioncap.configs import GenerationArguments, RewardArguments
-from fashioncap.data.collator import IGNORE_INDEX
+from fashioncap.configs import FashionCapTrainingArguments
+from fashioncap.data.collator import IGNORE_INDEX, MODEL_INPUTS, CaptionCollator
 from fashioncap.rewards import get_reward_funcs
 
 logger = logging.getLogger(__name__)
-
-REWARD_COLUMNS = ("captions", "attributes", "category")
 
 
 # --- the learning signal, as pure functions ---------------------------------------------------------------------
@@ -105,21 +103,18 @@ class FashionCapTrainer(Seq2SeqTrainer):
     loss_is_scaled_for_ga = True
     max_nonfinite_steps = 10
 
-    def __init__(
-        self,
-        *args,
-        reward_args: RewardArguments | None = None,
-        generation_args: GenerationArguments | None = None,
-        category_wordmap: dict | None = None,
-        **kwargs,
-    ):
+    args: FashionCapTrainingArguments
+
+    def __init__(self, *args, category_wordmap: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if not isinstance(self.args, FashionCapTrainingArguments):
+            raise TypeError(
+                "FashionCapTrainer takes FashionCapTrainingArguments (the RL and generation settings)"
+            )
         # Make the Trainer count `num_items_in_batch` (label tokens over accumulation steps and ranks); BLIP's
-        # forward(**kwargs) would otherwise decide this, and the stock loss path mis-scales (stack-notes).
+        # forward(**kwargs) would otherwise decide this, and the stock loss path mis-scales (docs/stack-traps.md).
         self.model_accepts_loss_kwargs = True
-        self.reward_args = reward_args or RewardArguments()
-        self.generation_args = generation_args or GenerationArguments()
-        self.reward_funcs = get_reward_funcs(self.reward_args.reward_funcs)
+        self.reward_funcs = get_reward_funcs(self.args.reward_funcs)
         self.category_wordmap = category_wordmap or {}
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._nonfinite_in_a_row = 0
@@ -133,13 +128,13 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     @property
     def _uses_rl(self) -> bool:
-        return self.reward_args.rl_weight > 0 and bool(self.reward_funcs)
+        return self.args.rl_weight > 0 and bool(self.reward_funcs)
 
     @property
     def _rl_started(self) -> bool:
         """SCST-style schedule: MLE alone for the first `rl_start` of the steps, so sampling starts from a policy
         that already writes the captions' style (every rank sees the same global step, so all agree)."""
-        return self.state.global_step >= self.reward_args.rl_start * self.state.max_steps
+        return self.state.global_step >= self.args.rl_start * self.state.max_steps
 
     def _is_zero3(self) -> bool:
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
@@ -168,29 +163,22 @@ class FashionCapTrainer(Seq2SeqTrainer):
     # --- rollout and rewards ---
 
     def score(self, completions: list[str], columns: dict) -> dict[str, torch.Tensor]:
-        """Each reward function on the completions, with the dataset columns as keyword arguments."""
-        category = columns.get("category")
-        kwargs = {
-            "caption": columns.get("captions"),
-            "attributes": columns.get("attributes"),
-            "category": category.tolist() if torch.is_tensor(category) else category,
-            "category_wordmap": self.category_wordmap,
-        }
+        """Each reward function on the completions, with every data set column as a keyword argument (TRL's way)."""
+        kwargs = {k: v.tolist() if torch.is_tensor(v) else v for k, v in columns.items()}
         return {
-            name: torch.tensor(func(completions, **kwargs), dtype=torch.float32)
-            for name, func in zip(self.reward_args.reward_funcs, self.reward_funcs, strict=True)
+            name: torch.tensor(
+                func(completions, category_wordmap=self.category_wordmap, **kwargs), dtype=torch.float32
+            )
+            for name, func in self.reward_funcs.items()
         }
 
     def _total_reward(self, rewards: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(
-            w * rewards[name]
-            for name, w in zip(self.reward_args.reward_funcs, self.reward_args.weights, strict=True)
-        )
+        return sum(w * rewards[name] for name, w in zip(self.reward_funcs, self.args.weights, strict=True))
 
     @torch.no_grad()
     def rollout(self, blip, image_embeds: torch.Tensor, columns: dict):
         """H sampled captions per image and their rewards; plus the baseline's inputs."""
-        args = self.reward_args
+        args = self.args
         h = args.num_samples
         repeated = {k: _repeat_each(v, h) for k, v in columns.items()}
         with eval_mode(blip):
@@ -224,8 +212,8 @@ class FashionCapTrainer(Seq2SeqTrainer):
     # --- the loss ---
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        columns = {k: inputs.pop(k) for k in REWARD_COLUMNS if k in inputs}
-        inputs.pop("image_ids", None)
+        columns = {k: inputs.pop(k) for k in list(inputs) if k not in MODEL_INPUTS}
+        columns["image_id"] = columns.pop("image_ids")
         blip = self._blip(model)
         step = functools.partial(self._policy_step, blip, columns, num_items_in_batch)
         with forward_replaced(blip, step):
@@ -263,7 +251,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
             attention_mask = torch.cat([pad_to(attention_mask, length, 0), pad_to(sample_mask, length, 0)])
             labels = pad_to(labels, length, IGNORE_INDEX)
             encoder_states = torch.cat(
-                [image_embeds, image_embeds.repeat_interleave(self.reward_args.num_samples, 0)]
+                [image_embeds, image_embeds.repeat_interleave(self.args.num_samples, 0)]
             )
         else:
             encoder_states = image_embeds
@@ -288,13 +276,13 @@ class FashionCapTrainer(Seq2SeqTrainer):
             ranks = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
             mle_term = mle_sum / num_items_in_batch * ranks
             rl_scale = 1.0 / self.current_gradient_accumulation_steps
-        loss = self.reward_args.mle_weight * mle_term
+        loss = self.args.mle_weight * mle_term
         self._log_metric("loss/mle", mle_mean, weight=n_local)
 
         if rl:
             logprobs = sequence_logprobs(logits[n_images:], input_ids[n_images:], attention_mask[n_images:])
             rl_loss = reinforce_loss(logprobs, total, baseline)
-            loss = loss + self.reward_args.rl_weight * rl_loss * rl_scale
+            loss = loss + self.args.rl_weight * rl_loss * rl_scale
             self._log_metric("loss/rl", rl_loss)
             for name, values in rewards.items():
                 self._log_metric(f"reward/{name}", values.mean())
@@ -332,7 +320,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         blip = self._blip(model)
         with torch.no_grad(), eval_mode(blip):
             image_embeds = blip.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
-            generated = self._generate(blip, image_embeds, **self.generation_args.generate_kwargs())
+            generated = self._generate(blip, image_embeds, **self.args.generate_kwargs())
         return None, generated, image_ids
 
 
@@ -340,3 +328,29 @@ def _repeat_each(values, times: int):
     if torch.is_tensor(values):
         return values.repeat_interleave(times, dim=0)
     return [v for v in values for _ in range(times)]
+
+
+def build_trainer(
+    model,
+    processor,
+    args: FashionCapTrainingArguments,
+    train_dataset=None,
+    eval_dataset=None,
+    *,
+    category_wordmap: dict | None = None,
+    max_length: int = 50,
+    augment: bool = False,
+    trainer_class: type[FashionCapTrainer] = FashionCapTrainer,
+    **kwargs,
+) -> FashionCapTrainer:
+    """The trainer with its collator (caption tokens up to `max_length`, optional augmentation seeded by the run)."""
+    return trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=CaptionCollator(processor, max_length=max_length, augment=augment, seed=args.seed),
+        processing_class=processor,
+        category_wordmap=category_wordmap,
+        **kwargs,
+    )

@@ -1,8 +1,9 @@
 """Trial 4: `accelerate launch recipes/trial4.py [--key value ...]` trains with recipes/trial4.yaml."""
 
+import sys
 from pathlib import Path
 
-from fashioncap.train import main
+from fashioncap.commands.train import main
 
 if __name__ == "__main__":
-    main(default_config=Path(__file__).with_suffix(".yaml"))
+    sys.exit(main(default_config=Path(__file__).with_suffix(".yaml")))

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-FACAD_TEXT_SAMPLE = REPO.parent / "shared/data/facad_text_sample/records.jsonl"
+FACAD_TEXT_SAMPLE = REPO / "tests/data/facad_records.jsonl"
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,7 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_coco_dir(tmp_path):
-    """Write a data dir in the design.md layout from a list of (file_name, [annotation dicts]) and return it."""
+    """Write a data dir in the docs/data.md layout from a list of (file_name, [annotation dicts]) and return it."""
 
     def make(
         images: list[tuple[str, list[dict]]], categories=None, split: str = "train", name: str = "coco"
@@ -65,9 +65,7 @@ def make_coco_dir(tmp_path):
 
 @pytest.fixture(scope="session")
 def facad_descriptions() -> list[dict]:
-    """Real FACAD records (id, title, description) from shared/; a missing sample is a failure, not a skip."""
-    if not FACAD_TEXT_SAMPLE.is_file():
-        pytest.fail(f"FACAD text sample not found at {FACAD_TEXT_SAMPLE} (shared/ must sit beside the repo)")
+    """400 real FACAD records (id, title, description): tests/data/README.md says which and why."""
     with open(FACAD_TEXT_SAMPLE, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -85,3 +83,21 @@ def tiny_model_dir(tmp_path_factory, synthetic_dir) -> Path:
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def table_row():
+    """Read the row `name` of a Markdown table in `text` as {column: cell}."""
+
+    def row(text: str, name: str) -> dict[str, str]:
+        header: list[str] = []
+        lines = text.splitlines()
+        for line, following in zip(lines, [*lines[1:], ""], strict=True):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if following.startswith("|---"):
+                header = cells
+            elif line.startswith("|") and cells[0] == name and header:
+                return dict(zip(header, cells, strict=True))
+        raise AssertionError(f"no row {name!r} in:\n{text}")
+
+    return row

@@ -23,9 +23,9 @@ import torch
 import torch.distributed as dist
 from datasets import Dataset, Features, Image, Sequence, Value
 from PIL import Image as PILImage
-from transformers import Seq2SeqTrainingArguments, TrainerCallback
+from transformers import TrainerCallback
 
-from fashioncap.configs import RewardArguments
+from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.collator import IGNORE_INDEX, CaptionCollator
 from fashioncap.modeling import (
     SPECIAL_TOKENS,
@@ -34,7 +34,7 @@ from fashioncap.modeling import (
     caption_vocabulary,
     lora_target_regex,
 )
-from fashioncap.trainer import FashionCapTrainer, compute_baseline, reinforce_loss
+from fashioncap.trainer import FashionCapTrainer, build_trainer, compute_baseline, reinforce_loss
 
 SEED = 0
 NUM_SAMPLES = 2
@@ -83,7 +83,7 @@ def build_model():
     return model, processor
 
 
-def fixed_rollout(captions: list[str], text_config, reward_args: RewardArguments):
+def fixed_rollout(captions: list[str], text_config, reward_args: FashionCapTrainingArguments):
     """Per row (keyed by its caption) H fixed token sequences of different lengths and fixed rewards."""
     first_word = len(SPECIAL_TOKENS)
     sequences, rewards = [], {name: [] for name in reward_args.reward_funcs}
@@ -111,7 +111,7 @@ class FixedRolloutTrainer(FashionCapTrainer):
     @torch.no_grad()
     def rollout(self, blip, image_embeds, columns):
         text = blip.config.text_config
-        samples, rewards, total, baseline = fixed_rollout(columns["captions"], text, self.reward_args)
+        samples, rewards, total, baseline = fixed_rollout(columns["caption"], text, self.args)
         return samples.to(image_embeds.device), rewards, total.to(image_embeds.device), baseline
 
 
@@ -127,19 +127,17 @@ class GradCapture(TrainerCallback):
             self.grads = torch.cat([p.grad.detach().reshape(-1).float().cpu() for p in params])
 
 
-def reward_args_for(mode: str) -> RewardArguments:
+def rl_settings(mode: str) -> dict:
     if mode == "rl":
-        return RewardArguments(
-            reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=NUM_SAMPLES, max_sample_tokens=8
-        )
-    return RewardArguments()
+        return dict(reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=NUM_SAMPLES, max_sample_tokens=8)
+    return {}
 
 
 def train_one(
     mode: str, batch: int, ga: int, steps: int, out: Path
 ) -> tuple[dict, torch.Tensor | None, dict]:
     model, processor = build_model()
-    args = Seq2SeqTrainingArguments(
+    args = FashionCapTrainingArguments(
         output_dir=str(out / f"trainer_{mode}"),
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=ga,
@@ -157,15 +155,16 @@ def train_one(
         # Without it, ranks started by accelerate's multi-GPU launcher on a CPU machine each train alone
         # (PartialState(cpu=False) finds no GPU: DistributedType.NO, world_size 1, half the data each).
         use_cpu=not torch.cuda.is_available(),
+        **rl_settings(mode),
     )
     capture = GradCapture()
-    trainer = FixedRolloutTrainer(
-        model=model,
-        args=args,
-        train_dataset=build_dataset(),
-        data_collator=CaptionCollator(processor, max_length=32),
-        processing_class=processor,
-        reward_args=reward_args_for(mode),
+    trainer = build_trainer(
+        model,
+        processor,
+        args,
+        build_dataset(),
+        max_length=32,
+        trainer_class=FixedRolloutTrainer,
         callbacks=[capture],
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -201,10 +200,10 @@ def reference_one(mode: str) -> tuple[dict, torch.Tensor]:
         encoder_hidden_states=image_embeds,
         labels=batch["labels"],
     ).loss
-    reward_args = reward_args_for(mode)
+    reward_args = FashionCapTrainingArguments(output_dir="unused", use_cpu=True, **rl_settings(mode))
     if mode == "rl":
         text = blip.config.text_config
-        samples, _, total, baseline = fixed_rollout(batch["captions"], text, reward_args)
+        samples, _, total, baseline = fixed_rollout(batch["caption"], text, reward_args)
         mask = (samples != text.pad_token_id).long()
         neg_logp = blip.text_decoder(
             input_ids=samples,
@@ -228,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=["rl", "mle"], choices=["rl", "mle"])
     parser.add_argument("--reference", action="store_true", help="the objective by hand, no Trainer")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # CPU ranks share 2 cores: more threads per rank is much slower (stack-notes)
+    torch.set_num_threads(
+        1
+    )  # CPU ranks share 2 cores: more threads per rank is much slower (docs/stack-traps.md)
 
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {"runs": {}}

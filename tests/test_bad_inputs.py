@@ -1,4 +1,4 @@
-"""Bad inputs of issue 7 not already covered elsewhere, each through the path a user takes (docs/reliability.md
+"""Bad inputs of issue 7 not already covered elsewhere, each through the path a user takes (README.md, "Reliability"
 lists the others and the tests that cover them): what happens is asserted, and it is never a made-up result.
 """
 

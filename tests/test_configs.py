@@ -40,19 +40,19 @@ def test_seed_recipes_carry_the_seed_settings(trial):
     )
     assert t.lr_scheduler_type == "cosine" and t.warmup_steps == 0.1
     assert c.data.max_length == 50
-    assert (c.generation.num_beams, c.generation.max_new_tokens, c.generation.min_new_tokens) == (3, 50, 5)
+    assert (c.training.num_beams, c.training.max_new_tokens, c.training.min_new_tokens) == (3, 50, 5)
     if trial in (2, 4):
-        assert c.reward.reward_funcs == ["als", "sls"] and c.reward.rl_weight > 0
+        assert c.training.reward_funcs == ["als", "sls"] and c.training.rl_weight > 0
     else:
-        assert c.reward.rl_weight == 0
+        assert c.training.rl_weight == 0
 
 
 def test_command_line_overrides_win_and_are_typed():
     c = load_config(ROOT / "recipes/trial4.yaml", ["--lora_r", "8", "--reward_funcs", "sls", "--reward_weights", "2", "--bf16", "false",
                                                    "--baseline=loo", "--learning_rate", "1e-4"])  # fmt: skip
-    assert c.model.lora_r == 8 and c.reward.reward_funcs == ["sls"] and c.reward.weights == [2.0]
+    assert c.model.lora_r == 8 and c.training.reward_funcs == ["sls"] and c.training.weights == [2.0]
     assert c.training.bf16 is False
-    assert c.reward.baseline == "loo" and c.training.learning_rate == 1e-4
+    assert c.training.baseline == "loo" and c.training.learning_rate == 1e-4
 
 
 def test_unknown_keys_are_errors_naming_the_key(tmp_path):

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from fashioncap.cli import main
-from fashioncap.data.check import ImageProblem, check_data_dir, open_rgb, to_rgb
+from fashioncap.data.check import check_data_dir
+from fashioncap.data.images import ImageProblem, open_rgb, to_rgb
 
 
 def test_synthetic_dir_is_usable(synthetic_dir, capsys):

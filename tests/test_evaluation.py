@@ -12,9 +12,10 @@ import pytest
 
 from fashioncap import evaluation
 from fashioncap.cli import main
-from fashioncap.evaluation import EVAL_FILES, default_out_dir, predict_split
+from fashioncap.evaluation import predict_split
 from fashioncap.inference import load_captioner
-from fashioncap.metrics.cli import score_files
+from fashioncap.metrics.files import score_files
+from fashioncap.rundir import EVAL_FILES, default_eval_dir
 
 FAST = {"num_beams": 1, "max_new_tokens": 4, "min_new_tokens": 1}
 FAST_FLAGS = ["--num-beams", "1", "--max-new-tokens", "4", "--min-new-tokens", "1", "--batch-size", "4"]
@@ -31,7 +32,7 @@ def evaluated(tiny_model_dir, synthetic_dir, tmp_path_factory):
     return out_dir, code, stdout.getvalue()
 
 
-def test_eval_writes_predictions_metrics_and_table(evaluated, synthetic_dir):
+def test_eval_writes_predictions_metrics_and_table(evaluated, synthetic_dir, tiny_model_dir, table_row):
     out_dir, code, stdout = evaluated
     assert code == 0
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(EVAL_FILES)
@@ -48,8 +49,8 @@ def test_eval_writes_predictions_metrics_and_table(evaluated, synthetic_dir):
     assert {"ALS", "SLS"} <= set(metrics) and metrics["num_images"] == len(predictions)
 
     table = (out_dir / "metrics.md").read_text()
-    assert "| metric | score |" in table and "| SPICE | n/a |" in table
-    assert f"| CIDEr | {metrics['CIDEr']:.4f} |" in table
+    cells = table_row(table, Path(tiny_model_dir).name)
+    assert cells["SPICE"] == "n/a" and cells["CIDEr"] == f"{metrics['CIDEr']:.4f}"
     assert "| BLEU-4 |" in stdout, "the table is printed too"
 
 
@@ -83,7 +84,7 @@ def test_interrupted_eval_keeps_the_previous_results(evaluated, tiny_model_dir, 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("fashioncap.metrics.cli.score_files", interrupted)
+    monkeypatch.setattr("fashioncap.evaluation.score_files", interrupted)
     with pytest.raises(KeyboardInterrupt):
         evaluation.evaluate_run(str(tiny_model_dir), synthetic_dir, out_dir=out_dir, batch_size=8, **FAST)
     assert {name: (out_dir / name).read_bytes() for name in EVAL_FILES} == before
@@ -122,8 +123,8 @@ def test_eval_of_an_unavailable_hub_model_is_a_clear_error(synthetic_dir, tmp_pa
     assert not (tmp_path / "e").exists()
 
 
-def test_default_out_dir():
-    assert default_out_dir("Salesforce/blip-image-captioning-large") == Path(
+def test_default_eval_dir():
+    assert default_eval_dir("Salesforce/blip-image-captioning-large") == Path(
         "outputs/eval/Salesforce--blip-image-captioning-large"
     )
-    assert default_out_dir(str(Path(__file__).parent)) == Path(__file__).parent / "eval"
+    assert default_eval_dir(str(Path(__file__).parent)) == Path(__file__).parent / "eval"

@@ -40,7 +40,7 @@ def test_generation_settings_come_from_the_run_then_the_flags(tmp_path):
 
 
 def test_generate_captions_is_lazy_batched_and_pixels_only(tiny_model_dir, synthetic_dir):
-    from fashioncap.data.check import open_rgb
+    from fashioncap.data.images import open_rgb
 
     model, processor = load_captioner(str(tiny_model_dir))
     calls, pulled = [], []
@@ -108,8 +108,13 @@ def test_caption_cli_csv_to_a_file(tiny_model_dir, image_folder, tmp_path):
     )
     assert code == 0
     rows = list(csv.reader(io.StringIO(out.read_text())))
-    assert rows[0] == ["path", "caption"]
-    assert sorted(Path(r[0]).name for r in rows[1:]) == ["a.png", "c.png", "d.png"]
+    assert rows[0] == ["path", "caption", "error"]
+    assert sorted(Path(r[0]).name for r in rows[1:] if r[1]) == ["a.png", "c.png", "d.png"]
+    skipped = {Path(r[0]).name: r[2] for r in rows[1:] if not r[1]}
+    assert skipped == {
+        "b_empty.png": "zero-byte file",
+        "e_truncated.png": "cannot decode: image file is truncated",
+    }
     assert not [p for p in out.parent.iterdir() if p.name != "captions.csv"], "no temporary file left behind"
 
 

@@ -6,8 +6,8 @@ final adapter with an uninterrupted run of the same length: on CPU, one thread, 
 equal (tolerance 0) with REINFORCE off and on, because the Trainer restores the RNG states (rng_state.pth) and the
 data order (skip_first_batches) from the checkpoint.
 
-The children run `python -m fashioncap.train` (the `accelerate launch recipes/trialN.py` entry point):
-`fashioncap train --config X --key value` rejects every `--key value` override (see docs/reliability.md).
+The children run `python -m fashioncap train` (what `accelerate launch recipes/trialN.py` runs):
+`fashioncap train --config X --key value` rejects every `--key value` override (see README.md, "Reliability").
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ def train_cmd(recipe: Path, out: Path, *overrides: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "fashioncap.train",
+        "fashioncap",
+        "train",
         "--config",
         str(recipe),
         "--output_dir",
@@ -251,7 +252,8 @@ def image_server():
 
 @pytest.mark.slow
 def test_killed_facad_download_leaves_no_data_dir_and_no_broken_image_then_resumes(image_server, tmp_path):
-    from fashioncap.data.check import check_data_dir, open_rgb
+    from fashioncap.data.check import check_data_dir
+    from fashioncap.data.images import open_rgb
 
     records = [
         {"id": 100 + i, "images": [{"color": "Pale Pink", "0": f"{image_server}/img/{i}.jpeg?crop=pad&w=60&h=90"}],
@@ -302,7 +304,7 @@ def tiny_model_dir(data_dir) -> Path:
 def test_killed_eval_leaves_no_results_or_the_previous_ones_and_a_rerun_redoes_it(
     data_dir, tiny_model_dir, tmp_path
 ):
-    from fashioncap.evaluation import EVAL_FILES
+    from fashioncap.rundir import EVAL_FILES
 
     out = tmp_path / "eval"
     cmd = [sys.executable, "-m", "fashioncap.cli", "eval", "--model-dir", str(tiny_model_dir), "--data",
@@ -332,28 +334,23 @@ def test_killed_eval_leaves_no_results_or_the_previous_ones_and_a_rerun_redoes_i
 # --- numbers: degenerate rewards and non-finite losses in the trainer --------------------------------------------
 
 
-def make_trainer(data_dir, tmp_path, reward_args=None, **training):
+def make_trainer(data_dir, tmp_path, **training):
     """A FashionCapTrainer on the tiny BLIP with decoder LoRA, over the synthetic train split."""
-    from transformers import Seq2SeqTrainingArguments
-
-    from fashioncap.configs import RewardArguments
+    from fashioncap.configs import FashionCapTrainingArguments
     from fashioncap.data import load_captions, load_categories
-    from fashioncap.data.collator import CaptionCollator
     from fashioncap.modeling import DECODER_TARGETS, apply_lora, build_tiny_blip, caption_vocabulary
-    from fashioncap.trainer import FashionCapTrainer
+    from fashioncap.trainer import build_trainer
 
     train = load_captions(data_dir, ["train"])["train"]
     model, processor = build_tiny_blip(caption_vocabulary(train["caption"]))
     model = apply_lora(model, DECODER_TARGETS, r=4, dropout=0.0)
-    args = Seq2SeqTrainingArguments(
+    args = FashionCapTrainingArguments(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, report_to=[], remove_unused_columns=False,
         use_cpu=True, save_strategy="no", logging_steps=1, learning_rate=1e-2, disable_tqdm=True, **training,
     )  # fmt: skip
-    return FashionCapTrainer(
-        model=model, args=args, train_dataset=train, data_collator=CaptionCollator(processor, max_length=40),
-        processing_class=processor, reward_args=reward_args or RewardArguments(),
-        category_wordmap=load_categories(data_dir),
-    )  # fmt: skip
+    return build_trainer(
+        model, processor, args, train, category_wordmap=load_categories(data_dir), max_length=40
+    )
 
 
 def one_loss_and_grads(trainer):
@@ -371,10 +368,8 @@ def logged(trainer, loss) -> dict:
     return trainer.state.log_history[-1]
 
 
-def rl_only(**kwargs):
-    from fashioncap.configs import RewardArguments
-
-    return RewardArguments(rl_weight=1.0, mle_weight=0.0, num_samples=2, max_sample_tokens=6, **kwargs)
+def rl_only(**kwargs) -> dict:
+    return dict(rl_weight=1.0, mle_weight=0.0, num_samples=2, max_sample_tokens=6, **kwargs)
 
 
 @pytest.mark.parametrize("baseline", ["mean", "loo", "greedy"])
@@ -385,7 +380,7 @@ def test_equal_rewards_in_every_group_give_a_zero_rl_loss_in_the_trainer(
 
     monkeypatch.setitem(rewards.REWARD_FUNCS, "constant", lambda completions, **_: [0.5] * len(completions))
     torch.manual_seed(0)
-    trainer = make_trainer(data_dir, tmp_path, rl_only(reward_funcs=["constant"], baseline=baseline))
+    trainer = make_trainer(data_dir, tmp_path, **rl_only(reward_funcs=["constant"], baseline=baseline))
     loss, grads = one_loss_and_grads(trainer)
     assert loss.item() == 0.0 and logged(trainer, loss)["loss/rl"] == 0.0
     assert all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
@@ -394,7 +389,7 @@ def test_equal_rewards_in_every_group_give_a_zero_rl_loss_in_the_trainer(
 def test_empty_and_special_token_only_samples_score_zero_and_the_loss_stays_finite(data_dir, tmp_path):
     """Samples that stop at once ([DEC][SEP]) or hold only special tokens decode to "": ALS and SLS are 0."""
     torch.manual_seed(0)
-    trainer = make_trainer(data_dir, tmp_path, rl_only(reward_funcs=["als", "sls"]))
+    trainer = make_trainer(data_dir, tmp_path, **rl_only(reward_funcs=["als", "sls"]))
     tok = trainer.processing_class.tokenizer
     dec, sep, pad, cls = (tok.convert_tokens_to_ids(t) for t in ("[DEC]", "[SEP]", "[PAD]", "[CLS]"))
     special = torch.tensor([[dec, sep, pad, pad], [dec, cls, pad, sep]])

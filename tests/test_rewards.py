@@ -1,4 +1,4 @@
-"""ALS / SLS on real FACAD captions: the definitions of design.md, including the two fixes to the seed."""
+"""ALS / SLS on real FACAD captions: the definitions of docs/design.md, including the two fixes to the seed."""
 
 import json
 from pathlib import Path
@@ -17,7 +17,7 @@ from fashioncap.rewards import (
     sls_reward,
 )
 
-FACAD_SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/facad_text_sample/records.jsonl"
+FACAD_SAMPLE = Path(__file__).resolve().parent / "data/facad_records.jsonl"
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import Seq2SeqTrainingArguments
 
-from fashioncap.configs import GenerationArguments, RewardArguments
+from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.collator import IGNORE_INDEX, CaptionCollator
 from fashioncap.modeling import DECODER_TARGETS, apply_lora, build_tiny_blip, lora_target_regex
 from fashioncap.trainer import (
-    FashionCapTrainer,
+    build_trainer,
     completion_mask,
     compute_baseline,
     reinforce_loss,
@@ -105,21 +104,18 @@ def _dataset(n=8, seed=0):
     ).cast_column("image", datasets.Image())
 
 
-def _trainer(tmp_path, preset, reward_args, model=None, processor=None):
+def _trainer(tmp_path, preset, rl_settings, model=None, processor=None):
     if model is None:
         model, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
         model = apply_lora(
             model, lora_target_regex(preset, model.config.vision_config.num_hidden_layers, 2), r=4
         )
-    args = Seq2SeqTrainingArguments(
+    args = FashionCapTrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[], remove_unused_columns=False,
-        use_cpu=True, save_strategy="no", max_steps=1,
+        use_cpu=True, save_strategy="no", max_steps=1, num_beams=2, max_new_tokens=6, min_new_tokens=1,
+        **rl_settings,
     )  # fmt: skip
-    return FashionCapTrainer(
-        model=model, args=args, train_dataset=_dataset(), data_collator=CaptionCollator(processor),
-        processing_class=processor, reward_args=reward_args, generation_args=GenerationArguments(num_beams=2,
-        max_new_tokens=6, min_new_tokens=1), category_wordmap=WORDMAP,
-    )  # fmt: skip
+    return build_trainer(model, processor, args, _dataset(), category_wordmap=WORDMAP)
 
 
 def _grads_after_one_loss(trainer):
@@ -163,7 +159,7 @@ def test_lora_target_matching_nothing_is_an_error():
 
 def test_rl_gradient_reaches_the_vision_lora_in_trial4(tmp_path):
     torch.manual_seed(0)
-    rl_only = RewardArguments(
+    rl_only = dict(
         reward_funcs=["als", "sls"], rl_weight=1.0, mle_weight=0.0, num_samples=4, max_sample_tokens=6
     )
     grads = _grads_after_one_loss(_trainer(tmp_path, "decoder+vision", rl_only))
@@ -176,7 +172,7 @@ def test_rl_gradient_reaches_the_vision_lora_in_trial4(tmp_path):
 
 def test_rl_term_logs_each_reward(tmp_path):
     torch.manual_seed(0)
-    args = RewardArguments(reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6)
+    args = dict(reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6)
     trainer = _trainer(tmp_path, "decoder", args)
     _grads_after_one_loss(trainer)
     trainer.log({"loss": 1.0})
@@ -206,7 +202,7 @@ def test_predictions_do_not_depend_on_the_references(tmp_path):
     """Shuffling (here: replacing) the eval set's reference captions leaves the generated captions unchanged."""
     from fashioncap.data import group_references
 
-    trainer = _trainer(tmp_path, "decoder", RewardArguments())
+    trainer = _trainer(tmp_path, "decoder", dict())
     grouped = group_references(_dataset(6))
     shuffled = grouped.map(lambda row, i: {"references": [CAPTIONS[(i + 1) % 4], "zzz"]}, with_indices=True)
     first = trainer.predict(grouped)
@@ -217,7 +213,7 @@ def test_predictions_do_not_depend_on_the_references(tmp_path):
 
 
 def test_nonfinite_loss_skips_the_step_then_stops(tmp_path):
-    trainer = _trainer(tmp_path, "decoder", RewardArguments())
+    trainer = _trainer(tmp_path, "decoder", dict())
     trainer.model.train()
     nan = torch.tensor(float("nan"))
     zero = trainer._skip_if_nonfinite(trainer.model, nan)
@@ -229,7 +225,7 @@ def test_nonfinite_loss_skips_the_step_then_stops(tmp_path):
 
 def test_rl_start_trains_mle_alone_first(tmp_path):
     torch.manual_seed(0)
-    args = RewardArguments(reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6,
+    args = dict(reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6,
                            rl_start=0.5)  # fmt: skip
     trainer = _trainer(tmp_path, "decoder", args)
     trainer.args.max_steps, trainer.args.logging_steps = 4, 1
@@ -238,4 +234,6 @@ def test_rl_start_trains_mle_alone_first(tmp_path):
     assert [("reward/total" in h) for h in history] == [False, False, True, True]
     assert all("loss/mle" in h for h in history)
     with pytest.raises(ValueError, match="rl_start"):
-        RewardArguments(reward_funcs=["als"], rl_weight=1.0, rl_start=1.0)
+        FashionCapTrainingArguments(
+            output_dir=str(tmp_path), reward_funcs=["als"], rl_weight=1.0, rl_start=1.0
+        )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+HELP = "build or check a data dir (synthetic set, FACAD, your own COCO set)"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="{synthetic,facad,check}", required=True)

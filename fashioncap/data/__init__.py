@@ -1,34 +1,28 @@
-"""Data layer: COCO-format loading into `datasets`, the synthetic fashion set, the FACAD builder, data checks.
+"""Data layer: COCO-format loading into `datasets`, the synthetic fashion set, the FACAD builder, data checks."""
 
-Names are imported on first use, so `fashioncap data --help` does not pay for `datasets` (PEP 562).
-"""
+from fashioncap.data.check import check_data_dir
+from fashioncap.data.coco import (
+    DataError,
+    available_splits,
+    group_references,
+    load_captions,
+    load_categories,
+    references_file,
+)
+from fashioncap.data.download import download_images
+from fashioncap.data.facad import build_facad
+from fashioncap.data.synthetic import build_synthetic, ensure_synthetic
 
-from __future__ import annotations
-
-import importlib
-
-_EXPORTS = {
-    "DataError": "coco",
-    "load_captions": "coco",
-    "load_categories": "coco",
-    "group_references": "coco",
-    "references_file": "coco",
-    "available_splits": "coco",
-    "build_synthetic": "synthetic",
-    "ensure_synthetic": "synthetic",
-    "build_facad": "facad",
-    "download_images": "download",
-    "check_data_dir": "check",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__all__ = [
+    "DataError",
+    "available_splits",
+    "build_facad",
+    "build_synthetic",
+    "check_data_dir",
+    "download_images",
+    "ensure_synthetic",
+    "group_references",
+    "load_captions",
+    "load_categories",
+    "references_file",
+]

@@ -1,4 +1,4 @@
-"""Load a data dir (COCO captions format, see design.md) or a Hub data set into `datasets`.
+"""Load a data dir (COCO captions format, see docs/data.md) or a Hub data set into `datasets`.
 
 Training wants one row per annotation; evaluation wants one row per image with all its references
 (`group_references`). Images stay file paths until a row is read (`datasets.Image` decodes lazily), and no
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import datasets
 
 from fashioncap.io_utils import safe_join
 
@@ -28,8 +30,6 @@ class DataError(ValueError):
 
 def features():
     """The column types every split has, whatever the source."""
-    import datasets
-
     return datasets.Features(
         {
             "image_id": datasets.Value("int64"),
@@ -184,8 +184,6 @@ def parse_annotations(
 
 
 def _load_local(data_dir: Path, splits):
-    import datasets
-
     splits = list(splits) if splits else available_splits(data_dir)
     if not splits:
         raise DataError(
@@ -200,8 +198,6 @@ def _load_local(data_dir: Path, splits):
 
 
 def _load_hub(dataset_id: str, splits):
-    import datasets
-
     try:
         loaded = datasets.load_dataset(dataset_id)
     except Exception as e:  # network, auth, unknown id: one clear message
@@ -244,8 +240,6 @@ def load_captions(source: str | Path, splits: list[str] | None = None):
 
 def group_references(dataset):
     """One row per image (first-appearance order): image_id, image, references, attributes (union), category."""
-    import datasets
-
     rows = dataset.select_columns(list(COLUMNS)).cast_column("image", datasets.Image(decode=False)).to_dict()
     grouped: dict[int, dict] = {}
     for image_id, image, caption, attributes, category in zip(*(rows[c] for c in COLUMNS), strict=True):

@@ -1,7 +1,9 @@
 """Batching for BLIP captioning: pixels for every row, caption tokens only for training rows.
 
-Evaluation rows (from `group_references`) carry `references` instead of `caption`, so an eval batch holds the
-image and its id and nothing a model could copy a reference caption from.
+Training batches also carry every other column of the data set as a list (`caption`, `attributes`,
+`category`, ...): the trainer hands them to the reward functions. Evaluation rows (from `group_references`)
+carry `references` instead of `caption`, so an eval batch holds the image and its id and nothing a model could
+copy a reference caption from.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image, ImageOps
 
-from fashioncap.data.check import to_rgb
+from fashioncap.data.images import to_rgb
 
 IGNORE_INDEX = -100
+MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask", "labels")
 
 
 def jitter(image: Image.Image, rng: random.Random, max_shift: float = 0.1) -> Image.Image:
@@ -63,14 +66,8 @@ class CaptionCollator:
         input_ids[:, 0] = self.bos_token_id  # BLIP's decoder starts from [DEC]; forward does not rewrite it
         labels = input_ids.masked_fill(encoded.attention_mask == 0, IGNORE_INDEX)
         labels[:, 0] = IGNORE_INDEX  # the start token is given, never predicted
+        batch.update(input_ids=input_ids, attention_mask=encoded.attention_mask, labels=labels)
         batch.update(
-            input_ids=input_ids,
-            attention_mask=encoded.attention_mask,
-            labels=labels,
-            captions=captions,
-            attributes=[list(r.get("attributes") or []) for r in rows],
-            category=torch.tensor(
-                [int(r["category"]) if r.get("category") is not None else -1 for r in rows]
-            ),
+            {column: [r[column] for r in rows] for column in rows[0] if column not in ("image", "image_id")}
         )
         return batch

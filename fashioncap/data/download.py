@@ -16,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from fashioncap.data.check import ImageProblem, open_rgb
+from tqdm.auto import tqdm
+
+from fashioncap.data.images import ImageProblem, open_rgb
 
 USER_AGENT = "fashioncap-downloader/0.1 (+https://github.com/)"
 # Client errors that a retry cannot fix; anything else (5xx, 408, 429, timeouts, resets) is retried.
@@ -104,8 +106,6 @@ def download_images(
 ) -> dict[object, str]:
     """Download every job's URL to its path (keeping decodable files already there); return {record: reason}
     for those that failed."""
-    from tqdm.auto import tqdm
-
     failures: dict[object, str] = {}
     if not jobs:
         return failures

@@ -1,0 +1,104 @@
+"""The package's shape: no import cycle, commands apart from the library, no cited document the repo lacks."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "fashioncap"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The fashioncap modules `path` imports anywhere in its body (function-level imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {name for name in names if name in modules}
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    modules = set(files)
+    graph = {name: imports_of(path, modules) - {name} for name, path in files.items()}
+    for name in modules:  # importing a.b.c runs a/__init__ and a/b/__init__ first
+        for edge in list(graph[name]):
+            graph[name] |= {
+                p for p in parents(edge) if p in modules and p != name and not name.startswith(p + ".")
+            }
+    return graph
+
+
+def parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_in_the_package():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_library_never_imports_a_command():
+    graph = import_graph()
+    offenders = {
+        name: sorted(m for m in deps if m.startswith("fashioncap.commands"))
+        for name, deps in graph.items()
+        if not name.startswith("fashioncap.commands")
+        and name not in ("fashioncap.cli", "fashioncap.__main__")
+    }
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_every_cited_document_is_in_the_repo():
+    """Comments, docstrings and help texts cite the design notes as docs/NAME.md, and each one exists."""
+    sources = [*REPO.glob("fashioncap/**/*.py"), *REPO.glob("recipes/**/*.y*ml"), *REPO.glob("recipes/*.py"),
+               *REPO.glob("tests/*.py"), *REPO.glob("bench/*.py"), *REPO.glob("docs/*.md"), REPO / "README.md",
+               REPO / "Makefile"]  # fmt: skip
+    cited, stray = set(), []
+    for path in [p for p in sources if p != Path(__file__)]:
+        text = path.read_text(encoding="utf-8")
+        cited |= set(re.findall(r"\bdocs/[\w-]+\.md\b", text))
+        if re.search(r"(?<!docs/)\bdesign\.md|stack-notes|shared/docs", text):
+            stray.append(path.relative_to(REPO).as_posix())
+    assert not stray, f"cite a document outside docs/: {stray}"
+    assert cited and not sorted(c for c in cited if not (REPO / c).is_file()), "cited docs/ files must exist"
