@@ -1,0 +1,404 @@
+"""BLIP's text decoder with each image's cross-attention keys/values computed once and shared by all its rows.
+
+Why: `generate` and the plain decoder forward take the image embeddings repeated once per row (per sample, per
+beam, per reference), so every row recomputes the cross-attention K/V projections of all 577 image tokens, and
+beam search reorders that repeated cross-attention cache at every token. In cross-attention every query
+attends to all image tokens and never to another query, so the rows of one image can be folded into the query
+length instead: Q [images, heads, rows * T, d] against K/V [images, heads, 577, d] is the same arithmetic with
+K/V (and the LoRA on the cross-attention key/value) computed once per image, and gradients through K/V flow
+once per image.
+
+What transformers 5.24 offers natively (read from its source, and tried): nothing usable here.
+- Static cache / compiled generation: `cache_implementation="static"` hands BLIP's text model one
+  `StaticCache`; `BlipTextEncoder` only wraps a `DynamicCache` into an `EncoderDecoderCache`, so self- and
+  cross-attention write into the same static layers and `generate` fails (index_copy_ out of bounds: 577 image
+  keys into a max_length-slot cache). BLIP declares neither `_can_compile_fullgraph` nor `_supports_sdpa`
+  (`attn_implementation="sdpa"` raises), so generate never auto-compiles it.
+- `generate` expands the encoder states per beam/return sequence, and `EncoderDecoderCache.reorder_cache`
+  copies the [rows, heads, 577, d] cross-attention cache of every layer at every beam step.
+- Beam search pads finished beams with [SEP], not [PAD], when pad_token_id is 0 (`pad_token_id or eos` on a
+  tensor); `decode` pads with [PAD] everywhere. Tokens up to [SEP] and the lengths are the same.
+
+So this module is the minimal engine: one layer function (`_decoder_layer`) serves the teacher-forced pass and
+the per-token step; the step has static shapes (preallocated self-attention cache, position as a tensor) so
+that on CUDA it is captured once per `decode` call as a CUDA graph and replayed per token (`cuda_graphs`,
+default on for CUDA unless `synced_gpus`: sharded parameters are gathered by hooks that a replay would skip).
+
+    with torch.no_grad():
+        memory = image_memory(blip, image_embeds)                # K/V of every layer, once per image
+    samples = decode(blip, memory, do_sample=True, num_return_sequences=h, top_k=0, max_new_tokens=50)
+    greedy = decode(blip, memory, max_new_tokens=50)             # the SCST baseline, same K/V
+    captions = decode(blip, blip.vision_model(pixel_values).last_hidden_state, num_beams=3, max_new_tokens=50)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fashioncap.attention import attend, merge_heads, split_heads
+
+# transformers' beam-search score for an impossible candidate (its arithmetic is kept, for identical beams).
+_IMPOSSIBLE = -1.0e9
+
+
+def text_decoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The BlipTextLMHeadModel of a BLIP captioner (PEFT-wrapped or not), or the decoder itself."""
+    return getattr(model, "text_decoder", model)
+
+
+@dataclass(frozen=True)
+class ImageMemory:
+    """Each decoder layer's cross-attention keys and values, once per image: [images, heads, tokens, d]."""
+
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+
+    @property
+    def num_images(self) -> int:
+        return self.keys[0].size(0)
+
+
+def image_memory(model: torch.nn.Module, image_embeds: torch.Tensor) -> ImageMemory:
+    """Project image embeddings [images, tokens, width] to every layer's cross-attention K/V (LoRA included).
+
+    Computed with gradient when `image_embeds` or the projections require it; reuse one memory for several
+    `decode` calls (samples and the greedy baseline) to project once.
+    """
+    keys, values = [], []
+    for layer in text_decoder(model).bert.encoder.layer:
+        cross = layer.crossattention.self
+        keys.append(split_heads(cross.key(image_embeds), cross.attention_head_size))
+        values.append(split_heads(cross.value(image_embeds), cross.attention_head_size))
+    return ImageMemory(tuple(keys), tuple(values))
+
+
+def _as_memory(model: torch.nn.Module, image: torch.Tensor | ImageMemory) -> ImageMemory:
+    return image if isinstance(image, ImageMemory) else image_memory(model, image)
+
+
+def _cross_attention(module, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Cross-attention of rows grouped per image (image-major): an image's rows become one long query."""
+    rows, length, _ = hidden.shape
+    images = keys.size(0)
+    query = module.query(hidden).reshape(images, rows // images * length, -1, module.attention_head_size)
+    context = attend(module, query.transpose(1, 2), keys, values)
+    return context.transpose(1, 2).reshape(rows, length, -1)
+
+
+def _decoder_layer(
+    layer,
+    hidden: torch.Tensor,
+    self_mask: torch.Tensor,
+    cross_keys: torch.Tensor,
+    cross_values: torch.Tensor,
+    cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+    position: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One BlipTextLayer, calling its own submodules (LoRA and parameter-gathering hooks run as usual).
+
+    With `cache` ([rows, heads, slots, d] keys and values), this token's self-attention K/V are written at
+    `position` and the query attends to the slots `self_mask` allows: the same shapes at every step.
+    """
+    attention = layer.attention.self
+    query, key, value = (
+        split_heads(projection(hidden), attention.attention_head_size)
+        for projection in (attention.query, attention.key, attention.value)
+    )
+    if cache is not None:
+        cache[0].index_copy_(2, position, key)
+        cache[1].index_copy_(2, position, value)
+        key, value = cache
+    hidden = layer.attention.output(merge_heads(attend(attention, query, key, value, self_mask)), hidden)
+    cross = _cross_attention(layer.crossattention.self, hidden, cross_keys, cross_values)
+    hidden = layer.crossattention.output(cross, hidden)
+    return layer.feed_forward_chunk(hidden)
+
+
+def _teacher_forcing_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Causal and key-padding mask [rows, 1, T, T]; a query always sees itself: no empty softmax (NaN)."""
+    length = attention_mask.size(1)
+    causal = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
+    allowed = causal & attention_mask.bool()[:, None, None, :]
+    return allowed | torch.eye(length, dtype=torch.bool, device=attention_mask.device)
+
+
+def decoder_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image: torch.Tensor | ImageMemory,
+) -> torch.Tensor:
+    """Logits [rows, T, vocab] of rows grouped per image, each image's cross-attention K/V computed once.
+
+    `input_ids`/`attention_mask` [images * R, T] hold R consecutive rows per image (image-major), `image` is
+    image_embeds [images, tokens, width] (or their ImageMemory). Equal, at the unpadded positions, gradients
+    included, to the plain forward on repeated embeddings:
+
+        states = image_embeds.repeat_interleave(R, 0)
+        text_decoder(input_ids, attention_mask, encoder_hidden_states=states).logits
+
+    Padded positions are unspecified. Honours gradient checkpointing and dropout like the stock layers.
+    References and H samples per image, as the trainer holds them:
+
+        rows = torch.cat([references.view(b, 1, t), samples.view(b, h, t)], 1).view(-1, t)   # and their masks
+        logits = decoder_logits(blip, rows, masks, image_embeds).view(b, 1 + h, t, -1)
+        reference_logits, sample_logits = logits[:, 0], logits[:, 1:].flatten(0, 1)
+    """
+    decoder = text_decoder(model)
+    memory = _as_memory(decoder, image)
+    if input_ids.size(0) % memory.num_images:
+        raise ValueError(f"{input_ids.size(0)} rows do not split evenly over {memory.num_images} images")
+    hidden = decoder.bert.embeddings(input_ids=input_ids)
+    mask = _teacher_forcing_mask(attention_mask)
+    for layer, keys, values in zip(decoder.bert.encoder.layer, memory.keys, memory.values, strict=True):
+        if layer.gradient_checkpointing and layer.training and torch.is_grad_enabled():
+            run = functools.partial(_decoder_layer, layer)
+            hidden = layer._gradient_checkpointing_func(run, hidden, mask, keys, values)
+        else:
+            hidden = _decoder_layer(layer, hidden, mask, keys, values)
+    return decoder.cls(hidden)
+
+
+@contextlib.contextmanager
+def _autocast_uncached(device_type: str):
+    """Autocast without its weight-cast cache while capturing, as PyTorch requires: the casts are recorded in
+    the graph (redone per replay, from the current weights), not cached tensors freed when autocast exits."""
+    if not torch.is_autocast_enabled(device_type):
+        yield
+        return
+    dtype = torch.get_autocast_dtype(device_type)
+    with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
+        yield
+
+
+class DecoderStep:
+    """One new token for every row: a preallocated self-attention cache and static shapes throughout.
+
+    Rows are image-major (`rows_per_image` consecutive rows per image of `memory`). With `cuda_graphs` the
+    step is captured once as a CUDA graph and replayed; the returned logits are then overwritten by the next
+    call.
+    """
+
+    def __init__(self, decoder, memory: ImageMemory, rows_per_image: int, slots: int, cuda_graphs: bool):
+        self.decoder, self.memory = decoder, memory
+        images, heads, _, head_size = memory.keys[0].shape
+        shape = (images * rows_per_image, heads, slots, head_size)
+        like = memory.keys[0]
+        self.caches = [(like.new_zeros(shape), like.new_zeros(shape)) for _ in memory.keys]
+        self.slots = torch.arange(slots, device=like.device)
+        self._run = self._forward
+        if cuda_graphs:
+            self._capture(shape[0])
+
+    def __call__(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        """Float32 logits [rows, vocab] of the token after `tokens` [rows], fed at `position`."""
+        return self._run(tokens, self.slots[position : position + 1])
+
+    def reorder(self, source_rows: torch.Tensor, filled: int) -> None:
+        """Beam search: row i continues row source_rows[i]; only the `filled` slots are copied, in place."""
+        for cache in self.caches:
+            for states in cache:
+                states[:, :, :filled] = states[source_rows, :, :filled]
+
+    def _forward(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        hidden = self.decoder.bert.embeddings(input_ids=tokens[:, None], position_ids=position[None])
+        mask = (self.slots <= position).view(1, 1, 1, -1)
+        layers = self.decoder.bert.encoder.layer
+        for layer, cache, keys, values in zip(
+            layers, self.caches, self.memory.keys, self.memory.values, strict=True
+        ):
+            hidden = _decoder_layer(layer, hidden, mask, keys, values, cache, position)
+        return self.decoder.cls(hidden[:, -1]).float()
+
+    def _capture(self, rows: int) -> None:
+        """Record `_forward` as a CUDA graph reading static token/position buffers (PyTorch's recipe: warm up
+        on a side stream, then capture). The warm-up writes slot 0, which the first real step overwrites."""
+        device = self.slots.device
+        self._tokens = torch.zeros(rows, dtype=torch.long, device=device)
+        self._position = torch.zeros(1, dtype=torch.long, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side), _autocast_uncached("cuda"):
+            for _ in range(2):
+                self._forward(self._tokens, self._position)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph, capture_error_mode="thread_local"), _autocast_uncached("cuda"):
+            self._logits = self._forward(self._tokens, self._position)
+        self._run = self._replay
+
+    def _replay(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        self._tokens.copy_(tokens)
+        self._position.copy_(position)
+        self._graph.replay()
+        return self._logits
+
+
+@torch.no_grad()
+def decode(
+    model: torch.nn.Module,
+    image: torch.Tensor | ImageMemory,
+    *,
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
+    num_beams: int = 1,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    num_return_sequences: int = 1,
+    length_penalty: float = 1.0,
+    synced_gpus: bool = False,
+    cuda_graphs: bool | None = None,
+) -> torch.LongTensor:
+    """Captions from image embeddings [images, tokens, width] (or their ImageMemory), like `generate`'s.
+
+    Greedy, multinomial sampling (temperature, then top-k renormalised; top_k 0/None: the full distribution),
+    or beam search (transformers' algorithm: length_penalty, early_stopping=False). Returns [images *
+    num_return_sequences, 1 + generated] token ids, image-major: [DEC] first, [PAD] after [SEP], cut at the
+    longest. Stops once every sequence has ended, except under `synced_gpus` (DeepSpeed ZeRO-3/FSDP: every
+    rank runs all max_new_tokens steps, as its collective parameter gathering needs). Runs the modules in
+    their current mode, like `generate`: call it in eval mode.
+    """
+    decoder = text_decoder(model)
+    config = decoder.config
+    if not 0 < max_new_tokens <= config.max_position_embeddings:
+        raise ValueError(
+            f"max_new_tokens must be in 1..{config.max_position_embeddings}, got {max_new_tokens}"
+        )
+    if num_beams > 1 and do_sample:
+        raise ValueError("beam sampling (num_beams > 1 with do_sample) is not supported")
+    if not do_sample and num_return_sequences > num_beams:
+        raise ValueError(
+            f"num_return_sequences={num_return_sequences} needs sampling, or at least as many beams "
+            f"(num_beams={num_beams})"
+        )
+    memory = _as_memory(decoder, image)
+    if cuda_graphs is None:
+        cuda_graphs = memory.keys[0].is_cuda and not synced_gpus
+    rows_per_image = num_beams if num_beams > 1 else num_return_sequences
+    step = DecoderStep(decoder, memory, rows_per_image, max_new_tokens, cuda_graphs)
+    ids = (config.bos_token_id, config.sep_token_id, config.pad_token_id)
+    if num_beams > 1:
+        return _beam_search(
+            step, memory.num_images, num_beams, num_return_sequences, ids, max_new_tokens, min_new_tokens,
+            length_penalty, synced_gpus,
+        )  # fmt: skip
+    sampling = (temperature, top_k) if do_sample else None
+    return _greedy_or_sample(
+        step, memory.num_images * rows_per_image, ids, max_new_tokens, min_new_tokens, sampling, synced_gpus
+    )
+
+
+def _forbid_end(scores: torch.Tensor, eos: int) -> torch.Tensor:
+    """min_new_tokens: [SEP] impossible (out of place: the logits may be a CUDA graph's output buffer)."""
+    return scores.index_fill(-1, torch.tensor([eos], device=scores.device), float("-inf"))
+
+
+def _greedy_or_sample(step, rows, ids, max_new_tokens, min_new_tokens, sampling, synced_gpus):
+    """`generate`'s greedy/multinomial loop: same processors in the same order, same RNG draws."""
+    bos, eos, pad = ids
+    device = step.slots.device
+    sequences = torch.full((rows, max_new_tokens + 1), pad, dtype=torch.long, device=device)
+    sequences[:, 0] = bos
+    running = torch.ones(rows, dtype=torch.bool, device=device)
+    length, done = 1, False
+    for position in range(max_new_tokens):
+        scores = step(sequences[:, position], position)
+        if done:  # synced_gpus: keep the ranks in step, change nothing
+            continue
+        if position < min_new_tokens:
+            scores = _forbid_end(scores, eos)
+        if sampling is None:
+            tokens = scores.argmax(dim=-1)
+        else:
+            temperature, top_k = sampling
+            if temperature != 1.0:
+                scores = scores / temperature
+            if top_k:
+                threshold = torch.topk(scores, min(top_k, scores.size(-1))).values[..., -1:]
+                scores = scores.masked_fill(scores < threshold, float("-inf"))
+            tokens = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        tokens = torch.where(running, tokens, pad)
+        sequences[:, position + 1] = tokens
+        running &= tokens != eos
+        length = position + 2
+        done = not bool(running.any())
+        if done and not synced_gpus:
+            break
+    return sequences[:, :length]
+
+
+def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """tensor[b, index[b, j], ...] for [images, beams, ...] tensors."""
+    return torch.take_along_dim(tensor, index.view(*index.shape, *(1,) * (tensor.dim() - 2)), dim=1)
+
+
+def _beam_search(
+    step, images, beams, returned, ids, max_new_tokens, min_new_tokens, length_penalty, synced_gpus
+):
+    """transformers' vectorised beam search (early_stopping=False), with the cache reordered by `step`.
+
+    Keeps 2 * beams candidates per image and step, so `beams` unfinished ones remain when some end with [SEP].
+    """
+    bos, eos, pad = ids
+    device = step.slots.device
+    candidates = 2 * beams
+    sequences = torch.full((images, beams, max_new_tokens + 1), pad, dtype=torch.long, device=device)
+    sequences[:, :, 0] = bos
+    scores = torch.zeros(images, beams, device=device)
+    scores[:, 1:] = _IMPOSSIBLE  # all beams start equal: expand the first one only
+    finished = sequences.clone()
+    finished_scores = torch.full((images, beams), _IMPOSSIBLE, device=device)
+    finished_lengths = torch.zeros(images, beams, dtype=torch.long, device=device)
+    is_finished = torch.zeros(images, beams, dtype=torch.bool, device=device)
+    improvable = torch.ones(images, 1, dtype=torch.bool, device=device)
+    first_beams = torch.arange(candidates, device=device) < beams
+    row_offset = torch.arange(images, device=device).view(-1, 1) * beams
+    done = False
+    for position in range(max_new_tokens):
+        logits = step(sequences[:, :, position].reshape(-1), position)
+        if done:  # synced_gpus: keep the ranks in step, change nothing
+            continue
+        log_probs = F.log_softmax(logits, dim=-1)
+        if position < min_new_tokens:
+            log_probs = _forbid_end(log_probs, eos)
+        vocab = log_probs.size(-1)
+        totals = (log_probs.view(images, beams, vocab) + scores[:, :, None]).view(images, -1)
+        top_scores, top_index = torch.topk(totals, candidates)
+        source = torch.div(top_index, vocab, rounding_mode="floor")
+        grown = _gather(sequences, source)
+        grown[:, :, position + 1] = top_index % vocab
+        ends = (grown[:, :, position + 1] == eos) | (position + 1 == max_new_tokens)
+
+        running_scores = top_scores + ends.float() * _IMPOSSIBLE
+        keep = torch.topk(running_scores, beams).indices
+        sequences, scores = _gather(grown, keep), _gather(running_scores, keep)
+        step.reorder((_gather(source, keep) + row_offset).view(-1), position + 1)
+
+        ended_scores = top_scores / ((position + 1) ** length_penalty)
+        ended_scores = ended_scores + (~improvable).float() * _IMPOSSIBLE
+        newly_finished = ends & first_beams  # only the best `beams` candidates may finish
+        ended_scores = ended_scores + (~newly_finished).float() * _IMPOSSIBLE
+        best = torch.topk(torch.cat([finished_scores, ended_scores], 1), beams).indices
+        finished = _gather(torch.cat([finished, grown], 1), best)
+        finished_scores = _gather(torch.cat([finished_scores, ended_scores], 1), best)
+        new_lengths = torch.full_like(ended_scores, position + 1, dtype=torch.long)
+        finished_lengths = _gather(torch.cat([finished_lengths, new_lengths], 1), best)
+        is_finished = _gather(torch.cat([is_finished, newly_finished], 1), best)
+
+        # Could a running beam still beat the worst finished one (transformers' heuristic: at this length)?
+        best_running = scores[:, :1] / ((position + 1) ** length_penalty)
+        worst_finished = torch.where(
+            is_finished, finished_scores.min(dim=1, keepdim=True).values, _IMPOSSIBLE
+        )
+        improvable = improvable & (best_running > worst_finished).any(dim=-1, keepdim=True)
+        done = not bool(improvable.any()) or bool(ends.all())
+        if done and not synced_gpus:
+            break
+    length = 1 + int(finished_lengths[:, :returned].max())
+    return finished[:, :returned, :length].reshape(images * returned, length)
