@@ -11,7 +11,7 @@ RUN  ?= outputs/demo/trial4
 DATA ?= data/synthetic
 SPLIT ?= test
 
-.PHONY: install test demo eval bench bench-large lint data-synthetic data-facad clean
+.PHONY: install test demo study eval bench bench-large lint data-synthetic data-facad clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/fashioncap demo
+
+# trials 1-5 of the demo, 5 seeds each, from the demo's base: outputs/study/study.{json,md,png}
+study: $(STAMP)
+	$(BIN)/fashioncap study
 
 eval: $(STAMP)
 	$(BIN)/fashioncap eval --model-dir $(RUN) --data $(DATA) --split $(SPLIT)

@@ -150,7 +150,7 @@ def record_sample_lengths(trainer) -> list[torch.Tensor]:
     from fashioncap.trainer import completion_mask
 
     rollout, lengths = trainer.rollout, []
-    sep = trainer.processing_class.sep_token_id
+    sep = trainer.processing_class.tokenizer.sep_token_id
 
     def recording(*args, **kwargs):
         out = rollout(*args, **kwargs)
@@ -311,7 +311,15 @@ def run(large: bool = False, threads: int = 1) -> dict:
     torch.set_num_threads(threads)
     try:
         if large:
-            return measure("large", batch_size=2, warmup=1, steps=3)
+            # Sampled captions capped at 24 new tokens (FACAD's typical caption: random weights never end one),
+            # then the 50-token worst case for MLE and H=4 only, on the same model.
+            rows, wordmap, words = facad_rows(2, SHAPES["large"]["image_size"])
+            built = (*build_model("large", words, "cpu"), rows, wordmap)
+            result = measure("large", batch_size=2, warmup=1, steps=3, max_tokens=24, built=built)
+            worst = measure("large", batch_size=2, warmup=1, steps=2, max_tokens=50, variants=("mle", "rl_h4"),
+                            built=built)  # fmt: skip
+            result.update(rl_h4_over_mle_50=worst["rl_h4_over_mle"], rl_h4_50_s=worst["rl_h4_s"])
+            return result
         return measure("tiny", batch_size=16, warmup=2, steps=7)
     finally:
         torch.set_num_threads(previous)

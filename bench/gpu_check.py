@@ -3,7 +3,7 @@
 Train step (bench/bench_train_step.py's code, the real FashionCapTrainer.compute_loss): MLE, MLE+REINFORCE H=1 and
 H=4, and the seed's loop, with gradient checkpointing off and on (the seed's loop only off: it generated in train
 mode, where checkpointing turns the KV cache off); median seconds and peak memory per variant. Eval: beam 3, 50 new
-tokens, batch 16 and 64, images/s, LoRA merged as `fashioncap eval` loads it.
+tokens, batch 16 and 64, images/s of `generate` and of fashioncap's shared-K/V engine (what `eval` runs), LoRA merged.
 
 The GPU machine has no spaCy, datasets, evaluate, pycocoevalcap or deepspeed: only modules that import none of them
 are used, and ALS is replaced by a bench-only stand-in (`als_ws_bench`: whitespace words instead of spaCy's
@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 ABSENT_ON_GPU_MACHINE = ("datasets", "evaluate", "pycocoevalcap", "spacy", "deepspeed")
+# ViT-L forward at 384 px (~380), backward through the last 6 layers' LoRA (~190), decoder forward+backward (~70)
+TRIAL4_GFLOP_PER_IMAGE = 640
 START = time.monotonic()
 
 
@@ -38,36 +40,43 @@ def als_whitespace(completions, attributes, **_) -> list[float]:
     ]
 
 
-def eval_throughput(
-    model, processor, rows, wordmap, batch_size: int, max_new_tokens: int, device: str, bf16: bool
-):
-    """Images/s of the eval path (vision once, beam search from the image embeddings), median of 3 after warm-up."""
+def eval_throughput(model, processor, rows, batch_size: int, max_new_tokens: int, device: str, bf16: bool):
+    """Images/s of captioning (beam 3) through `generate` and through fashioncap's shared-K/V engine
+    (`fashioncap.inference.caption_pixels`, what `eval` and `caption` run), same batch, median of 3 after warm-up."""
     import contextlib
-    import tempfile
 
     import torch
 
-    from bench.bench_train_step import make_trainer, synchronize
+    from bench.bench_train_step import synchronize
     from fashioncap.data.collator import CaptionCollator
+    from fashioncap.inference import caption_pixels
     from fashioncap.trainer import eval_mode
 
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer, _ = make_trainer(model, processor, wordmap, ("sls",), tmp, device, bf16)
     pixel_values = CaptionCollator(processor).pixel_values([r["image"] for r in rows[:batch_size]]).to(device)
     kwargs = dict(num_beams=3, max_new_tokens=max_new_tokens, min_new_tokens=5)
+    paths = {
+        "generate": lambda: model.generate(pixel_values=pixel_values, **kwargs),
+        "fashioncap": lambda: caption_pixels(model, pixel_values=pixel_values, **kwargs),
+    }
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    times = []
+    result, outputs = {"batch_size": batch_size, **kwargs}, {}
     with torch.no_grad(), eval_mode(model), autocast:
-        for _ in range(4):
-            synchronize(device)
-            start = time.perf_counter()
-            embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
-            out = trainer._generate(model, embeds, **kwargs)
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-    median = statistics.median(times[1:])
-    return {"batch_size": batch_size, "seconds": round(median, 4), "images_per_second": round(batch_size / median, 2),
-            "generated_tokens": out.size(1) - 1, **kwargs}  # fmt: skip
+        for name, caption in paths.items():
+            times = []
+            for _ in range(4):
+                synchronize(device)
+                start = time.perf_counter()
+                outputs[name] = caption()
+                synchronize(device)
+                times.append(time.perf_counter() - start)
+            median = statistics.median(times[1:])
+            result[name] = {"seconds": round(median, 4), "images_per_second": round(batch_size / median, 2)}
+    decoded = {name: processor.batch_decode(ids, skip_special_tokens=True) for name, ids in outputs.items()}
+    result["fashioncap_over_generate"] = round(
+        result["fashioncap"]["images_per_second"] / result["generate"]["images_per_second"], 2
+    )
+    result["same_captions"] = decoded["generate"] == decoded["fashioncap"]
+    return result
 
 
 def check(smoke: bool, budget_s: float) -> dict:
@@ -111,10 +120,13 @@ def check(smoke: bool, budget_s: float) -> dict:
     for size in evals:
         result["eval"][f"batch {size}"] = _guarded(
             budget_s,
-            lambda s=size: eval_throughput(merged, processor, rows, wordmap, s, tokens, device, not smoke),
+            lambda s=size: eval_throughput(merged, processor, rows, s, tokens, device, not smoke),
         )
     if device == "cuda":
         result["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    mle = result["train"].get("checkpointing off", {}).get("mle_s")
+    if mle and not smoke:  # a trial-4 step at batch 16 is ~10.2 TFLOP (docs/design.md, "Where the time goes")
+        result["mle_tflop_per_s"] = round(TRIAL4_GFLOP_PER_IMAGE * batch / 1000 / mle, 1)
     result["total_s"] = round(time.monotonic() - START, 1)
     return result
 
@@ -147,7 +159,16 @@ def table(result: dict) -> str:
             f"{label:18}" + "".join(f"{c if c is not None else '-':>8}" for c in cells) + f"{peak:>10}"
         )
     for label, r in result["eval"].items():
-        lines.append(f"eval {label}: {r.get('images_per_second', r.get('error'))} images/s")
+        if "error" in r:
+            lines.append(f"eval {label}: {r['error'][:90]}")
+            continue
+        lines.append(
+            f"eval {label}: generate {r['generate']['images_per_second']} images/s, fashioncap "
+            f"{r['fashioncap']['images_per_second']} ({r['fashioncap_over_generate']}x, same captions: "
+            f"{r['same_captions']})"
+        )
+    if "mle_tflop_per_s" in result:
+        lines.append(f"MLE step: {result['mle_tflop_per_s']} TFLOP/s achieved")
     return "\n".join(lines)
 
 

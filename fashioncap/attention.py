@@ -44,7 +44,7 @@ def attend(
     """SDPA with `module`'s attention dropout while it trains; `mask`: boolean (True: attend) or additive."""
     if mask is not None and mask.is_floating_point():
         mask = mask.to(query.dtype)  # SDPA wants an additive mask in the query's dtype (autocast)
-    dropout = module.dropout.p if module.training else 0.0
+    dropout = module.dropout.p if module.dropout.training else 0.0  # off under dropout_disabled() too
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 

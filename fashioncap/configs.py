@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
+from transformers.utils import is_torch_bf16_gpu_available
 
+from fashioncap.errors import ConfigError, did_you_mean, is_main_process, missing_path
 from fashioncap.modeling import DEFAULT_MODEL, LORA_PRESETS
+from fashioncap.recipe_keys import GENERATION_DEFAULTS, RECIPE_KEYS
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,6 +65,10 @@ class DataArguments:
     data_from_hub: bool = field(
         default=False, metadata={"help": "data_dir is a Hub data set id with the same columns"}
     )
+    category_names: str | None = field(
+        default=None,
+        metadata={"help": "categories.json to use (default: the data dir's, or the Hub data set repo's)"},
+    )
     train_split: str = "train"
     eval_split: str = "val"
     test_split: str = "test"
@@ -75,13 +86,66 @@ def _help(default, help_text: str):
 
 
 # The recipe's sections beyond the Trainer's own arguments: saved apart in the run's config, shown on the card.
-SECTIONS = {
-    "reward": (
-        "reward_funcs", "reward_weights", "mle_weight", "rl_weight", "num_samples", "baseline", "rl_start",
-        "sample_temperature", "sample_top_k", "max_sample_tokens",
-    ),
-    "generation": ("num_beams", "max_new_tokens", "min_new_tokens"),
-}  # fmt: skip
+SECTIONS = {name: RECIPE_KEYS[name] for name in ("reward", "generation")}
+
+
+def _processes(world: int) -> str:
+    return f"{world} process" if world == 1 else f"{world} processes"
+
+
+def batch_arithmetic(args) -> str:
+    """How the images of one optimizer step add up: '2 processes x 4 per device x 2 accumulation = 16'."""
+    world, per_device, accumulation = (
+        args.world_size,
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+    )
+    return (
+        f"{_processes(world)} x {per_device} per device x {accumulation} accumulation = "
+        f"{world * per_device * accumulation}"
+    )
+
+
+def apply_global_batch_size(args) -> None:
+    """Derive gradient_accumulation_steps: processes x per-device batch x accumulation = global_batch_size.
+
+    The seed's batch (16) then holds on any number of GPUs: 16 per device on 1 GPU, 2 per device on 8. An
+    accumulation the recipe sets itself (other than 1) must agree; a split that does not divide is an error.
+    """
+    total = args.global_batch_size
+    if total is None:
+        return
+    world, per_device = args.world_size, args.per_device_train_batch_size
+    per_step = world * per_device
+    if total % per_step:
+        problem = (
+            f"{_processes(world)} x {per_device} per device = {per_step} images is already more than that"
+            if per_step > total
+            else f"it is not a multiple of {_processes(world)} x {per_device} per device = {per_step}"
+        )
+        remedy = (
+            f"set per_device_train_batch_size to a divisor of {total // world} "
+            f"({total} / {_processes(world)})"
+            if total % world == 0
+            else f"{total} images cannot be split evenly over {_processes(world)}"
+        )
+        raise ValueError(f"global_batch_size {total}: {problem}; {remedy}")
+    accumulation = total // per_step
+    if args.gradient_accumulation_steps not in (1, accumulation):
+        raise ValueError(
+            f"gradient_accumulation_steps {args.gradient_accumulation_steps} contradicts global_batch_size "
+            f"{total} = {_processes(world)} x {per_device} per device x {accumulation} accumulation: drop one"
+        )
+    if accumulation == args.gradient_accumulation_steps:
+        return
+    args.gradient_accumulation_steps = accumulation
+    if args.deepspeed:  # TrainingArguments filled the DeepSpeed config's "auto" values with the old value
+        from accelerate.utils import DeepSpeedPlugin
+        from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+        args.hf_deepspeed_config = HfTrainerDeepSpeedConfig(args.deepspeed)
+        args.hf_deepspeed_config.trainer_config_process(args)
+        args.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=args.hf_deepspeed_config)
 
 
 @dataclass
@@ -91,6 +155,9 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
     Its own fields are grouped into `SECTIONS` only for the run's saved recipe and its model card.
     """
 
+    global_batch_size: int | None = _help(
+        None, "images per optimizer step over all processes: derives gradient_accumulation_steps"
+    )
     reward_funcs: list[str] = field(
         default_factory=list,
         metadata={
@@ -110,12 +177,30 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
     sample_temperature: float = _help(1.0, "temperature of the sampled captions")
     sample_top_k: int = _help(0, "0 samples from the full distribution")
     max_sample_tokens: int = _help(50, "new tokens per sampled caption at most")
-    num_beams: int = _help(3, "beams for evaluation captions")
-    max_new_tokens: int = _help(50, "new tokens per evaluation caption at most")
-    min_new_tokens: int = _help(5, "new tokens per evaluation caption at least")
+    scale_rewards: str = _help(
+        "none",
+        "none | group: divide advantages by the std of each image's H rewards (GRPO), for mixed ranges",
+    )
+    kl_weight: float = _help(
+        0.0, "weight of a KL penalty to the base model (the adapter disabled), logged as kl"
+    )
+    cuda_graphs: bool = _help(
+        True, "on CUDA, replay each decoding step as a CUDA graph (sampling and eval captions); off elsewhere"
+    )
+    num_beams: int = _help(GENERATION_DEFAULTS["num_beams"], "beams for evaluation captions")
+    max_new_tokens: int = _help(
+        GENERATION_DEFAULTS["max_new_tokens"], "new tokens per evaluation caption at most"
+    )
+    min_new_tokens: int = _help(
+        GENERATION_DEFAULTS["min_new_tokens"], "new tokens per evaluation caption at least"
+    )
+    overwrite_output_dir: bool = _help(
+        False, "train into an output_dir that already holds a finished run (all_results.json), replacing it"
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        apply_global_batch_size(self)
         if self.baseline not in ("mean", "loo", "greedy"):
             raise ValueError(f"baseline must be mean, loo or greedy, not {self.baseline!r}")
         if self.reward_weights and len(self.reward_weights) != len(self.reward_funcs):
@@ -126,8 +211,21 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
             raise ValueError(f"rl_start is a fraction of the training steps in [0, 1), not {self.rl_start}")
         if self.rl_weight and not self.reward_funcs:
             raise ValueError("rl_weight is set but reward_funcs is empty")
-        if self.rl_weight and self.num_samples < (2 if self.baseline == "loo" else 1):
-            raise ValueError(f"num_samples={self.num_samples} is too few for the {self.baseline} baseline")
+        if self.rl_weight and self.num_samples < (1 if self.baseline == "greedy" else 2):
+            raise ValueError(
+                f"num_samples={self.num_samples} is too few for the {self.baseline} baseline: with one sample per "
+                "image the advantage is always 0 (use num_samples >= 2, or baseline: greedy)"
+            )
+        if self.rl_weight and self.sample_top_k:
+            raise ValueError(
+                f"sample_top_k={self.sample_top_k}: REINFORCE needs the log-probabilities of the distribution the "
+                "captions were drawn from, and top-k sampling changes it; use sample_top_k: 0 (and "
+                "sample_temperature to sharpen)"
+            )
+        if self.scale_rewards not in ("none", "group"):
+            raise ValueError(f"scale_rewards must be none or group, not {self.scale_rewards!r}")
+        if self.scale_rewards == "group" and self.num_samples < 2:
+            raise ValueError("scale_rewards: group needs num_samples >= 2 (the std of one reward is 0)")
 
     @property
     def weights(self) -> list[float]:
@@ -152,12 +250,16 @@ class RecipeConfig:
     data: DataArguments
     training: FashionCapTrainingArguments
     source: str | None = None
+    # keys the command line set to another value than the recipe file's (paths given there are never built)
+    from_command_line: frozenset[str] = frozenset()
 
     def to_dict(self) -> dict:
-        """Everything a later `eval` or model card needs; never the Hub token."""
+        """Everything a later `eval` or model card needs; never the Hub token, nor how this run was started."""
         sectioned = {key for keys in SECTIONS.values() for key in keys}
         training = {
-            k: v for k, v in self.training.to_dict().items() if "token" not in k and k not in sectioned
+            k: v
+            for k, v in self.training.to_dict().items()
+            if "token" not in k and k not in sectioned and k != "overwrite_output_dir"
         }
         return {
             "model": dataclasses.asdict(self.model),
@@ -199,43 +301,106 @@ def _overrides(argv: list[str]) -> dict:
             key, _, inline = token[2:].partition("=")
             values[key] = [inline] if inline else []
         elif key is None:
-            raise ValueError(f"unexpected argument {token!r}: overrides look like --key value")
+            raise ConfigError(
+                f"unexpected argument {token!r} on the command line: overrides look like --key value"
+            )
         else:
             values[key].append(token)
     return {k: (True if not v else v[0] if len(v) == 1 else v) for k, v in values.items()}
 
 
-def load_config(config_path: str | Path | None, overrides: list[str] | None = None) -> RecipeConfig:
-    """Read a recipe YAML and apply command-line overrides; unknown keys and bad values are errors naming them."""
-    values: dict = {}
-    if config_path is not None:
-        config_path = Path(config_path)
-        if not config_path.is_file():
-            raise FileNotFoundError(f"recipe {config_path} does not exist")
-        loaded = yaml.safe_load(config_path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{config_path}: a recipe is a flat mapping of keys to values")
-        values.update(loaded)
-    cli = _overrides(overrides or [])
+def _read_recipe(config_path: Path) -> dict:
+    if not config_path.is_file():
+        raise missing_path("recipe", config_path)
+    try:
+        loaded = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{config_path} is not valid YAML: {' '.join(str(err).split())}") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{config_path}: a recipe is a flat mapping of keys to values")
+    return loaded
+
+
+def _refuse_unknown_keys(mapping: dict, origin: str) -> None:
     known = _field_names()
-    for origin, mapping in ((str(config_path), values), ("the command line", cli)):
-        unknown = sorted(set(mapping) - known)
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in {origin}")
-    values.update(cli)
+    own = {key for keys in RECIPE_KEYS.values() for key in keys}  # suggested first: lora_rank -> lora_r
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        named = ", ".join(key + (did_you_mean(key, own) or did_you_mean(key, known)) for key in unknown)
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {named} {origin} "
+            "(`fashioncap train --help` lists the keys)"
+        )
+
+
+def _is_true(value) -> bool:
+    return str(value).lower() in ("true", "yes", "t", "y", "1")
+
+
+def _bf16_only_with_a_gpu(values: dict) -> None:
+    """The GPU recipes ask for bf16, which the Trainer refuses without a GPU: train in fp32, and say so once.
+
+    Not when the user asked for CPU training (`use_cpu`): bf16 autocast on a CPU is then what they chose."""
+    if not _is_true(values.get("bf16")) or _is_true(values.get("use_cpu")):
+        return
+    if torch.cuda.is_available() or is_torch_bf16_gpu_available():
+        return
+    values["bf16"] = False
+    if is_main_process():
+        logger.warning(
+            "bf16: true needs a GPU and there is none here: training in fp32 (--bf16 false silences this)"
+        )
+
+
+def _raise_on_parse_error(origin_of):
+    """argparse's `error` for the recipe parser: a ConfigError naming the key and where its value came from,
+    instead of printing the parser's usage (every key of the Trainer) and exiting."""
+
+    def error(message: str):
+        match = re.match(r"argument --([\w-]+)\S*: (.*)", message)
+        if match is None:
+            raise ConfigError(message)
+        key, problem = match.groups()
+        raise ConfigError(f"bad value for {key} {origin_of(key)}: {problem}")
+
+    return error
+
+
+def load_config(config_path: str | Path | None, overrides: list[str] | None = None) -> RecipeConfig:
+    """Read a recipe YAML and apply command-line overrides; unknown keys and bad values are errors naming them
+    and where they came from (the file or the command line)."""
+    config_path = Path(config_path) if config_path is not None else None
+    recipe = _read_recipe(config_path) if config_path is not None else {}
+    cli = _overrides(overrides or [])
+    _refuse_unknown_keys(recipe, f"in {config_path}")
+    _refuse_unknown_keys(cli, "on the command line")
+    values = {**recipe, **cli}
     values.setdefault("output_dir", "outputs/run")
     values["remove_unused_columns"] = False  # image/text columns are processed in the collator
+    _bf16_only_with_a_gpu(values)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # accelerate's multi-process launcher does not pass ACCELERATE_USE_CPU to the ranks: without use_cpu each
         # CPU rank would silently train alone (world size 1, no gradient all-reduce)
         values.setdefault("use_cpu", True)
     parser = HfArgumentParser(CONFIG_CLASSES)
+    parser.error = _raise_on_parse_error(
+        lambda key: "on the command line" if key in cli else f"in {config_path}"
+    )
     try:
         model, data, training = parser.parse_args_into_dataclasses(
             args=_to_argv(values), look_for_args_file=False
         )
-    except SystemExit as exc:  # argparse prints the offending key and value before exiting
-        raise ValueError(
-            f"invalid value in {config_path or 'the command line'} (see the message above)"
-        ) from exc
-    return RecipeConfig(model, data, training, source=str(config_path) if config_path else None)
+    except ConfigError:
+        raise
+    except ValueError as err:  # the dataclasses' own checks (ours and the Trainer's)
+        where = str(config_path) if config_path else "the command line"
+        where += " with the command-line overrides" if config_path and cli else ""
+        raise ConfigError(f"{where}: {err}") from err
+    from_command_line = frozenset(key for key, value in cli.items() if str(value) != str(recipe.get(key)))
+    return RecipeConfig(
+        model,
+        data,
+        training,
+        source=str(config_path) if config_path else None,
+        from_command_line=from_command_line,
+    )

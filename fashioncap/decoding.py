@@ -127,11 +127,33 @@ def _teacher_forcing_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return allowed | torch.eye(length, dtype=torch.bool, device=attention_mask.device)
 
 
+@contextlib.contextmanager
+def dropout_disabled(module: torch.nn.Module):
+    """Dropout off (LoRA's and attention's too) while the modules stay in training mode (gradient checkpointing
+    still applies): how sampled captions are scored by the policy that drew them."""
+    dropouts = [m for m in module.modules() if isinstance(m, torch.nn.Dropout) and m.training]
+    for m in dropouts:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in dropouts:
+            m.train()
+
+
+def _decoder_layer_without_dropout(layer, *args) -> torch.Tensor:
+    """A layer with its dropout off, inside the checkpointed function: the recomputation in backward then runs
+    as the forward did (same values, same saved tensors) whatever the modules' mode is by then."""
+    with dropout_disabled(layer):
+        return _decoder_layer(layer, *args)
+
+
 def decoder_logits(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     image: torch.Tensor | ImageMemory,
+    dropout: bool = True,
 ) -> torch.Tensor:
     """Logits [rows, T, vocab] of rows grouped per image, each image's cross-attention K/V computed once.
 
@@ -142,7 +164,8 @@ def decoder_logits(
         states = image_embeds.repeat_interleave(R, 0)
         text_decoder(input_ids, attention_mask, encoder_hidden_states=states).logits
 
-    Padded positions are unspecified. Honours gradient checkpointing and dropout like the stock layers.
+    Padded positions are unspecified. Honours gradient checkpointing, and dropout like the stock layers unless
+    `dropout` is False (then off everywhere, the cross-attention K/V projection included, and in recomputation).
     References and H samples per image, as the trainer holds them:
 
         rows = torch.cat([references.view(b, 1, t), samples.view(b, h, t)], 1).view(-1, t)   # and their masks
@@ -150,18 +173,20 @@ def decoder_logits(
         reference_logits, sample_logits = logits[:, 0], logits[:, 1:].flatten(0, 1)
     """
     decoder = text_decoder(model)
-    memory = _as_memory(decoder, image)
-    if input_ids.size(0) % memory.num_images:
-        raise ValueError(f"{input_ids.size(0)} rows do not split evenly over {memory.num_images} images")
-    hidden = decoder.bert.embeddings(input_ids=input_ids)
-    mask = _teacher_forcing_mask(attention_mask)
-    for layer, keys, values in zip(decoder.bert.encoder.layer, memory.keys, memory.values, strict=True):
-        if layer.gradient_checkpointing and layer.training and torch.is_grad_enabled():
-            run = functools.partial(_decoder_layer, layer)
-            hidden = layer._gradient_checkpointing_func(run, hidden, mask, keys, values)
-        else:
-            hidden = _decoder_layer(layer, hidden, mask, keys, values)
-    return decoder.cls(hidden)
+    layer_function = _decoder_layer if dropout else _decoder_layer_without_dropout
+    with contextlib.nullcontext() if dropout else dropout_disabled(decoder):
+        memory = _as_memory(decoder, image)
+        if input_ids.size(0) % memory.num_images:
+            raise ValueError(f"{input_ids.size(0)} rows do not split evenly over {memory.num_images} images")
+        hidden = decoder.bert.embeddings(input_ids=input_ids)
+        mask = _teacher_forcing_mask(attention_mask)
+        for layer, keys, values in zip(decoder.bert.encoder.layer, memory.keys, memory.values, strict=True):
+            if layer.gradient_checkpointing and layer.training and torch.is_grad_enabled():
+                run = functools.partial(layer_function, layer)
+                hidden = layer._gradient_checkpointing_func(run, hidden, mask, keys, values)
+            else:
+                hidden = layer_function(layer, hidden, mask, keys, values)
+        return decoder.cls(hidden)
 
 
 @contextlib.contextmanager

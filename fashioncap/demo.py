@@ -15,7 +15,8 @@ from pathlib import Path
 
 from fashioncap import rundir
 from fashioncap.configs import RecipeConfig, load_config
-from fashioncap.data import ensure_synthetic
+from fashioncap.data.synthetic import ensure_synthetic
+from fashioncap.errors import MissingPathError
 from fashioncap.evaluation import evaluate_run
 from fashioncap.report import write_report
 from fashioncap.scoretable import score_table
@@ -29,7 +30,7 @@ def demo_recipes(recipes: Path = RECIPES) -> dict[str, Path]:
     """name -> recipe for every YAML in the folder: the base first, then the others by name."""
     paths = sorted(Path(recipes).glob("*.yaml"), key=lambda p: (p.stem != BASE, p.stem))
     if not paths:
-        raise FileNotFoundError(f"no recipes (*.yaml) in {recipes}")
+        raise MissingPathError(f"no recipes (*.yaml) in {recipes}")
     return {p.stem: p for p in paths}
 
 
@@ -50,28 +51,38 @@ def reason_to_train(run_dir: Path, config: RecipeConfig, inputs: list[Path]) -> 
     return f"{', '.join(newer)} changed since" if newer else None
 
 
+def train_unless_current(
+    name: str, config: RecipeConfig, recipe: Path, data_dir: str, force: bool = False
+) -> Path:
+    """Train `config` unless its run finished with the same recipe, data and base (`reason_to_train`).
+    Returns the run dir."""
+    run_dir = Path(config.training.output_dir)
+    base_results = Path(config.model.model_name_or_path) / rundir.RESULTS
+    inputs = [Path(data_dir) / "build_report.json", base_results]
+    reason = "--force" if force else reason_to_train(run_dir, config, inputs)
+    if reason:
+        print(f"\n== training {name} ({recipe}): {reason} ==", flush=True)
+        config.training.overwrite_output_dir = True  # decided here: this run is out of date
+        train(config)
+    else:
+        print(f"\n== {name}: reusing the finished run in {run_dir} ==", flush=True)
+    return run_dir
+
+
 def run_demo(recipes: Path = RECIPES, report_dir: str = "outputs/demo/report", force: bool = False) -> dict:
     start = time.perf_counter()
     paths = demo_recipes(recipes)
     configs = {name: load_config(path) for name, path in paths.items()}
     data_dir = configs[next(iter(configs))].data.data_dir
     ensure_synthetic(data_dir)
-    run_dirs = {}
-    for name, config in configs.items():
-        run_dir = Path(config.training.output_dir)
-        base_results = Path(config.model.model_name_or_path) / rundir.RESULTS
-        inputs = [Path(data_dir) / "build_report.json", base_results]
-        reason = "--force" if force else reason_to_train(run_dir, config, inputs)
-        if reason:
-            print(f"\n== training {name} ({paths[name]}): {reason} ==", flush=True)
-            train(config)
-        else:
-            print(f"\n== {name}: reusing the finished run in {run_dir} ==", flush=True)
-        run_dirs[name] = run_dir
+    run_dirs = {
+        name: train_unless_current(name, config, paths[name], data_dir, force)
+        for name, config in configs.items()
+    }
     summary = {}
     for name, run_dir in run_dirs.items():
         print(f"\n== evaluating {name} on the test split ==", flush=True)
-        summary[name] = evaluate_run(str(run_dir), data_dir, "test", out_dir=run_dir / rundir.EVAL_DIR,
+        summary[name] = evaluate_run(str(run_dir), data_dir, "test",  # into RUN/eval/test
                                      batch_size=configs[name].training.per_device_eval_batch_size)  # fmt: skip
     write_report(run_dirs, report_dir, data_dir=data_dir, split="test")
     minutes = (time.perf_counter() - start) / 60

@@ -1,9 +1,11 @@
 """Evaluate a run: caption a split with a trained run (or a base model, zero-shot) and score it.
 
 Writes OUT/predictions.json (COCO results format), metrics.json (what `fashioncap score` prints for those
-predictions, plus `reward/<name>` for each reward the run's recipe names) and metrics.md. The three are built in
-a temporary directory and moved into place together at the end, so an interrupted eval leaves the previous
-results (or none) and a rerun simply redoes it.
+predictions, plus `reward/<name>` for each reward the run's recipe names and the captions' "health"),
+metrics.md and per_image.json (each metric's per-image scores, for paired comparisons of runs). They are built in a
+temporary directory and moved into place together at the end, so an interrupted eval leaves the previous
+results (or none) and a rerun simply redoes it. Captions that collapse (most images sharing a few captions)
+get a warning on stderr.
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fashioncap import rundir
-from fashioncap.data import group_references, load_captions, references_file
-from fashioncap.inference import generate_captions, generation_settings, load_captioner
+from fashioncap.data.coco import group_references, load_captions, references_file
+from fashioncap.errors import OutputExistsError
+from fashioncap.inference import (
+    generate_captions,
+    generation_settings,
+    load_captioner,
+    map_in_shards,
+    process_state,
+)
 from fashioncap.io_utils import atomic_directory, write_json_atomic, write_text_atomic
 from fashioncap.metrics import METRIC_NAMES
-from fashioncap.metrics.files import score_files
+from fashioncap.metrics.files import load_references, score_files
+from fashioncap.metrics.health import caption_health
 from fashioncap.metrics.reward_scores import recipe_reward_scores
 from fashioncap.scoretable import HEADLINE_METRICS, score_table, unavailable_notes
 
@@ -38,16 +48,47 @@ def metrics_markdown(metrics: dict, heading: str, name: str) -> str:
 def predict_split(
     model, processor, data_dir: str | Path, split: str, batch_size: int, **generate_kwargs
 ) -> list[dict]:
-    """Caption every image of the split once; COCO results records in the split's image order.
+    """Caption every image of the split once; COCO results records in the split's image order. Under
+    `accelerate launch` each rank captions a share of the images and every rank gets all the records.
 
     Only the image column reaches the generator: the references are never within its reach.
     """
     images = group_references(load_captions(data_dir, [split])[split]).select_columns(["image_id", "image"])
-    captions = generate_captions(
-        model, processor, (row["image"] for row in images), batch_size, **generate_kwargs
-    )
-    progress = tqdm(captions, total=len(images), desc=f"captioning {split}", unit="img", file=sys.stderr)
+
+    def caption_rows(rows: list[int]) -> list[str]:
+        return list(generate_captions(model, processor, (images[i]["image"] for i in rows), batch_size,
+                                      **generate_kwargs))  # fmt: skip
+
+    captions = map_in_shards(range(len(images)), caption_rows, batch_size)
+    progress = tqdm(captions, total=len(images), desc=f"captioning {split}", unit="img", file=sys.stderr,
+                    disable=not process_state().is_main_process)  # fmt: skip
     return [{"image_id": i, "caption": c} for i, c in zip(images["image_id"], progress, strict=True)]
+
+
+def length_limit_hits(tokenizer, captions: list[str], max_new_tokens: int) -> list[bool]:
+    """Which captions used every new token without ending. A caption that ended spent its last new token on
+    [SEP], so it has at most max_new_tokens - 1 tokens; counted by re-tokenizing the decoded text, which
+    matches the generated ids for WordPiece except in rare cases."""
+    return [len(ids) >= max_new_tokens for ids in tokenizer(captions, add_special_tokens=False).input_ids]
+
+
+def health_of(predictions: list[dict], references: Path, tokenizer, max_new_tokens: int) -> dict:
+    """`caption_health` of the predictions against their references; warns on stderr when they collapsed."""
+    reference_captions = load_references(references)[0]
+    captions = [p["caption"] for p in predictions]
+    health = caption_health(
+        captions,
+        [reference_captions[p["image_id"]] for p in predictions],
+        length_limit_hits(tokenizer, captions, max_new_tokens),
+    )
+    if health["collapsed"]:
+        print(
+            f"WARNING: the captions collapsed: the 5 most common are {health['top5_share']:.0%} of "
+            f"{health['num_captions']} images, distinct bigrams {health['distinct_2']:.0%} "
+            "('health' in metrics.json)",
+            file=sys.stderr,
+        )
+    return health
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -55,7 +96,7 @@ def _check_out_dir(out_dir: Path) -> None:
     if out_dir.is_dir():
         foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in rundir.EVAL_FILES)
         if foreign:
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{out_dir} holds files eval did not write ({', '.join(foreign[:5])}): pick another --out-dir"
             )
 
@@ -67,19 +108,28 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     batch_size: int = 16,
     **generation_overrides,
-) -> dict:
-    """Caption `split` with `model_dir`, score it, write the three eval files; returns the metrics object."""
-    out_dir = Path(out_dir) if out_dir else rundir.default_eval_dir(model_dir)
+) -> dict | None:
+    """Caption `split` with `model_dir`, score it, write the eval files; returns the metrics object (None on
+    the other ranks of `accelerate launch`, which caption their share of the images)."""
+    out_dir = Path(out_dir) if out_dir else rundir.default_eval_dir(model_dir, split)
     _check_out_dir(out_dir)
     references = references_file(data_dir, split)
     settings = generation_settings(model_dir, **generation_overrides)
     model, processor = load_captioner(model_dir)
     predictions = predict_split(model, processor, data_dir, split, batch_size, **settings)
+    if not process_state().is_main_process:
+        return None  # another rank of `accelerate launch`: the main process scores and writes, once
     reward_specs = ((rundir.run_config(model_dir) or {}).get("reward") or {}).get("reward_funcs") or []
     with atomic_directory(out_dir, overwrite=True) as tmp:
         write_json_atomic(tmp / rundir.PREDICTIONS, predictions)
-        metrics = score_files(references, tmp / rundir.PREDICTIONS)
+        metrics = score_files(references, tmp / rundir.PREDICTIONS, per_image=True)
+        write_json_atomic(tmp / rundir.PER_IMAGE, metrics.pop("per_image"))
         metrics.update(recipe_reward_scores(reward_specs, predictions, references))
+        metrics.update(split=split, data_dir=str(data_dir), model_dir=str(model_dir), generation=settings,
+                       versions=rundir.library_versions())  # fmt: skip
+        metrics["health"] = health_of(
+            predictions, references, processor.tokenizer, settings["max_new_tokens"]
+        )
         write_json_atomic(tmp / rundir.METRICS, metrics)
         heading = (
             f"# {model_dir} on {data_dir} ({split})\n\n"

@@ -3,7 +3,8 @@
 Only the weights (the adapter, or the model of a full fine-tune), the processor files and the card go up unless
 asked otherwise (`--include`): a run dir also holds checkpoints, optimizer states and `training_args.bin`, which
 can carry a Hub token. The token is read by huggingface_hub from its usual places (HF_TOKEN, `hf auth login`)
-and never printed, logged or written; an upload whose files contain it is refused.
+and never printed, logged or written; an upload whose files contain it is refused. Data is never uploaded: the
+card names the training data and its terms of use as the data dir's build_report.json records them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import yaml
 from huggingface_hub import HfApi, get_token
 
 from fashioncap import rundir
+from fashioncap.errors import MissingPathError, UserError, missing_path
 from fashioncap.io_utils import write_text_atomic
 from fashioncap.scoretable import HEADLINE_METRICS, score_table
 
@@ -51,9 +53,30 @@ def is_hub_id(name: str) -> bool:
     return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
 
 
-def _card_metadata(config: dict, scores: dict, name: str, dataset: str) -> dict:
+class UploadRefusedError(UserError, PermissionError):
+    """An upload that would publish the Hub token."""
+
+
+def require_token() -> None:
+    """Pushing needs a Hub token: say so before anything is prepared, uploaded or trained."""
+    if not get_token():
+        raise UserError(
+            "no Hugging Face token to push with: run `hf auth login` or set HF_TOKEN "
+            "(`fashioncap push --dry-run` shows what would be uploaded without one)"
+        )
+
+
+def data_terms(data: dict) -> str:
+    """The training data's terms of use as its data dir's build_report.json records them ("terms")."""
+    if data.get("data_from_hub"):
+        return f"those of the Hub data set {data['data_dir']}"
+    report = rundir.read_json(Path(data["data_dir"]) / "build_report.json") or {}
+    return report.get("terms") or "not recorded in the data dir's build_report.json (see where it came from)"
+
+
+def _card_metadata(config: dict, scores: dict, name: str, dataset: str, split: str) -> dict:
     """The card's YAML header: what the Hub indexes (library, base model, tags, data set, model-index)."""
-    model, data = config["model"], config["data"]
+    model = config["model"]
     is_adapter = model.get("lora_preset", "none") != "none"
     base = model["model_name_or_path"]
     meta = {
@@ -66,7 +89,6 @@ def _card_metadata(config: dict, scores: dict, name: str, dataset: str) -> dict:
     }
     ran = {k: v for k, v in scores.items() if isinstance(v, int | float)}  # a null metric could not run
     if ran:
-        split = data.get("test_split", "test")
         meta["model-index"] = [
             {
                 "name": name,
@@ -123,18 +145,25 @@ def _usage(base: str, target: str, is_adapter: bool) -> str:
     )
 
 
-def model_card(config: dict, metrics: dict | None = None, repo_id: str | None = None) -> str:
-    """A model card with Hub metadata (base_model, library_name: peft, model-index) and the trial's settings."""
+def model_card(
+    config: dict, metrics: dict | None = None, repo_id: str | None = None, checkpoint: str | None = None
+) -> str:
+    """A model card with Hub metadata (base_model, library_name: peft, model-index) and the trial's settings;
+    `checkpoint` says which weights these are ('final (step N)' or 'best by eval_CIDEr (step N)')."""
     model, data, training = config["model"], config["data"], config["training"]
     is_adapter = model.get("lora_preset", "none") != "none"
     base = model["model_name_or_path"]
     dataset = data["data_dir"] if data.get("data_from_hub") else Path(data["data_dir"]).name
     scores = card_scores(metrics)
     name = repo_id or Path(training["output_dir"]).name
-    meta = _card_metadata(config, scores, name, dataset)
+    split = (metrics or {}).get("split") or data.get("test_split", rundir.DEFAULT_SPLIT)  # the split scored
+    meta = _card_metadata(config, scores, name, dataset, split)
     # transformers 5 takes the warmup ratio as a float warmup_steps in [0, 1)
     warmup = training.get("warmup_ratio") or training.get("warmup_steps")
     table = score_table({name: scores}, list(scores), label="model") if scores else "(not evaluated)\n"
+    scored = f"Checkpoint: {checkpoint}.\n\n" if checkpoint else ""
+    global_batch = training.get("global_batch_size")
+    global_batch = f" ({global_batch} per optimizer step)" if global_batch else ""
     target = repo_id or "<this repo>"
     local_base = (
         ""
@@ -149,11 +178,11 @@ BLIP fine-tuned for fashion image captioning with fashioncap{" (LoRA adapter)" i
 - base model: `{base}`{local_base}
 - LoRA: {_describe_lora(model)}
 - semantic rewards: {_describe_rewards(config["reward"])}
-- data: `{dataset}` (max caption length {data["max_length"]})
-- {training["num_train_epochs"]} epochs, batch {training["per_device_train_batch_size"]} per device, lr {training["learning_rate"]}, {training["lr_scheduler_type"]} schedule, warmup {warmup}, weight decay {training["weight_decay"]}, seed {training["seed"]}
+- data: `{dataset}` (max caption length {data["max_length"]}); terms of use: {data_terms(data)}. The data is not in this repository: `fashioncap push` uploads only the weights, the processor files and this card.
+- {training["num_train_epochs"]} epochs, batch {training["per_device_train_batch_size"]} per device{global_batch}, lr {training["learning_rate"]}, {training["lr_scheduler_type"]} schedule, warmup {warmup}, weight decay {training["weight_decay"]}, seed {training["seed"]}
 
-## Test scores
-{table}
+## Scores on the {split} split
+{scored}{table}
 Metrics on the pycocoevalcap scale (0-1; CIDEr 0-10); n/a: the metric could not run where it was evaluated.
 
 ## Use
@@ -166,9 +195,13 @@ Or, with fashioncap: `fashioncap caption --model-dir {target} IMAGE_OR_DIR`.
 
 
 def write_model_card(
-    output_dir: str | Path, config: dict, metrics: dict | None = None, repo_id: str | None = None
+    output_dir: str | Path,
+    config: dict,
+    metrics: dict | None = None,
+    repo_id: str | None = None,
+    checkpoint: str | None = None,
 ):
-    write_text_atomic(Path(output_dir) / CARD, model_card(config, metrics, repo_id))
+    write_text_atomic(Path(output_dir) / CARD, model_card(config, metrics, repo_id, checkpoint))
 
 
 def files_to_upload(run_dir: Path, extra: list[str] | None = None) -> list[str]:
@@ -191,7 +224,15 @@ def _refuse_token_leak(run_dir: Path, files: list[str], card: str) -> None:
     if token in card:
         leaking.append(CARD)
     if leaking:
-        raise PermissionError(f"refusing to upload: the Hub token appears in {', '.join(leaking)}")
+        raise UploadRefusedError(f"refusing to upload: the Hub token appears in {', '.join(leaking)}")
+
+
+def card_metrics(run_dir: Path) -> dict | None:
+    """The scores the card shows: the test split's, else those of the first split the run was evaluated on
+    (the card names the split)."""
+    return rundir.reported_scores(run_dir) or next(
+        (rundir.eval_metrics(run_dir, split) for split in rundir.evaluated_splits(run_dir)), None
+    )
 
 
 def prepare_upload(
@@ -199,10 +240,12 @@ def prepare_upload(
 ) -> tuple[list[str], str]:
     """(files to upload relative to the run dir, card text); checks that no file carries the Hub token."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise missing_path("run dir", run_dir)
     config = rundir.run_config(run_dir)
     if config is None:
-        raise FileNotFoundError(f"{run_dir} is not a fashioncap run (no {rundir.RUN_CONFIG})")
-    card = model_card(config, rundir.reported_scores(run_dir), repo_id)
+        raise MissingPathError(f"{run_dir} is not a fashioncap run (no {rundir.RUN_CONFIG})")
+    card = model_card(config, card_metrics(run_dir), repo_id, rundir.scored_checkpoint(run_dir))
     files = files_to_upload(run_dir, extra)
     _refuse_token_leak(run_dir, files, card)
     return files, card
@@ -217,8 +260,10 @@ def push(
 ) -> list[str]:
     """Write the card for `repo_id` into the run and upload the run's files; returns them (relative paths).
 
-    `dry_run` only works out the files and the card: nothing is written or uploaded.
+    `dry_run` only works out the files and the card: nothing is written or uploaded (and no token is needed).
     """
+    if not dry_run:
+        require_token()
     files, card = prepare_upload(run_dir, repo_id, extra)
     if dry_run:
         return files

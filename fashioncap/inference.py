@@ -15,14 +15,19 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from PIL import Image
 
 from fashioncap import rundir
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.images import ImageProblem, open_rgb, to_rgb
+from fashioncap.decoding import decode
 from fashioncap.modeling import load_for_inference
+from fashioncap.text import decode_captions
 
 GENERATION_FLAGS = ("num_beams", "max_new_tokens", "min_new_tokens")
+NOT_AN_IMAGE = "not an image file"
 
 
 def generation_settings(model_dir: str | os.PathLike | None = None, **overrides) -> dict:
@@ -52,44 +57,57 @@ def generate_captions(
             [to_rgb(im) for im in batch], return_tensors="pt"
         ).pixel_values
         with torch.inference_mode():
-            sequences = model.generate(
-                pixel_values=pixel_values.to(model.device, model.dtype), **generate_kwargs
+            sequences = caption_pixels(
+                model, pixel_values=pixel_values.to(model.device, model.dtype), **generate_kwargs
             )
-        yield from (c.strip() for c in processor.batch_decode(sequences, skip_special_tokens=True))
+        yield from decode_captions(processor, sequences)
+
+
+def caption_pixels(model, pixel_values: torch.Tensor, **generate_kwargs) -> torch.Tensor:
+    """Caption token ids from pixels alone: the vision encoder once, then the decoder with each image's
+    cross-attention K/V shared by its beams (fashioncap.decoding; the same tokens as BLIP's `generate`)."""
+    image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
+    return decode(model, image_embeds, **generate_kwargs)
 
 
 def load_captioner(model_dir: str):
-    """(model, processor) on the best device here: a run dir, merged model dir or Hub id."""
+    """(model, processor) on this process's device (its own GPU under `accelerate launch`): a run dir, merged
+    model dir or Hub id."""
     model, processor = load_for_inference(model_dir)
-    return model.to("cuda" if torch.cuda.is_available() else "cpu"), processor
+    return model.to(process_state().device), processor
 
 
 def iter_image_paths(inputs: Iterable[str]) -> Iterator[Path]:
-    """Files as given, and the image files under each folder, walked lazily in sorted order."""
-    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    """Files as given, and every file under each folder, walked lazily in sorted order.
+
+    Nothing is left out silently: `caption_paths` reports a missing or unreadable file, and one that is not an
+    image file by its extension, as skipped."""
     for item in inputs:
         path = Path(item)
         if not path.is_dir():
-            yield path  # a missing or unreadable file is reported by the caller
+            yield path
             continue
         for root, dirs, files in os.walk(path):
             dirs.sort()
-            for name in sorted(files):
-                if Path(name).suffix.lower() in extensions:
-                    yield Path(root) / name
+            yield from (Path(root) / name for name in sorted(files))
 
 
 def caption_paths(model, processor, paths: Iterable[Path], batch_size: int = 16, **generate_kwargs):
-    """Yield (path, caption, None) per captioned image and (path, None, reason) per unreadable one.
+    """Yield (path, caption, None) per captioned image and (path, None, reason) per skipped file: unreadable,
+    or NOT_AN_IMAGE (a file whose extension no image format has).
 
     Images are decoded as the generator reaches them, so at most one batch is held in memory. An unreadable
     file is reported as soon as it is met, which can be before the captions of the batch it would have joined.
     """
     pending: deque[Path] = deque()
     failures: deque[tuple[Path, str]] = deque()
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
 
     def images():
         for path in paths:
+            if path.is_file() and path.suffix.lower() not in extensions:
+                failures.append((path, NOT_AN_IMAGE))
+                continue
             try:
                 image = open_rgb(path)
             except ImageProblem as err:
@@ -107,3 +125,41 @@ def caption_paths(model, processor, paths: Iterable[Path], batch_size: int = 16,
         yield from reported()
         yield pending.popleft(), caption, None
     yield from reported()
+
+
+# --- data-parallel: `accelerate launch -m fashioncap eval|caption` ------------------------------------------
+
+
+def process_state() -> PartialState:
+    """accelerate's view of this process: one of several ranks under `accelerate launch`, else the only one.
+    CPU ranks need cpu=True, or each would caption everything alone (docs/stack-traps.md)."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def map_in_shards(items: Iterable, work, share_size: int) -> Iterator:
+    """`work` over `items` split across the ranks; every rank gets all the results, in the order of `items`.
+
+    The items are dealt round-robin, chunk by chunk: of each chunk of ranks x `share_size` items, rank r takes
+    items r, r + ranks, ... and `work` maps that share to one result per item. Every rank walks the same items
+    (a folder of a million photos is never listed in memory), so all agree on the number of chunks and gather
+    together; one process is the same loop with one share per chunk.
+    """
+    state = process_state()
+    ranks, rank = state.num_processes, state.process_index
+    for chunk in batched(items, share_size * ranks):
+        shares = gather_object([work(chunk[rank::ranks])])  # one list per rank, in rank order
+        for position in range(len(shares[0])):
+            yield from (share[position] for share in shares if position < len(share))
+
+
+def caption_paths_in_shards(model, processor, paths: Iterable[Path], batch_size: int = 16, **generate_kwargs):
+    """`caption_paths` data-parallel over the ranks, each rank captioning up to `batch_size` files per chunk;
+    every rank gets every result, in the order of `paths` (skipped files in their place)."""
+
+    def caption_share(share: list[Path]) -> list[tuple]:
+        results = list(caption_paths(model, processor, share, batch_size, **generate_kwargs))
+        captioned = deque(r for r in results if r[2] is None)
+        skipped = deque(r for r in results if r[2] is not None)
+        return [skipped.popleft() if skipped and skipped[0][0] == p else captioned.popleft() for p in share]
+
+    return map_in_shards(paths, caption_share, batch_size)

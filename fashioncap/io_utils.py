@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from fashioncap.errors import OutputExistsError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -61,7 +63,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     """
     target = Path(target)
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists (pass overwrite=True / --overwrite to replace it)")
+        raise OutputExistsError(f"{target} already exists (pass overwrite=True / --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
     tmp.chmod(0o777 & ~_umask())

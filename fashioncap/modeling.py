@@ -9,6 +9,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
     AutoTokenizer,
@@ -19,6 +23,7 @@ from transformers import (
     BlipProcessor,
 )
 
+from fashioncap.errors import UserError, missing_path
 from fashioncap.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -39,7 +44,7 @@ VISION_LAYER_TARGETS = (
 LORA_PRESETS = ("decoder", "decoder+vision")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """The model or processor could not be had; the message says what was tried."""
 
 
@@ -50,6 +55,41 @@ def load_processor(name_or_path: str):
     return BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
+def check_hub_model(name: str) -> None:
+    """Fail at once, in one line, when `name` is not a local path and cannot be had from the Hub.
+
+    For a model that is not in the Hub cache, huggingface_hub retries an unreachable Hub for ~50 s before
+    giving up; one request without retries (within HF_HUB_ETAG_TIMEOUT) tells first. A cached model needs no
+    network.
+    """
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise missing_path("model", name, "give a local model dir or a Hub id (owner/name)") from None
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    if hub_constants.is_offline_mode():
+        raise ModelLoadError(
+            f"model {name!r} is not in the Hub cache and HF_HUB_OFFLINE is set: download it once with "
+            "network access (unset HF_HUB_OFFLINE), or give a local model dir"
+        )
+    try:
+        get_hf_file_metadata(hf_hub_url(name, "config.json"), timeout=hub_constants.HF_HUB_ETAG_TIMEOUT)
+    except HfHubHTTPError as err:  # the Hub answered: no such model, or not for this token
+        answer = " ".join(str(err).split())
+        raise ModelLoadError(
+            f"the Hugging Face Hub has no model {name!r} that this machine may read ({answer}): a typo? a "
+            "private or gated model needs `hf auth login`"
+        ) from None
+    except (
+        Exception
+    ) as err:  # refused, timed out, no DNS: whatever the transport raised, the Hub is unreachable
+        raise ModelLoadError(
+            f"cannot reach the Hugging Face Hub ({hub_constants.ENDPOINT}) for model {name!r} ({err}): "
+            "offline? set HF_HUB_OFFLINE=1 and give a local model dir, or a model already in the Hub cache"
+        ) from None
+
+
 def load_model_and_processor(
     name_or_path: str = DEFAULT_MODEL,
     label_smoothing: float | None = None,
@@ -58,6 +98,8 @@ def load_model_and_processor(
     """Load BLIP for captioning from a Hub id or a local directory (a full model, never remote code)."""
     local = Path(name_or_path).expanduser()
     source = str(local) if local.exists() else name_or_path
+    if not local.exists():
+        check_hub_model(name_or_path)
     try:
         model = BlipForConditionalGeneration.from_pretrained(source, dtype=dtype, trust_remote_code=False)
         processor = load_processor(source)
@@ -70,7 +112,7 @@ def load_model_and_processor(
             else " The directory should hold config.json, model.safetensors and the processor files."
         )
         raise ModelLoadError(
-            f"could not load a BLIP captioning model from the {where}.{hint} ({err})"
+            f"could not load a BLIP captioning model from the {where}.{hint} ({' '.join(str(err).split())})"
         ) from err
     if label_smoothing is not None:
         model.config.text_config.label_smoothing = float(label_smoothing)

@@ -4,7 +4,9 @@ OUT/comparison.md      the seed-style table (BLEU-4, METEOR, ROUGE-L, CIDEr, SPI
 OUT/report.html        one self-contained page: the table, sample test images (embedded) with the reference
                        and each run's caption side by side (the seed's "human evaluation" view), the curves
 OUT/curves/<run>.png   training curves (losses, rewards) from RUN/trainer_state.json
-OUT/summary.json       {run name: RUN/eval/metrics.json}
+OUT/summary.json       {"runs": {run name: RUN/eval/<split>/metrics.json},
+                        "comparisons": [{"a", "b", "metric", "delta", "ci95"}, ...]}: paired differences of
+                       each RL trial and its MLE twin, and of each --compare pair
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from pathlib import Path
 from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
 from fashioncap import rundir
-from fashioncap.data import references_file
+from fashioncap.data.coco import references_file
 from fashioncap.data.images import ImageProblem, open_rgb
+from fashioncap.errors import ConfigError, missing_path
 from fashioncap.io_utils import safe_join, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fashioncap.scoretable import HEADLINE_METRICS, format_score, score_table
 
@@ -45,15 +48,144 @@ def run_names(run_dirs: list[str]) -> dict[str, Path]:
 # --- the table ----------------------------------------------------------------------------------------------
 
 
-def comparison_table(metrics: dict[str, dict | None]) -> str:
-    """Markdown, one row per run; a metric that could not run (or a run not evaluated) shows "n/a"."""
-    missing = [name for name, scores in metrics.items() if scores is None]
+def comparison_table(
+    metrics: dict[str, dict | None],
+    split: str = rundir.DEFAULT_SPLIT,
+    evaluated: dict[str, list[str]] | None = None,
+) -> str:
+    """Markdown, one row per run with its scores on `split`; a metric that could not run (or a run not
+    evaluated on `split`) shows "n/a", and a note names the runs not evaluated on `split` and the splits they
+    were (`evaluated`: run name -> splits): scores of another split are never shown as this split's."""
+    missing = [
+        name + (f" (evaluated on {', '.join(evaluated[name])} only)" if (evaluated or {}).get(name) else "")
+        for name, scores in metrics.items()
+        if scores is None
+    ]
     note = (
-        f"\nNot evaluated (no {rundir.EVAL_DIR}/{rundir.METRICS}; run `fashioncap eval`): {', '.join(missing)}\n"
+        f"\nNot evaluated on the {split} split (no {rundir.EVAL_DIR}/{split}/{rundir.METRICS}; run "
+        f"`fashioncap eval --split {split}`): {', '.join(missing)}\n"
         if missing
         else ""
     )
     return score_table(metrics) + note
+
+
+# --- paired comparisons and caption health ------------------------------------------------------------------
+
+# Each RL trial against its MLE twin (the same LoRA without REINFORCE), compared when both are reported.
+DEFAULT_PAIRS = (("trial2", "trial1"), ("trial4", "trial3"), ("trial5", "trial3"))
+HEALTH_COLUMNS = {
+    "distinct_1": "distinct-1",
+    "distinct_2": "distinct-2",
+    "vocabulary_size": "vocabulary",
+    "repeated_trigram_share": "repeat a trigram",
+    "length_limit_share": "hit the length limit",
+    "mean_length": "words",
+    "reference_mean_length": "reference words",
+    "top5_share": "top-5 captions' share",
+    "collapsed": "collapsed",
+}
+
+
+def comparison_pairs(names, compare=()) -> list[tuple[str, str]]:
+    """The default pairs whose runs are both present, then the asked-for ones; unknown names are an error."""
+    names = list(names)
+    for a, b in compare:
+        unknown = [n for n in (a, b) if n not in names]
+        if unknown:
+            raise ConfigError(
+                f"--compare {a} {b}: no run named {', '.join(unknown)} (runs: {', '.join(names)})"
+            )
+    defaults = [(a, b) for a, b in DEFAULT_PAIRS if a in names and b in names]
+    return list(dict.fromkeys([*defaults, *map(tuple, compare)]))
+
+
+def paired_comparisons(run_dirs: dict[str, Path], pairs, split: str) -> tuple[list[dict], list[str]]:
+    """({"a", "b", "metric", "delta", "ci95"} per headline metric of each pair: a paired bootstrap over the
+    images both runs scored, from their per-image scores), and a note for each pair that could not be
+    compared."""
+    from fashioncap.metrics import compare_runs
+
+    comparisons, notes = [], []
+    for a, b in pairs:
+        per_image = {name: rundir.eval_per_image(run_dirs[name], split) for name in (a, b)}
+        lacking = [name for name, scores in per_image.items() if scores is None]
+        if lacking:
+            notes.append(f"{a} vs {b}: no per-image scores of {', '.join(lacking)} (rerun `fashioncap eval`)")
+            continue
+        try:
+            deltas = compare_runs(per_image[a], per_image[b])
+        except ValueError as err:
+            notes.append(f"{a} vs {b}: {err}")
+            continue
+        comparisons += [{"a": a, "b": b, "metric": m, **deltas[m]} for m in HEADLINE_METRICS if m in deltas]
+    return comparisons, notes
+
+
+def excludes_zero(interval) -> bool:
+    return interval[0] > 0 or interval[1] < 0
+
+
+def comparison_cells(comparison: dict) -> list[str]:
+    a, b, (lo, hi) = comparison["a"], comparison["b"], comparison["ci95"]
+    verdict = f"yes: {a if lo > 0 else b} higher" if excludes_zero((lo, hi)) else "no"
+    return [
+        f"{a} - {b}",
+        comparison["metric"],
+        f"{comparison['delta']:+.4f}",
+        f"[{lo:+.4f}, {hi:+.4f}]",
+        verdict,
+    ]
+
+
+COMPARISON_HEADER = ["a - b", "metric", "delta", "95% interval", "excludes 0"]
+
+
+def _health_cell(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.3f}" if isinstance(value, float) else "n/a"
+
+
+def _health_rows(metrics: dict[str, dict | None]) -> list[list[str]]:
+    return [
+        [name, *(_health_cell(scores["health"].get(key)) for key in HEALTH_COLUMNS)]
+        for name, scores in metrics.items()
+        if scores and scores.get("health")
+    ]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+PAIRED_HEADING = "Paired differences (a - b on the same images; 95% bootstrap interval over the images)"
+HEALTH_HEADING = "Caption health (distinct n-grams over all n-grams; shares of the captions)"
+
+
+def paired_and_health_markdown(
+    metrics: dict[str, dict | None], comparisons: list[dict], notes: list[str]
+) -> str:
+    """The comparison.md sections after the score table: caption health per run, paired differences."""
+    parts = []
+    health = _health_rows(metrics)
+    if health:
+        parts.append(f"\n## {HEALTH_HEADING}\n\n" + markdown_table(["run", *HEALTH_COLUMNS.values()], health))
+    if comparisons or notes:
+        rows = [comparison_cells(c) for c in comparisons]
+        parts.append(f"\n## {PAIRED_HEADING}\n\n" + (markdown_table(COMPARISON_HEADER, rows) if rows else ""))
+        parts.extend(f"\n- {note}" for note in notes)
+    return "".join(parts)
 
 
 # --- training curves ----------------------------------------------------------------------------------------
@@ -141,7 +273,14 @@ img.curves { max-width: 100%; display: block; margin-bottom: 1em; }
 """
 
 
-def render_html(metrics: dict, rows: list[dict], curves: dict[str, bytes | None], split: str) -> str:
+def render_html(
+    metrics: dict,
+    rows: list[dict],
+    curves: dict[str, bytes | None],
+    split: str,
+    comparisons: list[dict] = (),
+    notes: list[str] = (),
+) -> str:
     esc = html.escape
     names = list(metrics)
     head = "".join(f"<th>{esc(m)}</th>" for m in HEADLINE_METRICS)
@@ -154,8 +293,17 @@ def render_html(metrics: dict, rows: list[dict], curves: dict[str, bytes | None]
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>fashioncap report</title><style>{STYLE}</style>",
         "</head><body><h1>fashioncap: run comparison</h1>",
-        f"<h2>Test scores ({esc(split)})</h2><table><tr><th>run</th>{head}</tr>{score_rows}</table>",
+        f"<h2>Scores on the {esc(split)} split</h2><table><tr><th>run</th>{head}</tr>{score_rows}</table>",
     ]
+    health = _health_rows(metrics)
+    if health:
+        parts.append(
+            f"<h2>{esc(HEALTH_HEADING)}</h2>" + _html_table(["run", *HEALTH_COLUMNS.values()], health)
+        )
+    if comparisons or notes:
+        parts.append(f"<h2>{esc(PAIRED_HEADING)}</h2>")
+        parts.append(_html_table(COMPARISON_HEADER, [comparison_cells(c) for c in comparisons]))
+        parts.extend(f"<p>{esc(note)}</p>" for note in notes)
     if rows:
         run_heads = "".join(f"<th>{esc(n)}</th>" for n in names)
         parts.append(f"<h2>Samples</h2><table><tr><th>image</th><th>references</th>{run_heads}</tr>")
@@ -197,16 +345,27 @@ def write_report(
     data_dir: str | Path | None = None,
     split: str = "test",
     samples: int = 12,
+    compare=(),
 ) -> dict:
     """Write the table, HTML page, curve PNGs and summary.json for `runs` (name -> run dir) into `out_dir`.
 
-    Returns {"metrics": {name: metrics or None}, "files": [paths written]}. The sample images come from
-    `data_dir` (default: the runs' recipe data dir); without one the page has no samples.
+    Returns {"metrics": {name: metrics of `split` or None}, "table": the comparison, "sections": the caption
+    health and paired differences (Markdown), "comparisons": [...], "files": [paths written]}. The pairs
+    compared are `DEFAULT_PAIRS` present among the runs, then `compare` ((a, b) run names). The sample images
+    come from `data_dir` (default: the runs' recipe data dir); without one the page has none.
     """
     out_dir = Path(out_dir)
     run_dirs = {name: Path(d) for name, d in runs.items()}
-    metrics = {name: rundir.eval_metrics(d) for name, d in run_dirs.items()}
-    predictions = {name: rundir.eval_predictions(d) for name, d in run_dirs.items()}
+    for run_dir in run_dirs.values():
+        if not run_dir.is_dir():
+            raise missing_path("run dir", run_dir)
+    metrics = {name: rundir.eval_metrics(d, split) for name, d in run_dirs.items()}
+    predictions = {name: rundir.eval_predictions(d, split) for name, d in run_dirs.items()}
+    table = comparison_table(
+        metrics, split, {name: rundir.evaluated_splits(d) for name, d in run_dirs.items()}
+    )
+    comparisons, notes = paired_comparisons(run_dirs, comparison_pairs(run_dirs, compare), split)
+    sections = paired_and_health_markdown(metrics, comparisons, notes)
     data_dir = Path(data_dir) if data_dir else _data_dir_of(run_dirs)
     rows = sample_rows(data_dir, split, predictions, samples) if data_dir else []
     files = []
@@ -217,12 +376,18 @@ def write_report(
             files.append(out_dir / "curves" / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".png"))
             write_bytes_atomic(files[-1], curves[name])
     outputs = {
-        "comparison.md": f"# Test scores ({split})\n\n" + comparison_table(metrics),
-        "report.html": render_html(metrics, rows, curves, split),
+        "comparison.md": f"# Scores on the {split} split\n\n" + table + sections,
+        "report.html": render_html(metrics, rows, curves, split, comparisons, notes),
     }
     for file_name, text in outputs.items():
         write_text_atomic(out_dir / file_name, text)
         files.append(out_dir / file_name)
-    write_json_atomic(out_dir / "summary.json", metrics)
+    write_json_atomic(out_dir / "summary.json", {"runs": metrics, "comparisons": comparisons})
     files.append(out_dir / "summary.json")
-    return {"metrics": metrics, "files": [str(f) for f in files]}
+    return {
+        "metrics": metrics,
+        "table": table,
+        "sections": sections,
+        "comparisons": comparisons,
+        "files": [str(f) for f in files],
+    }

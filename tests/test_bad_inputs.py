@@ -49,7 +49,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize(
     ("line", "named"),
-    [("lora_rank: 16", "lora_rank"), ("lora_r: sixteen", "--lora_r")],
+    [("lora_rank: 16", "lora_rank"), ("lora_r: sixteen", "bad value for lora_r")],
     ids=["unknown key", "wrong type"],
 )
 def test_bad_recipe_through_the_train_command_names_the_key_and_trains_nothing(tmp_path, line, named):
@@ -167,7 +167,7 @@ def test_caption_skips_a_decompression_bomb_and_a_missing_file_and_captions_the_
     assert "caption" in records["a_good.png"] and "caption" in records["c_good.png"]
     assert records["b_bomb.png"]["error"].startswith("decompression bomb: Image size (400000000 pixels)")
     assert records["missing.png"]["error"] == "file not found"
-    assert "2 captioned, 2 unreadable" in err
+    assert "2 captioned, 2 skipped (2 unreadable, 0 not an image file)" in err
 
 
 def test_a_decompression_bomb_in_a_data_dir_fails_at_read_time_and_check_names_it(make_coco_dir):

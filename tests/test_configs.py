@@ -58,18 +58,21 @@ def test_command_line_overrides_win_and_are_typed():
 def test_unknown_keys_are_errors_naming_the_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("lora_r: 8\nlora_rank: 16\n")
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['lora_rank'\] in .*r\.yaml"):
+    with pytest.raises(ValueError, match=r"unknown key lora_rank \(did you mean lora_r\?\) in .*r\.yaml"):
         load_config(recipe)
-    with pytest.raises(ValueError, match=r"\['not_a_key'\] in the command line"):
-        load_config(None, ["--not_a_key", "1"])
+    with pytest.raises(ValueError, match=r"unknown keys lerning_rate \(did you mean learning_rate\?\), "
+                                         r"not_a_key on the command line"):  # fmt: skip
+        load_config(None, ["--not_a_key", "1", "--lerning_rate", "1"])
 
 
-def test_wrong_types_are_errors_naming_the_key(tmp_path, capsys):
+def test_wrong_types_are_errors_naming_the_key_and_where_it_came_from(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("lora_r: sixteen\n")
-    with pytest.raises(ValueError, match="invalid value"):
+    with pytest.raises(ValueError, match=f"bad value for lora_r in {recipe}: invalid int value: 'sixteen'"):
         load_config(recipe)
-    assert "--lora_r" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="bad value for lora_r on the command line: invalid int value: 'x'"):
+        load_config(recipe, ["--lora_r", "x"])
+    assert capsys.readouterr().err == "", "no usage of every Trainer key"
 
 
 @pytest.mark.parametrize(
@@ -79,6 +82,9 @@ def test_wrong_types_are_errors_naming_the_key(tmp_path, capsys):
         (["--rl_weight", "1"], "reward_funcs is empty"),
         (["--reward_funcs", "als", "sls", "--reward_weights", "1"], "reward_weights"),
         (["--reward_funcs", "als", "--rl_weight", "1", "--baseline", "loo", "--num_samples", "1"], "too few"),
+        (["--reward_funcs", "als", "--rl_weight", "1", "--num_samples", "1"], "advantage is always 0"),
+        (["--reward_funcs", "als", "--rl_weight", "1", "--sample_top_k", "5"], "sample_top_k"),
+        (["--reward_funcs", "als", "--rl_weight", "1", "--scale_rewards", "max"], "scale_rewards"),
     ],
 )
 def test_inconsistent_reward_settings_are_errors(overrides, message):

@@ -17,11 +17,11 @@ def test_synthetic_dir_is_usable(synthetic_dir, capsys):
     report = check_data_dir(synthetic_dir)
     assert report.ok and not report.problems and report.categories == 12
     assert report.splits["train"] == {
-        "annotations": 24,
+        "annotations": 120,  # five references per image
         "images": 24,
         "bad_records": 0,
-        "with_attributes": 24,
-        "with_category": 24,
+        "with_attributes": 120,
+        "with_category": 120,
     }
     assert main(["data", "check", str(synthetic_dir)]) == 0
     assert capsys.readouterr().out.strip().endswith("usable")

@@ -11,7 +11,14 @@ import datasets
 import pytest
 from PIL import Image
 
-from fashioncap.data import DataError, group_references, load_captions, load_categories, references_file
+from fashioncap.data import (
+    DataError,
+    group_references,
+    load_captions,
+    load_categories,
+    references_file,
+    with_references,
+)
 
 
 def test_synthetic_columns_and_lazy_images(synthetic_dir):
@@ -60,11 +67,21 @@ def test_one_row_per_annotation_defaults_and_grouping(make_coco_dir):
 def test_group_references_after_shuffle_keeps_rows_together(synthetic_dir):
     train = load_captions(synthetic_dir, splits=["train"])["train"].shuffle(seed=0)
     grouped = group_references(train)
-    assert len(grouped) == len(train) and sorted(grouped["image_id"][:]) == sorted(train["image_id"][:])
+    assert len(train) == 5 * len(grouped), "five references per synthetic image"
+    assert sorted(grouped["image_id"][:]) == sorted(set(train["image_id"][:]))
     first = grouped[0]
     assert [
         train[i]["caption"] for i in range(len(train)) if train[i]["image_id"] == first["image_id"]
     ] == first["references"]
+
+
+def test_with_references_keeps_a_row_per_annotation_and_adds_all_captions_of_its_image(synthetic_dir):
+    train = load_captions(synthetic_dir, splits=["train"])["train"].shuffle(seed=0)
+    rows = with_references(train)
+    assert len(rows) == len(train) and rows["caption"][:] == train["caption"][:]
+    grouped = {row["image_id"]: row["references"] for row in group_references(train)}
+    for row in rows.select_columns(["image_id", "caption", "references"]):
+        assert row["references"] == grouped[row["image_id"]] and row["caption"] in row["references"]
 
 
 def test_categories_normalised(make_coco_dir):

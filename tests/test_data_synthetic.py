@@ -47,9 +47,12 @@ def test_layout_and_report(synthetic_dir):
     report = json.loads((synthetic_dir / "build_report.json").read_text())
     assert report["counts"] == {"pretrain": 24, "train": 24, "val": 8, "test": 8}
     assert report["skipped"] == [] and report["seed"] == 0 and report["images_per_second"] > 0
+    assert report["references"] == synthetic.DEFAULT_REFERENCES == 5
     for split, count in report["counts"].items():
         coco = _annotations(synthetic_dir, split)
-        assert len(coco["images"]) == len(coco["annotations"]) == count
+        per_image = 1 if split == "pretrain" else 5
+        assert len(coco["images"]) == count and len(coco["annotations"]) == count * per_image
+        assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
         for image in coco["images"]:
             with Image.open(synthetic_dir / "images" / image["file_name"]) as im:
                 assert im.size == (64, 64) and im.mode == "RGB"
@@ -67,6 +70,29 @@ def test_captions_name_category_and_every_attribute(synthetic_dir, split):
         assert any(_contains_phrase(caption, form) for form in categories[str(ann["category"])]), caption
         assert ann["attributes"] and all(_contains_phrase(caption, a) for a in ann["attributes"]), ann
         assert any(a in COLOURS for a in ann["attributes"])
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_each_image_has_five_references_from_different_templates_naming_the_same_item(synthetic_dir, split):
+    by_image: dict[int, list[dict]] = {}
+    for ann in _annotations(synthetic_dir, split)["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    for image_id, anns in by_image.items():
+        assert len(anns) == 5, image_id
+        assert len({a["caption"] for a in anns}) == 5, anns  # five different templates
+        assert len({a["category"] for a in anns}) == 1
+        assert len({frozenset(a["attributes"]) for a in anns}) == 1, anns  # the same item in every caption
+
+
+def test_pretrain_does_not_depend_on_the_count_of_references(tmp_path):
+    one = build_synthetic(tmp_path / "one", **SMALL, references=1)
+    five = build_synthetic(tmp_path / "five", **SMALL, references=5)
+    assert (one / "annotations/pretrain.json").read_bytes() == (
+        five / "annotations/pretrain.json"
+    ).read_bytes()
+    assert len(_annotations(one, "train")["annotations"]) == SMALL["train"]
+    with pytest.raises(ValueError, match="references must be between 1 and 8"):
+        build_synthetic(tmp_path / "nine", **SMALL, references=9)
 
 
 def test_pretrain_is_generic_and_covers_every_attribute_word(tmp_path):
@@ -133,9 +159,11 @@ def test_overwrite_and_ensure(tmp_path):
     assert (out / "build_report.json").stat().st_mtime_ns == before  # same settings: kept
     ensure_synthetic(out, **{**SMALL, "train": 5})  # other settings: rebuilt
     assert len(_annotations(out, "train")["images"]) == 5
+    ensure_synthetic(out, **{**SMALL, "train": 5, "references": 2})  # another count of references: rebuilt
+    assert len(_annotations(out, "train")["annotations"]) == 10
     report = json.loads((out / "build_report.json").read_text())
     (out / "build_report.json").write_text(json.dumps({**report, "version": synthetic.DRAWING_VERSION - 1}))
-    ensure_synthetic(out, **{**SMALL, "train": 5})  # drawn by an older version: rebuilt
+    ensure_synthetic(out, **{**SMALL, "train": 5, "references": 2})  # drawn by an older version: rebuilt
     assert json.loads((out / "build_report.json").read_text())["version"] == synthetic.DRAWING_VERSION
     fresh = ensure_synthetic(tmp_path / "fresh", **SMALL)
     assert (fresh / "annotations" / "train.json").is_file()
@@ -148,7 +176,9 @@ def test_cli(tmp_path, capsys):
     from fashioncap.cli import main
 
     args = ["data", "synthetic", "--out", str(tmp_path / "cli"), "--train", "3", "--val", "1", "--test", "1"]
-    assert main([*args, "--pretrain", "2", "--image-size", "48", "--seed", "5"]) == 0
-    assert json.loads(capsys.readouterr().out)["counts"] == {"pretrain": 2, "train": 3, "val": 1, "test": 1}
+    assert main([*args, "--pretrain", "2", "--image-size", "48", "--seed", "5", "--references", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"] == {"pretrain": 2, "train": 3, "val": 1, "test": 1} and report["references"] == 3
+    assert len(_annotations(tmp_path / "cli", "train")["annotations"]) == 9
     with Image.open(tmp_path / "cli" / "images" / "train" / "000000.png") as im:
         assert im.size == (48, 48)

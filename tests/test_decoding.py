@@ -195,6 +195,39 @@ def test_shared_kv_pass_matches_repeated_forward_with_lora_gradients(tiny, check
     assert plain[2].abs().max() > 0
 
 
+def test_without_dropout_the_pass_and_its_checkpointed_backward_ignore_the_train_mode(tiny):
+    """`dropout=False` (how the trainer scores its samples): with LoRA dropout 0.5 and the model in train mode,
+    logits and gradients equal eval mode's, with gradient checkpointing too (its recomputation runs without
+    dropout as well: no CheckpointError, no silently different activations)."""
+    _, pixel_values = tiny
+    model = lora_blip()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    blip = model.get_base_model()
+    input_ids = torch.randint(6, 46, (pixel_values.size(0) * 3, 7))
+    mask = torch.ones_like(input_ids)
+    adapters = [p for n, p in model.named_parameters() if "lora_" in n and "text_decoder" in n]
+    with torch.no_grad():
+        embeds = blip.eval().vision_model(pixel_values=pixel_values).last_hidden_state  # the rollout's
+
+    def run(train: bool, checkpointing: bool):
+        model.train(train)
+        if checkpointing:
+            blip.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            blip.activation_checkpointing_disable()
+        logits = decoder_logits(blip, input_ids, mask, embeds, dropout=False)
+        grads = torch.autograd.grad(logits.square().mean(), adapters)
+        return logits.detach(), torch.cat([g.flatten() for g in grads])
+
+    reference = run(train=False, checkpointing=False)
+    for checkpointing in (False, True):
+        logits, grads = run(train=True, checkpointing=checkpointing)
+        assert relative_error(logits, reference[0]) < RELATIVE
+        assert relative_error(grads, reference[1]) < RELATIVE
+
+
 def test_sdpa_attention_matches_eager_and_restores_the_modules(tiny, large_decoder):
     model, pixel_values = tiny
     input_ids = torch.randint(6, 46, (5, 9))

@@ -41,7 +41,12 @@ def test_demo_trial4_logs_every_part_and_its_reward_rises(demo_base):
 @pytest.mark.slow
 def test_every_demo_recipe_loads_and_runs_a_step(demo_base, tmp_path):
     root, data, base = demo_base
-    for trial in (1, 2, 3):
+    for trial in (
+        1,
+        2,
+        3,
+        5,
+    ):  # trial 5's second step is RL: its CIDEr-D and ALS-F1 rewards read the training split
         run = tmp_path / f"trial{trial}"
         assert cli(["train", "--config", f"recipes/demo/trial{trial}.yaml", "--data_dir", str(data),
                     "--model_name_or_path", str(base), "--output_dir", str(run), "--max_steps", "2",
@@ -98,9 +103,10 @@ def test_a_reward_from_outside_the_package_trains_logs_and_is_scored(demo_base, 
 
     assert cli(["eval", "--model-dir", str(run), "--data", str(data), "--num-beams", "1",
                 "--max-new-tokens", "12"]) == 0  # fmt: skip
-    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     predictions = {
-        p["image_id"]: p["caption"] for p in json.loads((run / "eval" / "predictions.json").read_text())
+        p["image_id"]: p["caption"]
+        for p in json.loads((run / "eval" / "test" / "predictions.json").read_text())
     }
     references = json.loads((data / "annotations" / "test.json").read_text())["annotations"]
     expected = [

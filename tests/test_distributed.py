@@ -1,4 +1,4 @@
-"""Loss scaling under gradient accumulation, 2-process DDP and DeepSpeed ZeRO-2, on CPU.
+"""Loss scaling under gradient accumulation, 2-process DDP and DeepSpeed ZeRO-2/3, on CPU.
 
 Every configuration trains the same tiny BLIP + LoRA for one optimizer step on the same 4 rows, with sampling made
 deterministic per row (tests/distributed_worker.py): the logged loss and the gradient must be those of the global
@@ -61,11 +61,18 @@ def free_port() -> int:
 
 
 def launch(config: str, tmp_path: Path, *worker_args: str, num_processes: int = 2) -> tuple[dict, Path]:
-    """`accelerate launch` the worker; on failure or timeout, show its output (and kill its whole process group)."""
+    """`accelerate launch` the worker; its result.json and output dir."""
     out = tmp_path / "out"
+    accelerate_launch(config, str(WORKER), "--out", str(out), *worker_args, num_processes=num_processes)
+    return json.loads((out / "result.json").read_text()), out
+
+
+def accelerate_launch(config: str, *program: str, num_processes: int = 2) -> str:
+    """`accelerate launch` a script (or `-m module`) with its arguments; its output (stdout, then stderr). On
+    failure or timeout, fail with that output (and kill its whole process group)."""
     cmd = [
         str(ACCELERATE), "launch", "--config_file", str(REPO / config), "--num_processes", str(num_processes),
-        "--main_process_port", str(free_port()), str(WORKER), "--out", str(out), *worker_args,
+        "--main_process_port", str(free_port()), *program,
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -93,7 +100,7 @@ def launch(config: str, tmp_path: Path, *worker_args: str, num_processes: int = 
         )
     if proc.returncode != 0:
         pytest.fail(f"exit {proc.returncode}: {' '.join(cmd)}\n{stdout[-3000:]}\n{stderr[-6000:]}")
-    return json.loads((out / "result.json").read_text()), out
+    return stdout + stderr
 
 
 def load_grads(out: Path, mode: str) -> torch.Tensor:
@@ -145,3 +152,41 @@ def test_deepspeed_zero2_runs_on_cpu(tmp_path, reference):
         run = result["runs"][mode]
         assert len(run["losses"]) == 3 and all(math.isfinite(x) for x in run["losses"] + run["grad_norms"])
         assert_same_step(run, None, *reference[mode])
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_with_rl_matches_the_objective_and_samples(tmp_path, reference):
+    """ZeRO-3 on 2 CPU ranks: the first step's loss and gradient norm are the objective's (MLE and RL); with real
+    sampling (the decoder's partitioned weights gathered once per rollout) training runs and stays finite."""
+    result, _ = launch("accelerate_configs/zero3.yaml", tmp_path / "fixed", "--batch", "2", "--steps", "2")
+    assert (result["world_size"], result["distributed_type"]) == (2, "DistributedType.DEEPSPEED")
+    for mode in MODES:
+        assert_same_step(result["runs"][mode], None, *reference[mode])
+    sampled, _ = launch(
+        "accelerate_configs/zero3.yaml", tmp_path / "sampled", "--batch", "2", "--steps", "2", "--modes", "rl",
+        "--real-rollout",
+    )  # fmt: skip
+    run = sampled["runs"]["rl"]
+    assert len(run["losses"]) == 2 and all(math.isfinite(x) for x in run["losses"] + run["grad_norms"])
+
+
+def test_a_nan_on_one_rank_skips_that_step_on_every_rank(tmp_path):
+    """Rank 1 alone gets a NaN loss at step 2: both ranks skip the optimizer step (weights stay identical across
+    ranks), both log the skip under the same metric names (no gather of mismatched shapes: no hang), and training
+    goes on to the last step."""
+    result, _ = launch("accelerate_configs/cpu_ddp.yaml", tmp_path, "--batch", "1", "--steps", "4", "--modes",
+                       "mle", "--fault", "nan", "1", "2")  # fmt: skip
+    run = result["runs"]["mle"]
+    assert run["global_step"] == 4 and run["skipped_steps"] == [2]
+    assert len(set(run["digests"])) == 1, "the ranks' weights diverged"
+    assert all(math.isfinite(x) for x in run["losses"][:1] + run["losses"][2:])
+
+
+def test_a_sigterm_to_one_rank_makes_every_rank_save_the_same_step(tmp_path):
+    """SIGTERM reaches rank 1 alone during step 2: the ranks agree, both stop after that step and save it."""
+    result, out = launch("accelerate_configs/cpu_ddp.yaml", tmp_path, "--batch", "1", "--steps", "6", "--modes",
+                         "mle", "--fault", "sigterm", "1", "2")  # fmt: skip
+    run = result["runs"]["mle"]
+    assert run["global_step"] == 2 and run["checkpoints"] == ["checkpoint-2"]
+    assert (out / "trainer_mle" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert len(set(run["digests"])) == 1

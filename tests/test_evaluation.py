@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fashioncap import evaluation
+from fashioncap import evaluation, inference
 from fashioncap.cli import main
 from fashioncap.evaluation import predict_split
 from fashioncap.inference import load_captioner
@@ -44,9 +44,28 @@ def test_eval_writes_predictions_metrics_and_table(evaluated, synthetic_dir, tin
     assert all(set(p) == {"image_id", "caption"} and isinstance(p["caption"], str) for p in predictions)
 
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert metrics == score_files(synthetic_dir / "annotations" / "test.json", out_dir / "predictions.json")
+    scored = score_files(
+        synthetic_dir / "annotations" / "test.json", out_dir / "predictions.json", per_image=True
+    )
+    per_image = scored.pop("per_image")
+    assert {k: metrics[k] for k in scored} == scored
     assert metrics["SPICE"] is None and "SPICE" in metrics["unavailable"]
     assert {"ALS", "SLS"} <= set(metrics) and metrics["num_images"] == len(predictions)
+    assert (metrics["split"], metrics["data_dir"], metrics["model_dir"]) == (
+        "test",
+        str(synthetic_dir),
+        str(tiny_model_dir),
+    )
+    assert metrics["generation"] == {"num_beams": 1, "max_new_tokens": 4, "min_new_tokens": 1}
+    assert metrics["versions"]["transformers"] and metrics["versions"]["pycocoevalcap"]
+    saved = json.loads((out_dir / "per_image.json").read_text())
+    assert saved == {metric: {str(k): v for k, v in scores.items()} for metric, scores in per_image.items()}
+    assert set(saved["CIDEr"]) == {str(p["image_id"]) for p in predictions}
+    health = metrics["health"]
+    assert health["num_captions"] == len(predictions) and health["reference_mean_length"] > 8
+    assert health["length_limit_share"] == 1.0, (
+        "4 new tokens at most: no caption of the tiny model ends in time"
+    )
 
     table = (out_dir / "metrics.md").read_text()
     cells = table_row(table, Path(tiny_model_dir).name)
@@ -54,7 +73,7 @@ def test_eval_writes_predictions_metrics_and_table(evaluated, synthetic_dir, tin
     assert "| BLEU-4 |" in stdout, "the table is printed too"
 
 
-def test_generation_never_sees_the_references(tiny_model_dir, synthetic_dir, tmp_path):
+def test_generation_never_sees_the_references(tiny_model_dir, synthetic_dir, tmp_path, monkeypatch):
     """Same captions when every reference is replaced, and `generate` receives pixels and settings only."""
     altered = shutil.copytree(synthetic_dir, tmp_path / "altered")
     coco = json.loads((altered / "annotations" / "test.json").read_text())
@@ -64,17 +83,38 @@ def test_generation_never_sees_the_references(tiny_model_dir, synthetic_dir, tmp
 
     model, processor = load_captioner(str(tiny_model_dir))
     seen = []
-    original = model.generate
+    original = inference.caption_pixels
 
-    def recording_generate(**kwargs):
+    def recording_generate(model, **kwargs):
         seen.append(set(kwargs))
-        return original(**kwargs)
+        return original(model, **kwargs)
 
-    model.generate = recording_generate
+    monkeypatch.setattr(inference, "caption_pixels", recording_generate)
     before = predict_split(model, processor, synthetic_dir, "test", 4, **FAST)
     after = predict_split(model, processor, altered, "test", 4, **FAST)
     assert before == after
     assert seen and all(keys == {"pixel_values", *FAST} for keys in seen)
+
+
+def test_eval_warns_on_one_line_when_the_captions_collapse(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from fashioncap.data import build_synthetic
+
+    data = build_synthetic(tmp_path / "data", train=0, val=0, test=12, pretrain=0)
+    monkeypatch.setattr(
+        evaluation,
+        "predict_split",
+        lambda model, processor, data_dir, split, batch_size, **_: [
+            {"image_id": i, "caption": "a pair of red striped tees"} for i in range(1, 13)
+        ],
+    )
+    metrics = evaluation.evaluate_run(str(tiny_model_dir), data, out_dir=tmp_path / "eval", **FAST)
+    assert metrics["health"]["collapsed"] and metrics["health"]["top5_share"] == 1.0
+    assert metrics["health"]["length_limit_share"] == 1.0  # six tokens where four were allowed
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "collapsed" in line]
+    assert warnings == [
+        "WARNING: the captions collapsed: the 5 most common are 100% of 12 images, distinct bigrams 8% "
+        "('health' in metrics.json)"
+    ]
 
 
 def test_interrupted_eval_keeps_the_previous_results(evaluated, tiny_model_dir, synthetic_dir, monkeypatch):
@@ -123,8 +163,8 @@ def test_eval_of_an_unavailable_hub_model_is_a_clear_error(synthetic_dir, tmp_pa
     assert not (tmp_path / "e").exists()
 
 
-def test_default_eval_dir():
+def test_default_eval_dir_is_one_per_split():
     assert default_eval_dir("Salesforce/blip-image-captioning-large") == Path(
-        "outputs/eval/Salesforce--blip-image-captioning-large"
+        "outputs/eval/Salesforce--blip-image-captioning-large/test"
     )
-    assert default_eval_dir(str(Path(__file__).parent)) == Path(__file__).parent / "eval"
+    assert default_eval_dir(str(Path(__file__).parent), "val") == Path(__file__).parent / "eval" / "val"

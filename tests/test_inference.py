@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fashioncap import inference
 from fashioncap.cli import main
 from fashioncap.inference import generate_captions, generation_settings, iter_image_paths, load_captioner
 
@@ -39,18 +40,18 @@ def test_generation_settings_come_from_the_run_then_the_flags(tmp_path):
     assert settings == {"num_beams": 2, "max_new_tokens": 7, "min_new_tokens": 4}
 
 
-def test_generate_captions_is_lazy_batched_and_pixels_only(tiny_model_dir, synthetic_dir):
+def test_generate_captions_is_lazy_batched_and_pixels_only(tiny_model_dir, synthetic_dir, monkeypatch):
     from fashioncap.data.images import open_rgb
 
     model, processor = load_captioner(str(tiny_model_dir))
     calls, pulled = [], []
-    original = model.generate
+    original = inference.caption_pixels
 
-    def recording_generate(**kwargs):
+    def recording_generate(model, **kwargs):
         calls.append({k: tuple(v.shape) if hasattr(v, "shape") else v for k, v in kwargs.items()})
-        return original(**kwargs)
+        return original(model, **kwargs)
 
-    model.generate = recording_generate
+    monkeypatch.setattr(inference, "caption_pixels", recording_generate)
 
     def images():
         for path in sorted((synthetic_dir / "images" / "test").iterdir())[:5]:
@@ -66,11 +67,19 @@ def test_generate_captions_is_lazy_batched_and_pixels_only(tiny_model_dir, synth
     assert all(set(c) == {"pixel_values", "num_beams", "max_new_tokens"} for c in calls)
 
 
-def test_iter_image_paths_walks_folders_in_order_and_skips_non_images(image_folder):
+def test_iter_image_paths_walks_folders_in_order_and_leaves_no_file_out(image_folder):
     paths = iter_image_paths([str(image_folder), str(image_folder / "notes.txt")])
     assert iter(paths) is paths  # a generator: nothing is listed before it is needed
     names = [p.relative_to(image_folder).as_posix() for p in paths]
-    assert names == ["a.png", "b_empty.png", "c.png", "sub/d.png", "sub/e_truncated.png", "notes.txt"]
+    assert names == [
+        "a.png",
+        "b_empty.png",
+        "c.png",
+        "notes.txt",
+        "sub/d.png",
+        "sub/e_truncated.png",
+        "notes.txt",
+    ]
 
 
 def test_caption_cli_reports_broken_images_and_captions_the_rest(tiny_model_dir, image_folder, capsys):
@@ -93,12 +102,13 @@ def test_caption_cli_reports_broken_images_and_captions_the_rest(tiny_model_dir,
     captioned = {Path(r["path"]).name for r in records if "caption" in r}
     failed = {Path(r["path"]).name: r["error"] for r in records if "error" in r}
     assert captioned == {"a.png", "c.png", "d.png"}
-    assert set(failed) == {"b_empty.png", "e_truncated.png", "missing.jpg"}
+    assert set(failed) == {"b_empty.png", "e_truncated.png", "missing.jpg", "notes.txt"}
     assert "zero-byte" in failed["b_empty.png"] and "truncated" in failed["e_truncated.png"]
+    assert failed["notes.txt"] == "not an image file"
     assert all(r["caption"].strip() for r in records if "caption" in r)
     for name in failed:
         assert name in err
-    assert "3 captioned, 3 unreadable" in err
+    assert "3 captioned, 4 skipped (3 unreadable, 1 not an image file)" in err
 
 
 def test_caption_cli_csv_to_a_file(tiny_model_dir, image_folder, tmp_path):
@@ -114,6 +124,7 @@ def test_caption_cli_csv_to_a_file(tiny_model_dir, image_folder, tmp_path):
     assert skipped == {
         "b_empty.png": "zero-byte file",
         "e_truncated.png": "cannot decode: image file is truncated",
+        "notes.txt": "not an image file",
     }
     assert not [p for p in out.parent.iterdir() if p.name != "captions.csv"], "no temporary file left behind"
 
@@ -121,7 +132,7 @@ def test_caption_cli_csv_to_a_file(tiny_model_dir, image_folder, tmp_path):
 def test_caption_cli_fails_when_nothing_could_be_captioned(tiny_model_dir, image_folder, capsys):
     broken = [str(image_folder / "b_empty.png"), str(image_folder / "sub" / "e_truncated.png")]
     assert main(["caption", "--model-dir", str(tiny_model_dir), *broken, *FAST]) == 1
-    assert "0 captioned, 2 unreadable" in capsys.readouterr().err
+    assert "0 captioned, 2 skipped (2 unreadable, 0 not an image file)" in capsys.readouterr().err
 
 
 def test_caption_from_a_lora_adapter_dir(tiny_model_dir, image_folder, tmp_path, capsys):

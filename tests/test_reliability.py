@@ -386,7 +386,9 @@ def test_equal_rewards_in_every_group_give_a_zero_rl_loss_in_the_trainer(
     assert all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
 
 
-def test_empty_and_special_token_only_samples_score_zero_and_the_loss_stays_finite(data_dir, tmp_path):
+def test_empty_and_special_token_only_samples_score_zero_and_the_loss_stays_finite(
+    data_dir, tmp_path, monkeypatch
+):
     """Samples that stop at once ([DEC][SEP]) or hold only special tokens decode to "": ALS and SLS are 0."""
     torch.manual_seed(0)
     trainer = make_trainer(data_dir, tmp_path, **rl_only(reward_funcs=["als", "sls"]))
@@ -395,10 +397,10 @@ def test_empty_and_special_token_only_samples_score_zero_and_the_loss_stays_fini
     special = torch.tensor([[dec, sep, pad, pad], [dec, cls, pad, sep]])
     assert trainer._decode(special) == ["", ""]
 
-    def degenerate(blip, image_embeds, **kwargs):
-        return special[:1].repeat(image_embeds.size(0), 1)
+    def degenerate(blip, memory, num_return_sequences=1, **kwargs):
+        return special[:1].repeat(memory.num_images * num_return_sequences, 1)
 
-    trainer._generate = degenerate
+    monkeypatch.setattr("fashioncap.trainer.decode", degenerate)
     loss, grads = one_loss_and_grads(trainer)
     logs = logged(trainer, loss)
     assert logs["reward/als"] == 0.0 and logs["reward/sls"] == 0.0 and logs["loss/rl"] == 0.0
@@ -407,16 +409,14 @@ def test_empty_and_special_token_only_samples_score_zero_and_the_loss_stays_fini
 
 def _poison_decoder(trainer, monkeypatch, poisoned_calls):
     """Make the decoder's logits NaN on the given (1-based) calls: one call per MLE-only training step."""
-    decoder = trainer._blip(trainer.model).text_decoder
-    original, calls = decoder.forward, itertools.count(1)
+    head = trainer._blip(trainer.model).text_decoder.cls
+    original, calls = head.forward, itertools.count(1)
 
     def forward(*args, **kwargs):
-        out = original(*args, **kwargs)
-        if next(calls) in poisoned_calls:
-            out.logits = out.logits * float("nan")
-        return out
+        logits = original(*args, **kwargs)
+        return logits * float("nan") if next(calls) in poisoned_calls else logits
 
-    monkeypatch.setattr(decoder, "forward", forward)
+    monkeypatch.setattr(head, "forward", forward)
 
 
 def _trainable(trainer) -> dict[str, torch.Tensor]:
@@ -442,8 +442,10 @@ def test_a_nan_loss_skips_the_step_logs_it_and_training_goes_on(data_dir, tmp_pa
     skipped = [e["step"] for e in trainer.state.log_history if e.get("train/skipped_nonfinite")]
     assert skipped == [1, 3]
     assert sum("non-finite loss" in r.getMessage() for r in caplog.records) == 2
-    # the first poisoned step changed nothing (AdamW has no momentum yet); the weights end finite and trained
+    # a poisoned step skips the optimizer step: nothing moves, not even by AdamW's momentum (step 3 follows a
+    # real step 2) or its weight decay; the weights end finite and trained
     assert all(torch.equal(after_step[1][n], initial[n]) for n in initial)
+    assert all(torch.equal(after_step[3][n], after_step[2][n]) for n in initial)
     final = _trainable(trainer)
     assert all(torch.isfinite(t).all() for t in final.values())
     assert any(not torch.equal(final[n], initial[n]) for n in initial)

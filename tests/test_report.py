@@ -81,9 +81,9 @@ def test_report_writes_table_html_plots_and_summary(runs, synthetic_dir, tmp_pat
     assert [p.name for p in curves] == ["trial1.png", "trial2.png"]
     for png in curves:
         assert Image.open(png).format == "PNG"
-    assert json.loads((out / "summary.json").read_text()) == {
-        "trial2": {**SCORES, "CIDEr": 1.25},
-        "trial1": {**SCORES, "CIDEr": 0.5},
+    assert json.loads((out / "summary.json").read_text())["runs"] == {
+        "trial2": {**SCORES, "CIDEr": 1.25, "split": "test"},
+        "trial1": {**SCORES, "CIDEr": 0.5, "split": "test"},
     }
     assert result["metrics"]["trial1"]["CIDEr"] == 0.5
     assert sorted(Path(f).name for f in result["files"]) == sorted(
@@ -112,3 +112,63 @@ def test_run_names_are_unique():
     names = run_names(["outputs/x/trial1", "outputs/y/trial1", "outputs/x/trial2"])
     assert list(names) == ["x/trial1", "y/trial1", "x/trial2"]
     assert list(run_names(["outputs/demo/trial1", "outputs/demo/trial4"])) == ["trial1", "trial4"]
+
+
+def _add_per_image_scores_and_health(
+    run: Path, cider: list[float], sls: list[float], collapsed: bool
+) -> None:
+    """What `eval` adds for paired comparisons and collapse: per_image.json and metrics.json's "health"."""
+    ids = [str(i) for i in range(1, len(cider) + 1)]
+    (run / "eval" / "per_image.json").write_text(
+        json.dumps({"CIDEr": dict(zip(ids, cider, strict=True)), "SLS": dict(zip(ids, sls, strict=True))})
+    )
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    health = {"distinct_1": 0.25, "distinct_2": 0.05 if collapsed else 0.5, "vocabulary_size": 40,
+              "repeated_trigram_share": 0.0, "length_limit_share": None, "mean_length": 11.5,
+              "reference_mean_length": 12.25, "top5_share": 0.9 if collapsed else 0.1, "collapsed": collapsed}  # fmt: skip
+    (run / "eval" / "metrics.json").write_text(json.dumps({**metrics, "health": health}))
+
+
+def test_report_compares_each_rl_trial_with_its_mle_twin_and_shows_health(tmp_path, synthetic_dir, table_row):
+    runs = {
+        name: make_run(tmp_path, name, synthetic_dir, "a dress") for name in ("trial1", "trial2", "trial3")
+    }
+    images = 40
+    _add_per_image_scores_and_health(runs["trial1"], [1.0 + 0.1 * (i % 5) for i in range(images)],
+                                     [float(i % 2) for i in range(images)], collapsed=False)  # fmt: skip
+    # trial2: CIDEr 0.5 higher on every image (an interval above 0), SLS the same but on other images (around 0)
+    _add_per_image_scores_and_health(runs["trial2"], [1.5 + 0.1 * (i % 5) for i in range(images)],
+                                     [float((i + 1) % 2) for i in range(images)], collapsed=True)  # fmt: skip
+    out = tmp_path / "report"
+    result = write_report(runs, out, data_dir=synthetic_dir, samples=0, compare=[("trial3", "trial1")])
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["comparisons"] == result["comparisons"]
+    by_metric = {c["metric"]: c for c in summary["comparisons"]}
+    assert [(c["a"], c["b"]) for c in summary["comparisons"]] == [("trial2", "trial1")] * 2
+    assert by_metric["CIDEr"]["delta"] == pytest.approx(0.5) and by_metric["CIDEr"]["ci95"] == pytest.approx(
+        [0.5, 0.5]
+    )
+    assert by_metric["SLS"]["delta"] == 0.0 and by_metric["SLS"]["ci95"][0] < 0 < by_metric["SLS"]["ci95"][1]
+
+    table = (out / "comparison.md").read_text()
+    assert "| trial2 - trial1 | CIDEr | +0.5000 | [+0.5000, +0.5000] | yes: trial2 higher |" in table
+    assert "| trial2 - trial1 | SLS | +0.0000 | [-0.3000, +0.3000] | no |" in table
+    assert "trial3 vs trial1: no per-image scores of trial3 (rerun `fashioncap eval`)" in table
+    health = table.split("## Caption health")[1].split("## Paired")[0]
+    assert (
+        table_row(health, "trial2")["collapsed"] == "yes" and table_row(health, "trial1")["collapsed"] == "no"
+    )
+    assert table_row(health, "trial1")["hit the length limit"] == "n/a" and "trial3" not in health
+    html = (out / "report.html").read_text()
+    assert "<td>yes: trial2 higher</td>" in html and "<td>top-5 captions&#x27; share</td>" not in html
+    assert "<th>top-5 captions&#x27; share</th>" in html and "<td>0.900</td>" in html
+
+
+def test_report_cli_compare_names_runs_it_has(runs, tmp_path, capsys):
+    args = ["report", *map(str, runs.values()), "--out", str(tmp_path / "out")]
+    assert main([*args, "--compare", "trial2", "trial9"]) == 2
+    assert "--compare trial2 trial9: no run named trial9 (runs: trial2, trial1)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main([*args, "--compare", "trial1", "trial2"]) == 0
+    assert "trial1 vs trial2: no per-image scores of trial1, trial2" in capsys.readouterr().out

@@ -135,7 +135,7 @@ def test_registry_functions_take_dataset_columns_as_keywords():
     columns = {"attributes": [["black", "boot"], ["red", "dress"]], "category": [1, 5], "caption": ["", ""]}
     assert sls_reward(completions, category_wordmap=WORDMAP, **columns) == [1.0, 0.0]
     assert als_reward(completions, category_wordmap=WORDMAP, **columns) == [1.0, 0.5]
-    assert set(REWARD_FUNCS) == {"als", "sls"}
+    assert set(REWARD_FUNCS) == {"als", "sls", "als_f1", "repetition", "cider"}
     with pytest.raises(ValueError, match="unknown reward"):
         get_reward_funcs(["als", "bleu"])
 
@@ -157,3 +157,126 @@ def test_missing_spacy_model_error_names_the_install_command(monkeypatch):
             rewards._tagger()
     finally:
         rewards._tagger.cache_clear()
+
+
+# --- the rewards that can pay on every metric: ALS-F1, repetition, CIDEr-D ---------------------------------
+
+SYNTHETIC_TRAIN = {  # two items, five references each, the synthetic set's way (attributes: words of the caption)
+    "image_id": [1] * 3 + [2] * 3,
+    "caption": [
+        "a striped red short sleeve tee for an easy everyday look",
+        "this red short sleeve tee in a striped design brings polish to any outfit",
+        "soft red fabric in a striped finish gives this short sleeve tee a fresh look",
+        "a pair of dotted blue ankle boots for an easy everyday look",
+        "these blue ankle boots in a dotted design bring polish to any outfit",
+        "soft blue fabric in a dotted finish gives these ankle boots a fresh look",
+    ],
+    "attributes": [["striped", "red", "short", "sleeve", "tee"]] * 3
+    + [["dotted", "blue", "ankle", "boots"]] * 3,
+}
+
+
+def _prepared(name: str, dataset=SYNTHETIC_TRAIN):
+    (func,) = get_reward_funcs([name]).values()
+    func.prepare(dataset)
+    return func
+
+
+def test_als_f1_costs_attributes_the_item_lacks_and_not_template_words():
+    als_f1 = _prepared("als_f1")
+    tee = {"attributes": [SYNTHETIC_TRAIN["attributes"][0]], "caption": [SYNTHETIC_TRAIN["caption"][0]]}
+    # the template's own nouns and adjectives (design, polish, outfit) are no attributes: no cost
+    assert als_f1(["this red short sleeve tee in a striped design brings polish to any outfit"], **tee) == [
+        1.0
+    ]
+    # an attribute counts as named as ALS names it: spaCy tags a caption's first "striped" as a verb
+    assert als_f1(["striped red short sleeve tee for an easy everyday look"], **tee) == [pytest.approx(8 / 9)]
+    # "blue" and "boots" are attributes of another item: precision 4/6, recall 4/5 -> F1 = 8/11
+    scores = als_f1(["a striped blue short sleeve tee with boots"], **tee)
+    assert scores == [pytest.approx(2 * 4 / (6 + 5))]
+    assert als_reward(["a striped blue short sleeve tee with boots"], **tee) == [pytest.approx(4 / 5)]
+    # naming everything of every item: ALS (recall) is 1, ALS-F1 is not
+    everything = "a striped dotted red blue short sleeve ankle tee boots"
+    assert als_reward([everything], **tee) == [1.0]
+    assert als_f1([everything], **tee) == [pytest.approx(2 * 5 / (9 + 5))]
+    # repeating attributes changes nothing (the repetition reward prices that)
+    assert als_f1(["a red tee , a red tee , a red tee"], **tee) == als_f1(["a red tee"], **tee)
+    with pytest.warns(UserWarning, match="1 of 1 references have no attributes: their ALS-F1 is 0"):
+        assert als_f1(["a red tee"], attributes=[[]], caption=[""]) == [0.0]
+
+
+def test_als_f1_on_facad_descriptions(facad_records):
+    """Without annotated attributes the references' NOUN/ADJ words are the attributes (as for ALS): a description
+    scores 1 against itself, and appending another item's description lowers its F1 but not its ALS."""
+    descriptions = [r["description"] for r in facad_records[:60]]
+    als_f1 = _prepared(
+        "als_f1", {"image_id": list(range(60)), "caption": descriptions, "attributes": [[]] * 60}
+    )
+    columns = {"attributes": [[]] * 30, "caption": descriptions[:30]}
+    assert als_f1(descriptions[:30], **columns) == [1.0] * 30
+    padded = [f"{a} {b}" for a, b in zip(descriptions[:30], descriptions[30:], strict=True)]
+    assert sum(als_reward(padded, **columns)) / 30 > 0.95  # (spaCy tags a few words otherwise in context)
+    assert sum(als_f1(padded, **columns)) / 30 < 0.8
+
+
+def test_als_f1_and_cider_need_the_training_split_first():
+    for name in ("als_f1", "cider"):
+        (func,) = get_reward_funcs([name]).values()
+        with pytest.raises(RuntimeError, match=f"{name} needs prepare"):
+            func(["a red tee"], attributes=[["red"]], caption=["a red tee"], references=[["a red tee"]])
+
+
+def test_repetition_is_one_minus_the_share_of_repeated_trigrams():
+    (repetition,) = get_reward_funcs(["repetition"]).values()
+    looped = "a pair of plaid grey knee high boots in a pair of plaid grey knee high boots"  # README's rl_weight 1.0
+    scores = repetition(["a red tee", "red red red red red", looped, "a striped red short sleeve tee", "red"])
+    # the loop: 17 words, 15 trigrams, the 6 inside the second copy repeat the first copy's
+    assert scores == [1.0, pytest.approx(1 / 3), pytest.approx(9 / 15), 1.0, 1.0]
+
+
+def test_repetition_of_real_facad_descriptions_is_near_one(facad_records):
+    (repetition,) = get_reward_funcs(["repetition"]).values()
+    scores = repetition([r["description"] for r in facad_records])
+    assert all(0.0 <= s <= 1.0 for s in scores) and sum(scores) / len(scores) > 0.99
+
+
+def test_cider_scores_against_every_reference_of_the_image_with_training_frequencies():
+    from fashioncap.metrics.cider_d import CiderD
+
+    cider = _prepared("cider")
+    tee_refs = SYNTHETIC_TRAIN["caption"][:3]
+    candidates = ["a striped red short sleeve tee for an easy everyday look", "a striped blue tee", "boots"]
+    scores = cider(candidates, references=[tee_refs] * 3)
+    corpus = [SYNTHETIC_TRAIN["caption"][:3], SYNTHETIC_TRAIN["caption"][3:]]
+    assert scores == pytest.approx(CiderD(corpus).score(candidates, [tee_refs] * 3), abs=1e-12)
+    assert scores[0] > scores[1] > scores[2] == 0.0
+    # the training split fixes the document frequencies: a caption's reward does not depend on its batch
+    assert cider(candidates[1:2], references=[tee_refs]) == [pytest.approx(scores[1], abs=1e-12)]
+    # all references count: the same caption against one of them scores differently
+    assert cider(candidates[:1], references=[tee_refs[1:2]]) != [pytest.approx(scores[0])]
+
+
+def test_each_trainer_gets_its_own_prepared_reward():
+    first, second = (get_reward_funcs(["cider", "als_f1"]) for _ in range(2))
+    assert first["cider"] is not second["cider"] and first["als_f1"] is not second["als_f1"]
+    first["cider"].prepare(SYNTHETIC_TRAIN)
+    assert second["cider"].cider is None
+
+
+def test_eval_scores_recipe_rewards_with_all_references(synthetic_dir):
+    """`eval`'s reward/<name>: each image's first reference as its prediction is a (nearly) perfect caption for
+    ALS-F1 and repetition, and scores the CIDEr-D of a reference against all five."""
+    from fashioncap.metrics.reward_scores import recipe_reward_scores
+
+    references = synthetic_dir / "annotations" / "test.json"
+    annotations = json.loads(references.read_text())["annotations"]
+    first = {}
+    for ann in annotations:
+        first.setdefault(ann["image_id"], ann["caption"])
+    predictions = [{"image_id": i, "caption": c} for i, c in first.items()]
+    scores = recipe_reward_scores(["als_f1", "repetition", "cider", "sls"], predictions, references)
+    assert set(scores) == {"reward/als_f1", "reward/repetition", "reward/cider"}
+    assert (
+        scores["reward/als_f1"] > 0.95 and scores["reward/repetition"] == 1.0
+    )  # (spaCy misses a word or two)
+    assert 1.0 < scores["reward/cider"] < 10.0

@@ -237,3 +237,45 @@ def test_rl_start_trains_mle_alone_first(tmp_path):
         FashionCapTrainingArguments(
             output_dir=str(tmp_path), reward_funcs=["als"], rl_weight=1.0, rl_start=1.0
         )
+
+
+def test_samples_are_scored_by_the_policy_that_drew_them(tmp_path, monkeypatch):
+    """On-policy: with LoRA dropout on, the sampled captions' log-probabilities carry no dropout (the same on every
+    call, equal to the model in eval mode) and use the sampling temperature."""
+    model, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
+    model = apply_lora(model, lora_target_regex("decoder", 4, 2), r=4, dropout=0.5)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)  # make the adapter (and its dropout) matter
+    rl = dict(reward_funcs=["sls"], rl_weight=1.0, mle_weight=0.0, num_samples=2, sample_temperature=0.7)
+    trainer = _trainer(tmp_path, "decoder", rl, model=model, processor=processor)
+    tok = processor.tokenizer
+    samples = torch.tensor([tok.encode("[DEC] a red dress [SEP]", add_special_tokens=False)] * 8)
+    captured = {}
+    original = sequence_logprobs
+
+    def recording(logits, sequences, mask, temperature=1.0):
+        captured.setdefault("calls", []).append((logits.detach().clone(), temperature))
+        return original(logits, sequences, mask, temperature)
+
+    def fixed_rollout(blip, image_embeds, columns):
+        total = torch.tensor([1.0, 0.0] * image_embeds.size(0))
+        return samples[: 2 * image_embeds.size(0)], {"sls": total}, total, torch.full_like(total, 0.5)
+
+    monkeypatch.setattr("fashioncap.trainer.sequence_logprobs", recording)
+    monkeypatch.setattr(trainer, "rollout", fixed_rollout)
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+    trainer.model.train()
+    losses = [trainer.compute_loss(trainer.model, dict(batch)).item() for _ in range(2)]
+    (first, temperature), (second, _) = captured["calls"]
+    assert temperature == 0.7 and losses[0] == losses[1]
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    blip = trainer._blip(trainer.model)
+    with torch.no_grad():
+        blip.eval()
+        embeds = blip.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
+        plain = blip.text_decoder(
+            input_ids=samples, attention_mask=torch.ones_like(samples),
+            encoder_hidden_states=embeds.repeat_interleave(2, 0),
+        ).logits  # fmt: skip
+    torch.testing.assert_close(first, plain, rtol=1e-4, atol=1e-5)

@@ -1,4 +1,7 @@
-"""`fashioncap caption IMAGE_OR_DIR ... --model-dir RUN`: caption images and folders, JSONL or CSV."""
+"""`fashioncap caption IMAGE_OR_DIR ... --model-dir RUN`: caption images and folders, JSONL or CSV.
+
+Under `accelerate launch -m fashioncap caption ...` every GPU captions a share of the files and the main
+process writes all the lines, in input order."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import contextlib
 import csv
 import json
 import sys
+
+from fashioncap.recipe_keys import GENERATION_DEFAULTS
 
 HELP = "caption images or folders"
 
@@ -34,17 +39,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--csv",
         action="store_true",
-        help="CSV rows path,caption,error instead of JSONL (error: why it was skipped)",
+        help="CSV rows path,caption,error instead of JSONL (error: why the file was skipped)",
     )
     add_generation_arguments(parser)
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     """Batch size and the generation flags shared with `fashioncap eval` (defaults: the run's recipe)."""
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-beams", type=int, help="default: the run's generation settings (3)")
-    parser.add_argument("--max-new-tokens", type=int, help="default: the run's generation settings (50)")
-    parser.add_argument("--min-new-tokens", type=int, help="default: the run's generation settings (5)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images captioned at once (default: 16)")
+    for name, what in (("num_beams", "beams"), ("max_new_tokens", "new tokens at most"),
+                       ("min_new_tokens", "new tokens at least")):  # fmt: skip
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            help=f"{what} per caption (default: the run's recipe, its fashioncap_config.json; for a model "
+            f"without one, {GENERATION_DEFAULTS[name]})",
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,23 +62,31 @@ def run(args: argparse.Namespace) -> int:
 
     from fashioncap.inference import (
         GENERATION_FLAGS,
-        caption_paths,
+        NOT_AN_IMAGE,
+        caption_paths_in_shards,
         generation_settings,
         iter_image_paths,
         load_captioner,
+        process_state,
     )
 
     settings = generation_settings(args.model_dir, **{k: getattr(args, k) for k in GENERATION_FLAGS})
     model, processor = load_captioner(args.model_dir)
-    captioned = failed = 0
+    paths = iter_image_paths(args.inputs)
+    results = caption_paths_in_shards(model, processor, paths, args.batch_size, **settings)
+    if not process_state().is_main_process:  # `accelerate launch`: caption this rank's share, write nothing
+        for _ in results:
+            pass
+        return 0
+    captioned = failed = not_images = 0
     with open_output(args.out) as out:
         writer = csv.writer(out) if args.csv else None
         if writer:
             writer.writerow(["path", "caption", "error"])
-        results = caption_paths(model, processor, iter_image_paths(args.inputs), args.batch_size, **settings)
         for path, caption, error in tqdm(results, unit="img", disable=None, file=sys.stderr):
             if error is not None:
                 failed += 1
+                not_images += error == NOT_AN_IMAGE
                 tqdm.write(f"fashioncap caption: skipped {path}: {error}", file=sys.stderr)
             else:
                 captioned += 1
@@ -81,5 +99,9 @@ def run(args: argparse.Namespace) -> int:
                     else {"path": str(path), "error": error}
                 )
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    print(f"fashioncap caption: {captioned} captioned, {failed} unreadable", file=sys.stderr)
+    print(
+        f"fashioncap caption: {captioned} captioned, {failed} skipped ({failed - not_images} unreadable, "
+        f"{not_images} not an image file)",
+        file=sys.stderr,
+    )
     return 0 if captioned else 1

@@ -15,14 +15,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "synthetic", help="draw the synthetic fashion set (the built-in default; seconds on a CPU)"
     )
     p.add_argument("--out", required=True, help="data dir to create")
-    p.add_argument("--train", type=int, default=1000)
-    p.add_argument("--val", type=int, default=100)
-    p.add_argument("--test", type=int, default=200)
+    p.add_argument("--train", type=int, default=1000, help="training images (default: %(default)s)")
+    p.add_argument("--val", type=int, default=100, help="validation images (default: %(default)s)")
+    p.add_argument("--test", type=int, default=200, help="test images (default: %(default)s)")
     p.add_argument(
         "--pretrain", type=int, default=2000, help="images with short generic captions (base model)"
     )
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--image-size", type=int, default=64, help="square images of this many pixels (at least 32)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="the same seed draws the same set, byte for byte")
+    p.add_argument(
+        "--references",
+        type=int,
+        default=5,
+        help="captions per train/val/test image, each from another template",
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace --out if it exists (after the build succeeds)"
     )
@@ -34,9 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--download", action="store_true", help="fetch missing front images from the record URLs first"
     )
-    p.add_argument("--train", type=int, default=10000)
-    p.add_argument("--val", type=int, default=1000)
-    p.add_argument("--test", type=int, default=2000)
+    p.add_argument(
+        "--train", type=int, default=10000, help="training items (default: %(default)s, the seed's)"
+    )
+    p.add_argument("--val", type=int, default=1000, help="validation items (default: %(default)s)")
+    p.add_argument("--test", type=int, default=2000, help="test items (default: %(default)s)")
     p.add_argument(
         "--split-strategy",
         choices=("random", "order"),
@@ -45,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--image-size", type=int, default=384, help="images are resized to fit in SIZE x SIZE")
     p.add_argument("--max-words", type=int, default=50, help="skip captions longer than this many words")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random split (--split-strategy random)")
     p.add_argument("--workers", type=int, default=16, help="threads for downloading and re-encoding images")
     p.add_argument("--timeout", type=float, default=30.0, help="download timeout per request, seconds")
     p.add_argument("--retries", type=int, default=3, help="download attempts after the first one")
@@ -54,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     p = sub.add_parser("check", help="validate a data dir (yours included) and print a report")
-    p.add_argument("data_dir")
+    p.add_argument("data_dir", help="the data dir to check (docs/data.md layout)")
     p.add_argument("--max-words", type=int, default=50, help="flag captions longer than this many words")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -72,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             image_size=args.image_size,
             seed=args.seed,
             overwrite=args.overwrite,
+            references=args.references,
         )
         print(json.dumps(json.loads((out / "build_report.json").read_text()), indent=2))
         return 0

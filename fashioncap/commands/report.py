@@ -11,21 +11,34 @@ HELP = "compare runs: table, HTML with captions, training curves"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "runs", nargs="+", metavar="RUN", help="run dirs (each with eval/ from `fashioncap eval`)"
+        "runs", nargs="+", metavar="RUN", help="run dirs (each with eval/<split>/ from `fashioncap eval`)"
     )
     parser.add_argument(
         "--out", required=True, help="output dir for comparison.md, report.html, curves/, summary.json"
     )
     parser.add_argument("--data", help="data dir for the sample images (default: the runs' recipe data dir)")
-    parser.add_argument("--split", default="test")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="the split whose scores to compare (default: test); runs not evaluated on it are listed as such",
+    )
     parser.add_argument("--samples", type=int, default=12, help="sample images on the HTML page")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("A", "B"),
+        help="also compare run A with run B (run names as in the table; repeatable). Each RL trial is "
+        "compared with its MLE twin anyway (trial2-trial1, trial4-trial3, trial5-trial3)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from fashioncap.report import comparison_table, run_names, write_report
+    from fashioncap.report import run_names, write_report
 
     logging.basicConfig(format="%(levelname)s %(message)s", level=logging.INFO)
-    result = write_report(run_names(args.runs), args.out, args.data, args.split, args.samples)
-    print(comparison_table(result["metrics"]))
+    result = write_report(run_names(args.runs), args.out, args.data, args.split, args.samples, args.compare)
+    print(result["table"] + result["sections"])
     print("wrote " + ", ".join(result["files"]), file=sys.stderr)
     return 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 HELP = "score predictions against references (COCO formats)"
@@ -32,13 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fashioncap.io_utils import write_json_atomic
-    from fashioncap.metrics.files import ScoreInputError, score_files
+    from fashioncap.metrics.files import score_files
 
-    try:
-        result = score_files(args.references, args.predictions, args.categories)
-    except ScoreInputError as err:
-        print(f"fashioncap score: error: {err}", file=sys.stderr)
-        return 2
+    result = score_files(args.references, args.predictions, args.categories)  # ScoreInputError: exit 2
     if args.out:
         write_json_atomic(args.out, result)
     print(json.dumps(result, indent=2))

@@ -7,13 +7,17 @@ import logging
 import sys
 from pathlib import Path
 
+from fashioncap.errors import run_command
+from fashioncap.recipe_keys import recipe_keys_help
+
 HELP = "train one trial from a YAML recipe"
 ACCEPTS_OVERRIDES = True  # any other --key value pair overrides that key of the recipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="recipe YAML (recipes/trial4.yaml, recipes/demo/...)")
-    parser.epilog = "Any other --key value pair overrides that key of the recipe."
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = recipe_keys_help()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,12 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from fashioncap.train import train
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        config = load_config(args.config, args.overrides)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"fashioncap train: error: {err}", file=sys.stderr)
-        return 2
-    train(config)
+    train(load_config(args.config, args.overrides))
     return 0
 
 
@@ -37,4 +36,4 @@ def main(argv: list[str] | None = None, default_config: str | Path | None = None
     if "--config" in argv:
         i = argv.index("--config")
         config, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
-    return run(argparse.Namespace(config=config, overrides=argv))
+    return run_command("train", run, argparse.Namespace(config=config, overrides=argv))

@@ -1,28 +1,38 @@
-"""Data layer: COCO-format loading into `datasets`, the synthetic fashion set, the FACAD builder, data checks."""
+"""Data layer: COCO-format loading into `datasets`, the synthetic fashion set, the FACAD builder, data checks.
 
-from fashioncap.data.check import check_data_dir
-from fashioncap.data.coco import (
-    DataError,
-    available_splits,
-    group_references,
-    load_captions,
-    load_categories,
-    references_file,
-)
-from fashioncap.data.download import download_images
-from fashioncap.data.facad import build_facad
-from fashioncap.data.synthetic import build_synthetic, ensure_synthetic
+The names below are imported on first use (PEP 562): the collator and the trainer live in this package and must
+import on machines without `datasets` (a GPU image), and `fashioncap data --help` should not pay for it. The
+library itself imports from the submodules.
+"""
 
-__all__ = [
-    "DataError",
-    "available_splits",
-    "build_facad",
-    "build_synthetic",
-    "check_data_dir",
-    "download_images",
-    "ensure_synthetic",
-    "group_references",
-    "load_captions",
-    "load_categories",
-    "references_file",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "DataError": "coco",
+    "available_splits": "coco",
+    "group_references": "coco",
+    "load_captions": "coco",
+    "load_categories": "coco",
+    "read_categories": "coco",
+    "references_file": "coco",
+    "with_references": "coco",
+    "build_synthetic": "synthetic",
+    "ensure_synthetic": "synthetic",
+    "build_facad": "facad",
+    "download_images": "download",
+    "check_data_dir": "check",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

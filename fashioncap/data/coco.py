@@ -1,8 +1,9 @@
 """Load a data dir (COCO captions format, see docs/data.md) or a Hub data set into `datasets`.
 
-Training wants one row per annotation; evaluation wants one row per image with all its references
-(`group_references`). Images stay file paths until a row is read (`datasets.Image` decodes lazily), and no
-path ever resolves outside the data dir. Every error names the file, the record and the field.
+Training wants one row per annotation (with all references of its image: `with_references`); evaluation
+wants one row per image with all its references (`group_references`). Images stay file paths until a row is
+read (`datasets.Image` decodes lazily), and no path ever resolves outside the data dir. Every error names the
+file, the record and the field.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from pathlib import Path
 
 import datasets
 
+from fashioncap.errors import UserError
 from fashioncap.io_utils import safe_join
 
 KNOWN_SPLITS = ("train", "val", "test", "pretrain")
 COLUMNS = ("image_id", "image", "caption", "attributes", "category")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data problem located precisely: which file, which record (annotation or image id), which field."""
 
     def __init__(self, file, record, field: str | None, reason: str):
@@ -70,8 +72,13 @@ def references_file(data_dir: str | Path, split: str) -> Path:
 
 
 def load_categories(data_dir: str | Path) -> dict[int, list[str]]:
-    """categories.json as id -> lower-cased surface forms (a single name becomes a one-element list)."""
-    path = safe_join(data_dir, "categories.json")
+    """The data dir's categories.json as id -> lower-cased surface forms."""
+    return read_categories(safe_join(data_dir, "categories.json"))
+
+
+def read_categories(path: str | Path) -> dict[int, list[str]]:
+    """A categories.json file as id -> lower-cased surface forms (a single name becomes a one-element list)."""
+    path = Path(path)
     raw = read_json(path)
     if not isinstance(raw, dict):
         raise DataError(path, None, None, "expected an object mapping category id -> name or list of names")
@@ -236,6 +243,21 @@ def load_captions(source: str | Path, splits: list[str] | None = None):
     if path.exists():
         raise DataError(path, None, None, "expected a data dir (categories.json, annotations/, images/)")
     return _load_hub(str(source), splits)
+
+
+def with_references(dataset):
+    """Training rows (one per annotation) plus `references`: every caption of the row's image, its own too.
+
+    Rewards that score a caption against all references of its image (CIDEr-D) read this column.
+    """
+    references: dict[int, list[str]] = {}
+    for image_id, caption in zip(dataset["image_id"], dataset["caption"], strict=True):
+        references.setdefault(image_id, []).append(caption)
+    return dataset.add_column(
+        "references",
+        [references[image_id] for image_id in dataset["image_id"]],
+        feature=datasets.List(datasets.Value("string")),
+    )
 
 
 def group_references(dataset):

@@ -25,11 +25,13 @@ from PIL import Image
 
 from fashioncap.data.download import DownloadJob, download_images, full_resolution_url
 from fashioncap.data.images import ImageProblem, open_rgb
+from fashioncap.errors import ConfigError, OutputExistsError
 from fashioncap.io_utils import atomic_directory, safe_join, write_json_atomic, write_text_atomic
 from fashioncap.text import normalize_text, plural
 
 SPLIT_ORDER = ("train", "val", "test")
 JPEG_QUALITY = 90
+TERMS = "FACAD: research use only, redistribution restricted by its authors"  # quoted by model cards
 DETAILS_HEADING = re.compile(r"^\s*details\s*&\s*care\s*", re.IGNORECASE)
 
 
@@ -330,6 +332,7 @@ def build_report(
     ]
     return {
         "builder": "facad",
+        "terms": TERMS,
         **settings,
         "resize": f"fit into {settings['image_size']}x{settings['image_size']}, aspect kept, never upscaled; "
         f"RGB JPEG q{JPEG_QUALITY}",
@@ -374,14 +377,14 @@ def build_facad(
     up in the splits are downloaded and re-encoded. Whole units fill train, then val, then test.
     """
     if split_strategy not in ("random", "order"):
-        raise ValueError(f"split_strategy must be 'random' or 'order' (got {split_strategy!r})")
+        raise ConfigError(f"split_strategy must be 'random' or 'order' (got {split_strategy!r})")
     requested = {"train": train, "val": val, "test": test}
     if min(requested.values()) < 0 or sum(requested.values()) == 0:
-        raise ValueError(f"split sizes must be >= 0 and not all 0 (got {requested})")
+        raise ConfigError(f"split sizes must be >= 0 and not all 0 (got {requested})")
     if max_shared_description < 1:
-        raise ValueError(f"max_shared_description must be >= 1 (got {max_shared_description})")
+        raise ConfigError(f"max_shared_description must be >= 1 (got {max_shared_description})")
     if Path(out_dir).exists() and not overwrite:  # fail before reading a large meta file or downloading
-        raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
+        raise OutputExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
     start = time.perf_counter()
     candidates = read_candidates(meta, Path(image_root), max_words)
     units, boilerplate = group_by_description(candidates.items, max_shared_description)

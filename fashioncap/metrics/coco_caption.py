@@ -40,11 +40,15 @@ from pycocoevalcap.spice import spice as _spice
 from pycocoevalcap.tokenizer import ptbtokenizer as _ptb
 
 from fashioncap import rewards
+from fashioncap.errors import MissingDependencyError
 from fashioncap.metrics.bootstrap import Statistic, bootstrap_ci, corpus_bleu, mean, paired_bootstrap
 from fashioncap.metrics.ids import describe_ids
+from fashioncap.text import join_spaced_hyphens
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
 SPICE_LIB_ENV = "FASHIONCAP_SPICE_LIB"
+SPICE_HEAP_ENV = "FASHIONCAP_SPICE_HEAP"  # the JVM's -Xmx for SPICE: its 8G default fails on small machines
+SPICE_HEAP_DEFAULT = "8G"
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 JAVA_INSTALL_HINT = "Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless"
 
@@ -84,7 +88,7 @@ class MetricUnavailable(RuntimeError):
 def _require_java() -> str:
     java = shutil.which("java")
     if java is None:
-        raise RuntimeError(
+        raise MissingDependencyError(
             f"Java (17+) is needed by the caption metrics (PTB tokenizer, METEOR). {JAVA_INSTALL_HINT}"
         )
     return java
@@ -213,7 +217,7 @@ def spice_command() -> list[str]:
     classpath = [_SPICE_DIR / _spice.SPICE_JAR, _SPICE_DIR / "lib" / "*"]
     if lib.resolve() != (_SPICE_DIR / "lib").resolve():
         classpath.append(lib / "*")
-    flags = ["-Xmx8G"]
+    flags = [f"-Xmx{os.environ.get(SPICE_HEAP_ENV) or SPICE_HEAP_DEFAULT}"]
     major = _java_major()
     if major >= 9:
         flags += [f"--add-opens=java.base/{package}=ALL-UNNAMED" for package in _JAVA_OPENS]
@@ -351,6 +355,22 @@ def check_inputs(predictions: Mapping[ImageId, str], references: Mapping[ImageId
         raise ValueError("nothing to score: no references")
 
 
+def scoring_tokens(
+    predictions: Mapping[ImageId, str], references: Mapping[ImageId, Sequence[str]]
+) -> tuple[dict[ImageId, list[str]], dict[ImageId, list[str]]]:
+    """(references, predictions) as the PTB tokens every n-gram metric compares, per image of `references`.
+
+    A prediction's spaced hyphens are joined first ('one - piece' -> 'one-piece'): that is how BLIP's WordPiece
+    tokenizer decodes a hyphenated word, and the PTB tokenizer keeps the reference's 'one-piece' whole.
+    """
+    ids = list(references)
+    tokenized = ptb_tokenize(
+        {**{("ref", k): references[k] for k in ids},
+         **{("pred", k): [join_spaced_hyphens(predictions[k])] for k in ids}}
+    )  # fmt: skip
+    return {k: tokenized["ref", k] for k in ids}, {k: tokenized["pred", k] for k in ids}
+
+
 def compute_caption_metrics(
     predictions: Mapping[ImageId, str],
     references: Mapping[ImageId, Sequence[str]],
@@ -374,11 +394,7 @@ def compute_caption_metrics(
     """
     check_inputs(predictions, references)
     ids = list(references)
-    tokenized = ptb_tokenize(
-        {**{("ref", k): references[k] for k in ids}, **{("pred", k): [predictions[k]] for k in ids}}
-    )
-    gts = {k: tokenized["ref", k] for k in ids}
-    res = {k: tokenized["pred", k] for k in ids}
+    gts, res = scoring_tokens(predictions, references)
 
     runners: dict[str, Callable[[], tuple[float, PerImage]]] = {
         "ROUGE-L": lambda: _corpus_and_per_image(Rouge().compute_score(gts, res), gts),

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fashioncap.errors import UserError
 from fashioncap.metrics.coco_caption import compute_caption_metrics
 from fashioncap.metrics.ids import describe_ids
 
 
-class ScoreInputError(ValueError):
+class ScoreInputError(UserError, ValueError):
     """The references or predictions cannot be scored as given."""
 
 
@@ -98,12 +99,16 @@ def default_categories(references: Path) -> Path | None:
     return candidate if references.resolve().parent.name == "annotations" and candidate.is_file() else None
 
 
-def score_files(references: Path, predictions: Path, categories: Path | None = None) -> dict:
-    """The metrics object for two files, as `fashioncap score` prints it."""
+def score_files(
+    references: Path, predictions: Path, categories: Path | None = None, per_image: bool = False
+) -> dict:
+    """The metrics object for two files, as `fashioncap score` prints it (with "per_image" when asked)."""
     captions, attributes, image_categories = load_references(references)
     preds = load_predictions(predictions, captions)
     categories = categories or default_categories(references)
     wordmap = _read_json(categories, "categories") if categories and image_categories is not None else None
     if wordmap is not None and not isinstance(wordmap, dict):
         raise ScoreInputError(f"{categories} is not a JSON object (category id -> name or [names])")
-    return compute_caption_metrics(preds, captions, attributes, image_categories, wordmap)
+    return compute_caption_metrics(
+        preds, captions, attributes, image_categories, wordmap, per_image=per_image
+    )

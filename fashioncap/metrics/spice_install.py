@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fashioncap.data.download import PERMANENT_STATUS, USER_AGENT
+from fashioncap.errors import UserError
 from fashioncap.io_utils import write_text_atomic
 from fashioncap.metrics import coco_caption
 
@@ -51,7 +52,7 @@ JS_ENGINE_ARTIFACTS = (
 )
 
 
-class InstallError(Exception):
+class InstallError(UserError):
     """A jar could not be installed; the message is one line that names the URL or folder and the cause."""
 
 

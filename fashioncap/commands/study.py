@@ -1,0 +1,49 @@
+"""`fashioncap study --seeds N --runs trial1 ... --out DIR` (`make study`): demo trials over seeds."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+HELP = "retrain demo trials over seeds and compare them with intervals (does RL pay?)"
+ACCEPTS_OVERRIDES = True  # any other --key value pair overrides that key of every trial's recipe
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per trial (default: 5)")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=["trial1", "trial2", "trial3", "trial4", "trial5"],
+        metavar="TRIAL",
+        help="demo recipes to retrain (names in --recipes; default: trial1 ... trial5)",
+    )
+    parser.add_argument("--out", default="outputs/study", help="where runs and study.{json,md,png} go")
+    parser.add_argument("--recipes", type=Path, help="folder of demo recipes (default: recipes/demo)")
+    parser.add_argument(
+        "--base",
+        help="model dir the trials start from (default: the demo's base, trained by its recipe when missing)",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("A", "B"),
+        help="also compare trial A with trial B (repeatable); each RL trial is compared with its MLE twin "
+        "anyway",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from fashioncap.demo import RECIPES
+    from fashioncap.study import run_study, study_markdown
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    study = run_study(
+        args.out, args.runs, args.seeds, args.recipes or RECIPES, args.base, args.overrides, args.compare
+    )
+    print(study_markdown(study))
+    print(f"wrote {args.out}/study.json, study.md, study.png")
+    return 0

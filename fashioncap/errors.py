@@ -1,0 +1,90 @@
+"""Errors the user can fix, and the one boundary every command runs behind.
+
+A `UserError` reaches the user as one line, `fashioncap COMMAND: error: WHAT (where; how to fix)`, and exit
+status 2, printed by the main process only (under `accelerate launch` every rank raises it). Any other
+exception is a bug and keeps its traceback; `fashioncap --debug COMMAND` or FASHIONCAP_DEBUG=1 shows the
+traceback of a user error too. This module imports only the standard library: every layer may raise these.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+DEBUG_ENV = "FASHIONCAP_DEBUG"
+USER_ERROR_EXIT = 2
+
+
+class UserError(Exception):
+    """A problem with what the user gave (recipe, path, file, environment); the message says how to fix it."""
+
+
+class ConfigError(UserError, ValueError):
+    """A recipe key or value, or a command-line option, that cannot be used."""
+
+
+class MissingPathError(UserError, FileNotFoundError):
+    """A file or directory the user named does not exist."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """Writing would replace something that is only replaced when the user asks for it."""
+
+
+class MissingDependencyError(UserError, RuntimeError):
+    """A tool or model outside the Python packages (Java, the spaCy model) is missing; the message says how to
+    get it."""
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest candidate, or '' when none is close."""
+    match = difflib.get_close_matches(word, sorted(candidates), n=1)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def closest_existing_path(path: str | os.PathLike) -> Path | None:
+    """The existing path nearest to `path`, each missing part replaced by its closest sibling, or None."""
+    path = Path(path)
+    found, parts = (Path(path.anchor), path.parts[1:]) if path.is_absolute() else (Path(), path.parts)
+    for part in parts:
+        if not (found / part).exists():
+            siblings = [p.name for p in found.iterdir()] if found.is_dir() else []
+            match = difflib.get_close_matches(part, siblings, n=1)
+            if not match:
+                return None
+            part = match[0]
+        found = found / part
+    return found if found != path else None
+
+
+def missing_path(what: str, path: str | os.PathLike, how_to_fix: str = "") -> MissingPathError:
+    """'WHAT PATH does not exist (did you mean CLOSEST?)', plus `how_to_fix` when given."""
+    closest = closest_existing_path(path)
+    hint = f" (did you mean {closest}?)" if closest else ""
+    return MissingPathError(f"{what} {path} does not exist{hint}" + (f"; {how_to_fix}" if how_to_fix else ""))
+
+
+def debug_requested(flag: bool = False) -> bool:
+    """`--debug` or FASHIONCAP_DEBUG set to anything but empty/0/false/no."""
+    return flag or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def is_main_process() -> bool:
+    """True outside a distributed launch and on rank 0 within one (accelerate and torchrun set RANK)."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def run_command(command: str, func: Callable[..., int | None], *args, debug: bool = False) -> int:
+    """Run `func(*args)`; a UserError becomes one line on stderr (main process only) and exit status 2."""
+    try:
+        return int(func(*args) or 0)
+    except UserError as err:
+        if debug_requested(debug):
+            raise
+        if is_main_process():
+            message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            print(f"fashioncap {command}: error: {message}", file=sys.stderr, flush=True)
+        return USER_ERROR_EXIT

@@ -1,0 +1,298 @@
+"""Studies over seeds (`fashioncap study`, `make study`): does RL pay, beyond the noise of one run?
+
+Retrains the named demo trials (recipes/demo/<trial>.yaml) with seeds 0..N-1 from the same demo base,
+evaluates each on the test split and writes OUT/study.json, OUT/study.md and OUT/study.png:
+- per trial and metric: the mean over seeds, the standard deviation (n - 1) and a 95% t-interval of the mean;
+- per pair (each RL trial against its MLE twin, as `report` pairs them, and pairs asked for): the mean over
+  seeds of the difference a - b, and a 95% interval from a bootstrap that resamples the seeds and, shared by
+  all of them, the test images. Seed k of a is paired with seed k of b (the same data order and
+  initialisation), and both are scored on the same images. Differences are of the statistics of per-image
+  scores (`metrics.STATISTICS`: corpus BLEU-4, means of the others): METEOR's is the mean per-caption score.
+
+Resumable: a seed run that finished (all_results.json) with its recipe, data and base unchanged is reused, and
+so is its evaluation when it is newer than the training. On one machine with the same thread count every run
+repeats exactly; another machine (other CPU kernels) gives other runs: that spread is what the seeds measure.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
+
+from fashioncap import rundir
+from fashioncap.configs import load_config
+from fashioncap.data.synthetic import ensure_synthetic
+from fashioncap.demo import BASE, RECIPES, train_unless_current
+from fashioncap.errors import ConfigError
+from fashioncap.evaluation import evaluate_run
+from fashioncap.io_utils import write_bytes_atomic, write_json_atomic, write_text_atomic
+from fashioncap.metrics import STATISTICS
+from fashioncap.metrics.bootstrap import resample_counts
+from fashioncap.report import COMPARISON_HEADER, comparison_cells, comparison_pairs, markdown_table
+from fashioncap.scoretable import HEADLINE_METRICS
+
+DEFAULT_RUNS = ("trial1", "trial2", "trial3", "trial4", "trial5")
+DEFAULT_SEEDS = 5
+SPLIT = "test"
+PLOTTED = ("CIDEr", "ALS", "SLS")
+
+
+def seed_run_dir(out_dir: Path, trial: str, seed: int) -> Path:
+    return Path(out_dir) / trial / f"seed{seed}"
+
+
+def _eval_is_current(run_dir: Path) -> bool:
+    """The run's test eval has per-image scores and is newer than its training."""
+    metrics = rundir.default_eval_dir(str(run_dir), SPLIT) / rundir.METRICS
+    return (
+        rundir.eval_per_image(run_dir, SPLIT) is not None
+        and metrics.is_file()
+        and metrics.stat().st_mtime_ns > (run_dir / rundir.RESULTS).stat().st_mtime_ns
+    )
+
+
+def run_study(
+    out_dir: str | Path,
+    runs: Sequence[str] = DEFAULT_RUNS,
+    seeds: int = DEFAULT_SEEDS,
+    recipes: Path = RECIPES,
+    base: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    compare: Sequence[tuple[str, str]] = (),
+) -> dict:
+    """Train and evaluate each trial of `runs` with seeds 0..seeds-1, write the study; returns study.json.
+
+    `base`: the model the trials start from (default: the demo's base, trained by its recipe when missing or
+    out of date). `overrides`: `--key value` recipe overrides for every trial run (not the base).
+    """
+    out_dir, recipes = Path(out_dir), Path(recipes)
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1 (got {seeds})")
+    missing = [trial for trial in runs if not (recipes / f"{trial}.yaml").is_file()]
+    if missing:
+        available = sorted(p.stem for p in recipes.glob("*.yaml") if p.stem != BASE)
+        raise ConfigError(f"no recipe for {', '.join(missing)} in {recipes} (there: {', '.join(available)})")
+    pairs = comparison_pairs(runs, compare)
+    if base is None:
+        base_recipe = recipes / f"{BASE}.yaml"
+        base_config = load_config(base_recipe)
+        ensure_synthetic(base_config.data.data_dir)
+        train_unless_current(BASE, base_config, base_recipe, base_config.data.data_dir)
+        base_args = []
+    else:
+        base_args = ["--model_name_or_path", str(base)]
+    results: dict[str, list[dict]] = {}
+    for trial in runs:
+        for seed in range(seeds):
+            run_dir = seed_run_dir(out_dir, trial, seed)
+            recipe = recipes / f"{trial}.yaml"
+            config = load_config(
+                recipe, [*overrides, *base_args, "--seed", str(seed), "--output_dir", str(run_dir)]
+            )
+            data_dir = config.data.data_dir
+            train_unless_current(f"{trial} seed {seed}", config, recipe, data_dir)
+            if not _eval_is_current(run_dir):
+                print(f"\n== evaluating {trial} seed {seed} on the {SPLIT} split ==", flush=True)
+                evaluate_run(
+                    str(run_dir), data_dir, SPLIT, batch_size=config.training.per_device_eval_batch_size
+                )
+            results.setdefault(trial, []).append(
+                {
+                    "seed": seed,
+                    "run_dir": str(run_dir),
+                    "metrics": rundir.eval_metrics(run_dir, SPLIT),
+                    "per_image": rundir.eval_per_image(run_dir, SPLIT),
+                }
+            )
+    study = summarize(results, pairs)
+    write_study(study, out_dir)
+    return study
+
+
+# --- statistics ---------------------------------------------------------------------------------------------
+
+
+def student_t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p in (0.5, 1)) of Student's t with df degrees of freedom: bisection on its CDF,
+    integrated by Simpson's rule (no scipy here). t(0.975, 4) = 2.7764."""
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        grid = np.linspace(0.0, x, 2001)
+        density = np.exp(log_norm - (df + 1) / 2 * np.log1p(grid**2 / df))
+        weights = np.ones_like(grid)
+        weights[1:-1:2], weights[2:-1:2] = 4.0, 2.0
+        return 0.5 + (grid[1] - grid[0]) / 3 * float(weights @ density)
+
+    lo, hi = 0.0, 1000.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def seed_summary(values: Sequence[float]) -> dict:
+    """{"mean", "std" (n - 1), "ci95" (t-interval of the mean), "values"}; std and ci95 None for one seed."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "std": None, "ci95": None, "values": list(values)}
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = student_t_quantile(0.975, n - 1) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "values": list(values)}
+
+
+def seed_image_bootstrap(
+    a_seeds: Sequence[Mapping],
+    b_seeds: Sequence[Mapping],
+    statistic=STATISTICS["CIDEr"],
+    n: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """{"delta", "ci95", "per_seed"}: the mean over seeds of statistic(a) - statistic(b), each seed's
+    difference, and a 95% interval from n resamples of the seeds and of the images (one image resample shared
+    by every seed and both runs). `a_seeds[k]`, `b_seeds[k]`: per-image scores (image id -> score or stats)
+    of seed k."""
+    if len(a_seeds) != len(b_seeds) or not a_seeds:
+        raise ValueError(f"{len(a_seeds)} and {len(b_seeds)} seeds: pair each seed of a with one of b")
+    ids = list(a_seeds[0])
+    for k, (a, b) in enumerate(zip(a_seeds, b_seeds, strict=True)):
+        if set(a) != set(ids) or set(b) != set(ids):
+            raise ValueError(f"seed {k}: the runs scored other images than seed 0 of a")
+    images = len(ids)
+    image_counts = resample_counts(images, n, seed)
+    per_seed, resampled = [], []
+    for a, b in zip(a_seeds, b_seeds, strict=True):
+        a_stats = np.asarray([a[i] for i in ids], dtype=float)
+        b_stats = np.asarray([b[i] for i in ids], dtype=float)
+        per_seed.append(float(statistic(a_stats.sum(0), images) - statistic(b_stats.sum(0), images)))
+        resampled.append(
+            statistic(image_counts @ a_stats, images) - statistic(image_counts @ b_stats, images)
+        )
+    seed_counts = resample_counts(len(per_seed), n, seed + 1)  # [n, seeds]
+    deltas = (seed_counts * np.stack(resampled, axis=1)).sum(axis=1) / len(per_seed)
+    lo, hi = np.quantile(deltas, [0.025, 0.975])
+    return {"delta": sum(per_seed) / len(per_seed), "ci95": [float(lo), float(hi)], "per_seed": per_seed}
+
+
+def summarize(results: Mapping[str, Sequence[dict]], pairs: Sequence[tuple[str, str]]) -> dict:
+    """study.json from each trial's seed runs ({"seed", "run_dir", "metrics", "per_image"}, in seed order)."""
+    runs = {}
+    for trial, seed_runs in results.items():
+        metrics = {
+            metric: seed_summary([r["metrics"][metric] for r in seed_runs])
+            for metric in HEADLINE_METRICS
+            if all(isinstance(r["metrics"].get(metric), int | float) for r in seed_runs)
+        }
+        runs[trial] = {
+            "n_seeds": len(seed_runs),
+            "seeds": [r["seed"] for r in seed_runs],
+            "run_dirs": [r["run_dir"] for r in seed_runs],
+            "metrics": metrics,
+        }
+    comparisons = []
+    for a, b in pairs:
+        for metric in HEADLINE_METRICS:
+            if all(metric in r["per_image"] for r in [*results[a], *results[b]]):
+                paired = seed_image_bootstrap(
+                    [r["per_image"][metric] for r in results[a]],
+                    [r["per_image"][metric] for r in results[b]],
+                    STATISTICS[metric],
+                )
+                comparisons.append({"a": a, "b": b, "metric": metric, **paired})
+    first = next(iter(results.values()))[0]["metrics"]
+    machine = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    return {
+        "split": SPLIT,
+        "num_images": first["num_images"],
+        "machine": machine,
+        "runs": runs,
+        "comparisons": comparisons,
+    }
+
+
+# --- output -------------------------------------------------------------------------------------------------
+
+
+def _cell(summary: dict) -> str:
+    if summary["std"] is None:
+        return f"{summary['mean']:.3f}"
+    lo, hi = summary["ci95"]
+    return f"{summary['mean']:.3f} ± {summary['std']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def study_markdown(study: dict) -> str:
+    runs = study["runs"]
+    metrics = [m for m in HEADLINE_METRICS if any(m in r["metrics"] for r in runs.values())]
+    seeds = sorted({n for r in runs.values() for n in r["seeds"]})
+    rows = [
+        [
+            trial,
+            str(run["n_seeds"]),
+            *(_cell(run["metrics"][m]) if m in run["metrics"] else "n/a" for m in metrics),
+        ]
+        for trial, run in runs.items()
+    ]
+    machine = study["machine"]
+    parts = [
+        f"# Study over seeds {seeds[0]}-{seeds[-1]}: {study['split']} split, {study['num_images']} images\n\n"
+        f"Machine: {machine['platform']}, {machine['cpus']} CPUs, "
+        f"{machine['torch_threads']} torch threads.\n\n"
+        "Each cell: mean over seeds ± standard deviation [95% t-interval of the mean].\n\n",
+        markdown_table(["run", "seeds", *metrics], rows),
+    ]
+    if study["comparisons"]:
+        rows = [
+            [*comparison_cells(c), ", ".join(f"{d:+.3f}" for d in c["per_seed"])]
+            for c in study["comparisons"]
+        ]
+        parts.append(
+            "\n## Paired differences (mean over seeds of a - b; 95% bootstrap interval over seeds and "
+            "images)\n\n" + markdown_table([*COMPARISON_HEADER, "per seed"], rows)
+        )
+    return "".join(parts)
+
+
+def plot_study(study: dict) -> bytes:
+    """A PNG: per metric, each trial's seed scores (dots) and its mean with the 95% interval."""
+    runs = study["runs"]
+    metrics = [m for m in PLOTTED if any(m in r["metrics"] for r in runs.values())]
+    figure = Figure(figsize=(4 * max(1, len(metrics)), 3.5), layout="constrained")
+    figure.suptitle(f"{study['split']} split over seeds: mean and 95% interval")
+    for axes, metric in zip(
+        figure.subplots(1, max(1, len(metrics)), squeeze=False).flat, metrics, strict=False
+    ):
+        names = [trial for trial, run in runs.items() if metric in run["metrics"]]
+        for x, trial in enumerate(names):
+            summary = runs[trial]["metrics"][metric]
+            axes.plot([x] * len(summary["values"]), summary["values"], "o", color="0.6", markersize=4)
+            if summary["ci95"] is not None:
+                lo, hi = summary["ci95"]
+                axes.errorbar([x], [summary["mean"]], yerr=[[summary["mean"] - lo], [hi - summary["mean"]]],
+                              fmt="s", color="C0", capsize=4)  # fmt: skip
+            else:
+                axes.plot([x], [summary["mean"]], "s", color="C0")
+        axes.set_xticks(range(len(names)), names)
+        axes.set_title(metric)
+        axes.grid(alpha=0.3, axis="y")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def write_study(study: dict, out_dir: Path) -> None:
+    write_json_atomic(out_dir / "study.json", study)
+    write_text_atomic(out_dir / "study.md", study_markdown(study))
+    write_bytes_atomic(out_dir / "study.png", plot_study(study))

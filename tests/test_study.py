@@ -1,0 +1,111 @@
+"""`fashioncap study`: demo trials retrained over seeds, intervals per trial, paired differences, resuming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from fashioncap import demo, study
+from fashioncap.cli import main
+from fashioncap.metrics.bootstrap import corpus_bleu
+from fashioncap.study import seed_image_bootstrap, seed_summary, student_t_quantile
+
+TINY = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--num_beams", "1", "--max_new_tokens", "6",
+        "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--logging_steps", "1"]  # fmt: skip
+
+
+def test_seed_summary_is_the_mean_the_sample_std_and_a_t_interval():
+    summary = seed_summary([1.0, 2.0, 3.0])
+    half = 4.302653 / 3**0.5  # t(0.975, 2) * std / sqrt(n)
+    assert summary["mean"] == 2.0 and summary["std"] == 1.0 and summary["values"] == [1.0, 2.0, 3.0]
+    assert summary["ci95"] == pytest.approx([2.0 - half, 2.0 + half], abs=1e-5)
+    assert seed_summary([0.5]) == {"mean": 0.5, "std": None, "ci95": None, "values": [0.5]}
+    assert student_t_quantile(0.975, 4) == pytest.approx(2.776445, abs=1e-5)
+
+
+def test_paired_bootstrap_over_seeds_and_images():
+    images = [str(i) for i in range(30)]
+    b = [{i: float(int(i) % 3) for i in images} for _ in range(3)]
+    shifted = [
+        {i: v + shift for i, v in seed.items()} for seed, shift in zip(b, (0.1, 0.2, 0.3), strict=True)
+    ]
+    result = seed_image_bootstrap(shifted, b)
+    assert result["per_seed"] == pytest.approx([0.1, 0.2, 0.3]) and result["delta"] == pytest.approx(0.2)
+    lo, hi = result["ci95"]
+    assert 0.1 - 1e-9 <= lo < 0.2 < hi <= 0.3 + 1e-9  # only the seeds vary: an interval within their range
+    # with image noise and no shift, the interval straddles 0
+    noisy = [{i: v + (0.5 if int(i) % 2 else -0.5) for i, v in seed.items()} for seed in b]
+    lo, hi = seed_image_bootstrap(noisy, b)["ci95"]
+    assert lo < 0 < hi
+    # corpus statistics (BLEU-4 from summed per-image stats) pair the same way
+    stats = {i: [10, 10, 10, 9, 8, 7, 8, 6, 4, 2] for i in images}
+    assert seed_image_bootstrap([stats], [stats], corpus_bleu)["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="seed 1: the runs scored other images"):
+        seed_image_bootstrap([b[0], {"x": 1.0}], b[:2])
+
+
+def test_study_trains_each_seed_evaluates_compares_and_resumes(
+    tiny_model_dir, synthetic_dir, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "study"
+    options = ["--seeds", "2", "--runs", "trial1", "trial5", "--compare", "trial5", "trial1"]
+    paths = ["--out", str(out), "--base", str(tiny_model_dir), "--data_dir", str(synthetic_dir)]
+    assert main(["study", *options, *paths, *TINY]) == 0
+    assert "| trial5 - trial1 | CIDEr |" in capsys.readouterr().out
+
+    result = json.loads((out / "study.json").read_text())
+    assert list(result["runs"]) == ["trial1", "trial5"] and result["num_images"] == 8
+    for trial in ("trial1", "trial5"):
+        run = result["runs"][trial]
+        assert run["n_seeds"] == 2 and run["seeds"] == [0, 1]
+        configs = [
+            json.loads((out / trial / f"seed{k}" / "fashioncap_config.json").read_text()) for k in (0, 1)
+        ]
+        assert [c["training"]["seed"] for c in configs] == [0, 1]
+        adapters = [(out / trial / f"seed{k}" / "adapter_model.safetensors").read_bytes() for k in (0, 1)]
+        assert adapters[0] != adapters[1], "another seed, another run"
+        cider = run["metrics"]["CIDEr"]
+        assert len(cider["values"]) == 2 and cider["ci95"][0] <= cider["mean"] <= cider["ci95"][1]
+        assert cider["std"] == pytest.approx(abs(cider["values"][0] - cider["values"][1]) / 2**0.5)
+        assert "SPICE" not in run["metrics"], "a metric that could not run has no summary"
+    # trial 5 trained with its CIDEr-D and ALS-F1 rewards (its second step is RL) and eval scored them
+    history = json.loads((out / "trial5" / "seed0" / "trainer_state.json").read_text())["log_history"]
+    assert any({"reward/cider", "reward/als_f1", "reward/sls"} <= set(row) for row in history)
+    metrics = json.loads((out / "trial5" / "seed0" / "eval" / "test" / "metrics.json").read_text())
+    assert metrics["reward/cider"] >= 0 and 0 <= metrics["reward/als_f1"] <= 1 and "health" in metrics
+    comparisons = {c["metric"]: c for c in result["comparisons"]}
+    assert {c["a"] for c in result["comparisons"]} == {"trial5"} and {"CIDEr", "ALS", "SLS"} <= set(
+        comparisons
+    )
+    cider = comparisons["CIDEr"]  # pycocoevalcap's CIDEr is the mean of the per-image scores
+    a, b = (
+        result["runs"]["trial5"]["metrics"]["CIDEr"]["values"],
+        result["runs"]["trial1"]["metrics"]["CIDEr"]["values"],
+    )
+    assert cider["per_seed"] == pytest.approx([a[0] - b[0], a[1] - b[1]])
+    assert cider["delta"] == pytest.approx((a[0] - b[0] + a[1] - b[1]) / 2)
+    table = (out / "study.md").read_text()
+    assert "| trial1 | 2 |" in table and "| trial5 - trial1 | SLS |" in table
+    with Image.open(out / "study.png") as plot:
+        assert plot.format == "PNG"
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished seed run was trained or evaluated again")
+
+    monkeypatch.setattr(demo, "train", must_not_run)
+    monkeypatch.setattr(study, "evaluate_run", must_not_run)
+    overrides = ["--data_dir", str(synthetic_dir), *TINY]
+    again = study.run_study(
+        out, ["trial1", "trial5"], 2, base=tiny_model_dir, overrides=overrides, compare=[("trial5", "trial1")]
+    )
+    assert again == result
+
+
+def test_study_names_unknown_trials_and_bad_seed_counts(tmp_path, capsys):
+    assert main(["study", "--runs", "trial1", "trial9", "--out", str(tmp_path / "s")]) == 2
+    assert "no recipe for trial9 in" in capsys.readouterr().err
+    assert main(["study", "--seeds", "0", "--out", str(tmp_path / "s")]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
