@@ -19,6 +19,7 @@ def test_hand_counted():
         "num_captions": 4,
         "distinct_1": pytest.approx(8 / 15),
         "distinct_2": pytest.approx(7 / 11),
+        "reference_distinct_2": 1.0,  # first references: 3 + 1 + 1 + 1 bigrams, all distinct
         "vocabulary_size": 8,
         "repeated_trigram_share": 0.25,
         "length_limit_share": 0.25,
@@ -89,3 +90,21 @@ def test_bad_inputs():
         caption_health(["a", "b"], [["a"]])
     with pytest.raises(ValueError, match="max_new_tokens_hits"):
         caption_health(["a", "b"], max_new_tokens_hits=[True])
+
+
+def test_a_small_vocabulary_is_not_a_collapse_when_the_references_share_it():
+    """distinct-2 is judged against the references' (one per image): a templated set is low by nature."""
+    tail = "with a round neck and long sleeves in a soft cotton fabric made for everyday wear at work and at home"
+
+    def captions(colours):
+        return [f"a {c} {item} {tail}" for c in colours for item in ("dress", "tee", "coat", "skirt")]
+
+    ours = captions(["red", "blue", "green", "black", "white", "grey", "pink", "brown", "navy", "beige"])
+    references = [
+        [c]
+        for c in captions(["teal", "gold", "rust", "plum", "sand", "mint", "wine", "jade", "ruby", "onyx"])
+    ]
+    health = caption_health(ours, references)
+    assert health["distinct_2"] < 0.1 and health["top5_share"] <= 0.5 and health["collapsed"] is False
+    assert health["reference_distinct_2"] == pytest.approx(health["distinct_2"])
+    assert caption_health(ours).get("collapsed") is True  # without references, the absolute floor applies

@@ -17,8 +17,11 @@ TOP_CAPTIONS = 5
 # collapsed: the TOP_CAPTIONS most common captions take more than this share of the images (counted only with
 # 2 * TOP_CAPTIONS images on, below which distinct captions alone exceed it) ...
 COLLAPSED_TOP_SHARE = 0.5
-# ... or fewer than this share of all bigram occurrences are distinct (the FACAD sample's references: 0.79 over
-# 200 captions, 0.53 over 2000; the share falls as the set grows)
+# ... or, with references, fewer distinct bigrams than this share of the references' (one per image, so the counts
+# compare: the share falls as a set grows, and a small vocabulary such as the synthetic set's is low by nature) ...
+COLLAPSED_DISTINCT_2_OF_REFERENCES = 0.5
+# ... or, without references, fewer than this share of all bigram occurrences distinct (the FACAD sample's
+# references: 0.79 over 200 captions, 0.53 over 2000)
 COLLAPSED_DISTINCT_2 = 0.1
 
 
@@ -33,7 +36,7 @@ def caption_health(
     "vocabulary_size", "repeated_trigram_share" (captions with a trigram twice), "length_limit_share" (captions
     that hit max_new_tokens without ending; None unless `max_new_tokens_hits` is given), "mean_length" and
     "reference_mean_length" (words; the latter None without `references`), "top5_share" (images whose
-    caption is one of the 5 most common), "collapsed" (see COLLAPSED_TOP_SHARE and COLLAPSED_DISTINCT_2)}.
+    caption is one of the 5 most common), "collapsed" (see COLLAPSED_TOP_SHARE and the distinct-2 floors below it)}.
     """
     if not captions:
         raise ValueError("no captions to check")
@@ -44,13 +47,20 @@ def caption_health(
     distinct_1, distinct_2 = _distinct(words, 1), _distinct(words, 2)
     top_share = sum(n for _, n in Counter(map(tuple, words)).most_common(TOP_CAPTIONS)) / len(captions)
     reference_lengths = [len(normalize_text(r).split()) for refs in references or () for r in refs]
-    collapsed = (top_share > COLLAPSED_TOP_SHARE and len(captions) >= 2 * TOP_CAPTIONS) or (
-        distinct_2 < COLLAPSED_DISTINCT_2
+    reference_distinct_2 = (
+        _distinct([normalize_text(refs[0]).split() for refs in references if refs], 2) if references else None
     )
+    floor = (
+        COLLAPSED_DISTINCT_2_OF_REFERENCES * reference_distinct_2
+        if reference_distinct_2
+        else COLLAPSED_DISTINCT_2
+    )
+    collapsed = (top_share > COLLAPSED_TOP_SHARE and len(captions) >= 2 * TOP_CAPTIONS) or distinct_2 < floor
     return {
         "num_captions": len(captions),
         "distinct_1": distinct_1,
         "distinct_2": distinct_2,
+        "reference_distinct_2": reference_distinct_2,
         "vocabulary_size": len({w for caption in words for w in caption}),
         "repeated_trigram_share": sum(map(_repeats_an_ngram, words)) / len(captions),
         "length_limit_share": (
