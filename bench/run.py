@@ -71,10 +71,10 @@ FIGURES = [
 ]  # fmt: skip
 GOALS = {"rl_h4_over_mle": RL_H4_GOAL, "rl_h1_over_seed": RL_H1_GOAL}
 LIMITS = {
-    "rl_h4_over_mle": "each sample recomputes the cross-attention K/V of the 577 image tokens (BLIP repeats the image "
-    "embeddings per sequence, in `generate` and in the decoder pass), and sampling is sequential: up to "
-    "max_sample_tokens decoder steps, all of them here since random weights never emit [SEP]. Sharing K/V per image "
-    "is the design's route to ~1.3x",
+    "rl_h4_over_mle": "sampling is sequential: up to max_sample_tokens decoder steps of H x B rows, all of them here "
+    "since random weights never emit [SEP], and the log-prob pass runs the decoder with backward over H x B more "
+    "rows than the MLE pass; K/V of the 577 image tokens are computed once per image (the design's ~1.3x counts "
+    "FLOPs; a CPU step of few rows is bound by per-token overhead, not FLOPs)",
     "rl_h1_over_seed": "sampling (torch.multinomial over the vocabulary at each token) and a decoder pass over twice "
     "the captions outweigh the seed's second vision pass where that pass is cheap",
 }

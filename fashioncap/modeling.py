@@ -240,7 +240,13 @@ def load_for_inference(model_dir: str, dtype: torch.dtype | str | None = None):
     if not adapter_config.is_file():
         model, processor = load_model_and_processor(model_dir, dtype=dtype)
         return model.eval(), processor
-    base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+    base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(
+            f"{adapter_config} names no base model: the adapter was trained on a model built in memory "
+            "(tiny_model: true), so there is nothing to load it onto; train from a saved model "
+            "(model_name_or_path) or with lora_preset: none"
+        )
     model, processor = load_model_and_processor(base, dtype=dtype)
     model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     if (path / "processor_config.json").is_file() or (path / "preprocessor_config.json").is_file():

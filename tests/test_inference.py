@@ -148,3 +148,12 @@ def test_caption_from_a_lora_adapter_dir(tiny_model_dir, image_folder, tmp_path,
     assert json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert main(["caption", "--model-dir", str(adapter_dir), str(image_folder / "a.png"), *FAST]) == 0
     assert json.loads(capsys.readouterr().out)["caption"]
+
+
+def test_an_adapter_without_a_base_model_is_a_clear_error(tmp_path):
+    """An adapter trained on an in-memory tiny model records no base: loading it says so instead of a TypeError."""
+    from fashioncap.modeling import ModelLoadError
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": None}))
+    with pytest.raises(ModelLoadError, match="names no base model.*tiny_model"):
+        load_captioner(str(tmp_path))
