@@ -23,14 +23,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the split whose scores to compare (default: test); runs not evaluated on it are listed as such",
     )
     parser.add_argument("--samples", type=int, default=12, help="sample images on the HTML page")
+    add_compare_argument(parser, "run A with run B (run names as in the table; repeatable)")
+
+
+def add_compare_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--compare A B`, shared by `report` and `study`: pairs compared beside each RL trial and its MLE twin."""
     parser.add_argument(
         "--compare",
         nargs=2,
         action="append",
         default=[],
         metavar=("A", "B"),
-        help="also compare run A with run B (run names as in the table; repeatable). Each RL trial is "
-        "compared with its MLE twin anyway (trial2-trial1, trial4-trial3, trial5-trial3)",
+        help=f"also compare {what}. Each RL trial is compared with its MLE twin anyway (trial2-trial1, "
+        "trial4-trial3, trial5-trial3)",
     )
 
 

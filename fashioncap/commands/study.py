@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from fashioncap.commands.report import add_compare_argument
+
 HELP = "retrain demo trials over seeds and compare them with intervals (does RL pay?)"
 ACCEPTS_OVERRIDES = True  # any other --key value pair overrides that key of every trial's recipe
 
@@ -25,15 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--base",
         help="model dir the trials start from (default: the demo's base, trained by its recipe when missing)",
     )
-    parser.add_argument(
-        "--compare",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("A", "B"),
-        help="also compare trial A with trial B (repeatable); each RL trial is compared with its MLE twin "
-        "anyway",
-    )
+    add_compare_argument(parser, "trial A with trial B (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
