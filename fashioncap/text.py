@@ -7,6 +7,7 @@ so "One-Piece", "one - piece" (how BLIP's WordPiece tokenizer decodes it) and "o
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 _NON_WORD = re.compile(r"[\W_]+")
 _SPACED_HYPHEN = re.compile(r"(?<=\w) - (?=\w)")
@@ -28,6 +29,11 @@ def decode_captions(processor, sequences) -> list[str]:
     return [
         join_spaced_hyphens(c).strip() for c in processor.batch_decode(sequences, skip_special_tokens=True)
     ]
+
+
+def word_ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    """The n-grams of a word list, in order: what CIDEr-D, the repetition reward and caption health count."""
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 def plural(form: str) -> str:

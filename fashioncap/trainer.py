@@ -67,19 +67,25 @@ def completion_mask(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     return ((is_eos.cumsum(dim=1) - is_eos) == 0).long()
 
 
-def sequence_logprobs(
+def token_logprobs(
     logits: torch.Tensor, sequences: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """Sum of the log-probabilities of tokens 1..T given their prefixes (logits of shape (N, T, V)), under the
-    distribution they were sampled from: softmax(logits / temperature)."""
+    """log p of tokens 1..T given their prefixes, shape (N, T-1), 0 where `mask` is 0, under the distribution
+    they were sampled from: softmax(logits / temperature) (logits of shape (N, T, V))."""
     targets = sequences[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
-    nll = F.cross_entropy(
+    return -F.cross_entropy(
         logits[:, :-1].float().transpose(1, 2) / temperature,
         targets,
         ignore_index=IGNORE_INDEX,
         reduction="none",
     )
-    return -nll.sum(dim=1)
+
+
+def sequence_logprobs(
+    logits: torch.Tensor, sequences: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Sum of the log-probabilities of tokens 1..T given their prefixes (see `token_logprobs`)."""
+    return token_logprobs(logits, sequences, mask, temperature).sum(dim=1)
 
 
 def scale_by_group_std(
@@ -96,10 +102,6 @@ def token_kl(logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> torch.
     non-negative and unbiased (Schulman's estimator, as TRL's GRPO uses)."""
     delta = reference_logprobs - logprobs
     return torch.exp(delta) - delta - 1
-
-
-def pad_to(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
-    return F.pad(tensor, (0, length - tensor.size(1)), value=value)
 
 
 @contextlib.contextmanager
@@ -311,39 +313,35 @@ class FashionCapTrainer(Seq2SeqTrainer):
         sample_mask = completion_mask(samples, blip.config.text_config.sep_token_id)
         # scored by the policy that drew them: no dropout (and none in gradient checkpointing's recomputation)
         sample_logits = decoder_logits(blip, samples, sample_mask, image_embeds, dropout=False)
-        logprobs = sequence_logprobs(sample_logits, samples, sample_mask, args.sample_temperature)
+        sample_token_logprobs = token_logprobs(sample_logits, samples, sample_mask, args.sample_temperature)
+        logprobs = sample_token_logprobs.sum(dim=1)
+        mean_reward = total.mean()  # before any scaling: what the rewards say
         if args.scale_rewards == "group":
             total, baseline = scale_by_group_std(total, baseline, args.num_samples)
         rl_scale = 1.0 if num_items_in_batch is None else 1.0 / self.current_gradient_accumulation_steps
         rl_loss = reinforce_loss(logprobs, total, baseline)
         loss = loss + args.rl_weight * rl_loss * rl_scale
         if args.kl_weight:
-            kl = self._kl_to_base(model, blip, pixel_values, samples, sample_mask, sample_logits)
+            kl = self._kl_to_base(model, blip, pixel_values, samples, sample_mask, sample_token_logprobs)
             loss = loss + args.kl_weight * kl * rl_scale
             self._log_metric("kl", kl)
         self._log_metric("loss/rl", rl_loss)
         for name, values in rewards.items():
             self._log_metric(f"reward/{name}", values.mean())
-        self._log_metric("reward/total", self._total_reward(rewards).mean())
+        self._log_metric("reward/total", mean_reward)
         self._log_metric("completions/mean_length", sample_mask[:, 1:].sum(1).float().mean())
         return {"loss": loss}
 
-    def _kl_to_base(self, model, blip, pixel_values, samples, sample_mask, sample_logits) -> torch.Tensor:
-        """Mean per-token KL of the policy to the base model (the adapter disabled) on the sampled tokens."""
+    def _kl_to_base(self, model, blip, pixel_values, samples, sample_mask, policy_logprobs) -> torch.Tensor:
+        """Mean per-token KL of the policy to the base model (the adapter disabled) on the sampled tokens, given
+        the policy's token log-probabilities of them."""
         peft_model = self.accelerator.unwrap_model(model)
         with torch.no_grad(), peft_model.disable_adapter(), dropout_disabled(blip):
             base_embeds = blip.vision_model(pixel_values=pixel_values).last_hidden_state
             base_logits = decoder_logits(blip, samples, sample_mask, base_embeds, dropout=False)
-        temperature = self.args.sample_temperature
-        targets = samples[:, 1:].unsqueeze(-1)
-        policy = (
-            torch.log_softmax(sample_logits[:, :-1].float() / temperature, -1).gather(-1, targets).squeeze(-1)
-        )
-        base = (
-            torch.log_softmax(base_logits[:, :-1].float() / temperature, -1).gather(-1, targets).squeeze(-1)
-        )
+        base = token_logprobs(base_logits, samples, sample_mask, self.args.sample_temperature)
         mask = sample_mask[:, 1:].float()
-        return (token_kl(policy, base) * mask).sum() / mask.sum().clamp(min=1)
+        return (token_kl(policy_logprobs, base) * mask).sum() / mask.sum().clamp(min=1)
 
     # --- logging ---
 

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -297,14 +298,19 @@ def main(argv: list[str] | None = None) -> None:
             )
         result.update(env)
         result["runs"][mode] = run
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        for mode, vector in grads.items():
+            if vector is not None:
+                torch.save(vector, args.out / f"grads_{mode}.pt")
+        (args.out / "result.json").write_text(json.dumps(result, indent=1))
     if dist.is_initialized():
-        dist.barrier()  # every rank leaves together: one exiting mid-collective aborts the other
-        if dist.get_rank() != 0:
-            return
-    for mode, vector in grads.items():
-        if vector is not None:
-            torch.save(vector, args.out / f"grads_{mode}.pt")
-    (args.out / "result.json").write_text(json.dumps(result, indent=1))
+        # Every rank leaves together, then skips interpreter teardown: this worker runs two Trainers (two DDP
+        # wrappers over one gloo group) per process, and tearing them down at exit intermittently aborted a
+        # rank ("terminate called without an active exception") after its results were written.
+        dist.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -349,10 +349,27 @@ def test_cli_then_check(facad_raw, tmp_path, capsys):
         str(out),
     ]
     assert (
-        main([*argv, "--train", "5", "--val", "2", "--test", "2", "--image-size", "24", "--workers", "2"])
+        main(
+            [
+                *argv,
+                "--train",
+                "5",
+                "--val",
+                "2",
+                "--test",
+                "2",
+                "--image-size",
+                "24",
+                "--workers",
+                "2",
+                "--max-shared-description",
+                "5",
+            ]
+        )  # fmt: skip
         == 0
     )
     summary = json.loads(capsys.readouterr().out.split("\ndetails")[0])
     assert summary["counts"] == {"train": 5, "val": 2, "test": 2} and summary["skipped"] > 0
+    assert summary["max_shared_description"] == 5
     assert main(["data", "check", str(out)]) == 0
     assert "usable" in capsys.readouterr().out

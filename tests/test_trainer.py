@@ -1,5 +1,6 @@
 """The learning signal: REINFORCE against hand-computed values, baselines, masks, and what each trial trains."""
 
+import math
 import re
 
 import datasets
@@ -16,7 +17,10 @@ from fashioncap.trainer import (
     completion_mask,
     compute_baseline,
     reinforce_loss,
+    scale_by_group_std,
     sequence_logprobs,
+    token_kl,
+    token_logprobs,
 )
 
 CAPTIONS = ["a red dress with short sleeve", "a blue tee", "a green striped bag", "a pair of black boots"]
@@ -69,6 +73,24 @@ def test_equal_rewards_give_zero_loss_and_zero_gradient(kind):
     loss = reinforce_loss(logp, rewards, baseline)
     loss.backward()
     assert loss.item() == 0.0 and torch.count_nonzero(logp.grad) == 0 and torch.isfinite(loss)
+
+
+def test_group_std_scaling_by_hand():
+    """Advantages divided by each image's reward std (population std of its H rewards); equal rewards stay 0."""
+    rewards = torch.tensor([1.0, 3.0, 0.5, 0.5])  # image 1: std 1; image 2: std 0
+    baseline = compute_baseline(rewards.view(2, 2), "mean").reshape(-1)  # 2, 2, 0.5, 0.5
+    scaled, scaled_baseline = scale_by_group_std(rewards, baseline, group=2, eps=1e-4)
+    advantages = scaled - scaled_baseline
+    torch.testing.assert_close(advantages[:2], torch.tensor([-1.0, 1.0]) / (1 + 1e-4))
+    assert advantages[2:].tolist() == [0.0, 0.0]
+
+
+def test_token_kl_is_zero_on_equal_policies_and_k3_by_hand():
+    logp = torch.tensor([[-1.0, -2.0]])
+    assert token_kl(logp, logp).tolist() == [[0.0, 0.0]]
+    reference = torch.tensor([[-1.5, -1.0]])  # d = ref - policy = -0.5, +1
+    expected = [math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1 - 1]
+    torch.testing.assert_close(token_kl(logp, reference), torch.tensor([expected]))
 
 
 def test_completion_mask_and_sequence_logprobs_by_hand():
@@ -252,7 +274,7 @@ def test_samples_are_scored_by_the_policy_that_drew_them(tmp_path, monkeypatch):
     tok = processor.tokenizer
     samples = torch.tensor([tok.encode("[DEC] a red dress [SEP]", add_special_tokens=False)] * 8)
     captured = {}
-    original = sequence_logprobs
+    original = token_logprobs
 
     def recording(logits, sequences, mask, temperature=1.0):
         captured.setdefault("calls", []).append((logits.detach().clone(), temperature))
@@ -262,7 +284,7 @@ def test_samples_are_scored_by_the_policy_that_drew_them(tmp_path, monkeypatch):
         total = torch.tensor([1.0, 0.0] * image_embeds.size(0))
         return samples[: 2 * image_embeds.size(0)], {"sls": total}, total, torch.full_like(total, 0.5)
 
-    monkeypatch.setattr("fashioncap.trainer.sequence_logprobs", recording)
+    monkeypatch.setattr("fashioncap.trainer.token_logprobs", recording)
     monkeypatch.setattr(trainer, "rollout", fixed_rollout)
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
     trainer.model.train()
@@ -279,3 +301,23 @@ def test_samples_are_scored_by_the_policy_that_drew_them(tmp_path, monkeypatch):
             encoder_hidden_states=embeds.repeat_interleave(2, 0),
         ).logits  # fmt: skip
     torch.testing.assert_close(first, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_kl_to_the_base_model_is_zero_for_an_untrained_adapter_and_positive_after(tmp_path):
+    """kl_weight: the KL penalty to the base (adapter disabled) is logged as `kl`; it is 0 while LoRA B is zero
+    (policy == base) and positive once the adapter moves the policy."""
+    torch.manual_seed(0)
+    rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6, kl_weight=0.5)
+    trainer = _trainer(tmp_path, "decoder", rl)
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, dict(batch))
+    trainer.log({"loss": 0.0})
+    assert trainer.state.log_history[-1]["kl"] == 0.0
+    with torch.no_grad():
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    trainer.compute_loss(trainer.model, dict(batch))
+    trainer.log({"loss": 0.0})
+    assert trainer.state.log_history[-1]["kl"] > 0

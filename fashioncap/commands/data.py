@@ -55,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--image-size", type=int, default=384, help="images are resized to fit in SIZE x SIZE")
     p.add_argument("--max-words", type=int, default=50, help="skip captions longer than this many words")
+    p.add_argument(
+        "--max-shared-description",
+        type=int,
+        default=3,
+        help="a description shared by more items is boilerplate and those items are skipped; fewer share a split "
+        "(default: 3)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random split (--split-strategy random)")
     p.add_argument("--workers", type=int, default=16, help="threads for downloading and re-encoding images")
     p.add_argument("--timeout", type=float, default=30.0, help="download timeout per request, seconds")
@@ -100,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             split_strategy=args.split_strategy,
             image_size=args.image_size,
             max_words=args.max_words,
+            max_shared_description=args.max_shared_description,
             seed=args.seed,
             workers=args.workers,
             timeout=args.timeout,

@@ -16,7 +16,7 @@ import math
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 
-from fashioncap.text import normalize_text
+from fashioncap.text import normalize_text, word_ngrams
 
 NGram = tuple[str, ...]
 # per n-gram order: the TF-IDF weights, and their norm; then pycocoevalcap's length (its count of bigrams)
@@ -28,7 +28,7 @@ def tokenize(text: str) -> list[str]:
 
 
 def ngram_counts(words: Sequence[str], max_n: int) -> Counter[NGram]:
-    return Counter(tuple(words[i : i + n]) for n in range(1, max_n + 1) for i in range(len(words) - n + 1))
+    return Counter(g for n in range(1, max_n + 1) for g in word_ngrams(words, n))
 
 
 class CiderD:

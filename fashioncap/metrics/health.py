@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from fashioncap.text import normalize_text
+from fashioncap.text import normalize_text, word_ngrams
 
 REPEAT_N = 3  # a caption "repeats" when one of its trigrams occurs twice: a bigram ("of the") can by chance
 TOP_CAPTIONS = 5
@@ -73,18 +73,14 @@ def caption_health(
     }
 
 
-def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-
-
 def _distinct(captions: Sequence[Sequence[str]], n: int) -> float:
     """Distinct n-grams over all n-gram occurrences across the captions; 0 when there are none."""
-    ngrams = [g for words in captions for g in _ngrams(words, n)]
+    ngrams = [g for words in captions for g in word_ngrams(words, n)]
     return len(set(ngrams)) / len(ngrams) if ngrams else 0.0
 
 
 def _repeats_an_ngram(words: Sequence[str]) -> bool:
-    ngrams = _ngrams(words, REPEAT_N)
+    ngrams = word_ngrams(words, REPEAT_N)
     return len(set(ngrams)) < len(ngrams)
 
 
