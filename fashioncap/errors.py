@@ -80,11 +80,30 @@ def is_main_process() -> bool:
 def run_command(command: str, func: Callable[..., int | None], *args, debug: bool = False) -> int:
     """Run `func(*args)`; a UserError becomes one line on stderr (main process only) and exit status 2."""
     try:
-        return int(func(*args) or 0)
+        code = int(func(*args) or 0)
     except UserError as err:
         if debug_requested(debug):
             raise
         if is_main_process():
             message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
             print(f"fashioncap {command}: error: {message}", file=sys.stderr, flush=True)
-        return USER_ERROR_EXIT
+        code = USER_ERROR_EXIT
+    leave_distributed_run(code)
+    return code
+
+
+def leave_distributed_run(code: int) -> None:
+    """Under `accelerate launch`, end every rank together once the command is done, without interpreter
+    teardown: a rank tearing down its gloo process group while a peer still closes its own was seen to abort
+    ("terminate called without an active exception", exit -6) after the work was written. Nothing here in a
+    single process, or when the command failed before the ranks could meet (a UserError raised on every rank
+    alike still meets)."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+        return
+    if distributed.get_world_size() < 2:
+        return
+    distributed.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
