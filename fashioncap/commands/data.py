@@ -1,15 +1,16 @@
-"""`fashioncap data {synthetic,facad,check}`: build a data dir or check one. Heavy imports happen in `run`."""
+"""`fashioncap data {synthetic,facad,check,gaps}`: build a data dir, check one, or measure what FACAD descriptions
+leave out. Heavy imports happen in `run`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-HELP = "build or check a data dir (synthetic set, FACAD, your own COCO set)"
+HELP = "build or check a data dir (synthetic set, FACAD, your own COCO set); measure FACAD's caption gaps"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="data_command", metavar="{synthetic,facad,check}", required=True)
+    sub = parser.add_subparsers(dest="data_command", metavar="{synthetic,facad,check,gaps}", required=True)
 
     p = sub.add_parser(
         "synthetic", help="draw the synthetic fashion set (the built-in default; seconds on a CPU)"
@@ -75,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--max-words", type=int, default=50, help="flag captions longer than this many words")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    p = sub.add_parser(
+        "gaps",
+        help="measure what FACAD descriptions leave out (product word, colour, pattern, cut, non-visual text)",
+    )
+    p.add_argument("records", help="FACAD meta file or text sample: records with a title and a description")
+    p.add_argument("--top", type=int, default=12, help="products and stand-in words to list (default: 12)")
+
 
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "synthetic":
@@ -119,6 +127,11 @@ def run(args: argparse.Namespace) -> int:
         summary["skipped"] = len(report["skipped"])
         print(json.dumps(summary, indent=2))
         print(f"details of skipped records: {out / 'build_report.json'}")
+        return 0
+    if args.data_command == "gaps":
+        from fashioncap.data.facad_gaps import measure_gaps, read_records
+
+        print(json.dumps(measure_gaps(read_records(args.records), top=args.top), indent=2))
         return 0
     from fashioncap.data.check import check_data_dir
 
