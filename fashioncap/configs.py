@@ -55,6 +55,13 @@ class ModelArguments:
     lora_modules_to_save: list[str] = field(
         default_factory=list, metadata={"help": "modules trained in full and saved with the adapter"}
     )
+    init_from_run: str | None = field(
+        default=None,
+        metadata={
+            "help": "a finished run whose adapter this run continues from (same base and LoRA settings); the "
+            "optimizer and schedule start afresh"
+        },
+    )
 
 
 @dataclass
@@ -177,6 +184,9 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
     sample_temperature: float = _help(1.0, "temperature of the sampled captions")
     sample_top_k: int = _help(0, "0 samples from the full distribution")
     max_sample_tokens: int = _help(50, "new tokens per sampled caption at most")
+    mask_truncated_completions: bool = _help(
+        False, "leave sampled captions that hit max_sample_tokens before [SEP] out of the REINFORCE term"
+    )
     scale_rewards: str = _help(
         "none",
         "none | group: divide advantages by the std of each image's H rewards (GRPO), for mixed ranges",

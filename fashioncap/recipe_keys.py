@@ -15,6 +15,7 @@ RECIPE_KEYS = {
     "model": (
         "model_name_or_path", "base_recipe", "tiny_model", "label_smoothing", "lora_preset",
         "vision_lora_layers", "lora_r", "lora_alpha", "lora_dropout", "lora_bias", "lora_modules_to_save",
+        "init_from_run",
     ),
     "data": (
         "data_dir", "data_from_hub", "category_names", "train_split", "eval_split", "test_split",
@@ -22,7 +23,8 @@ RECIPE_KEYS = {
     ),
     "reward": (
         "reward_funcs", "reward_weights", "mle_weight", "rl_weight", "num_samples", "baseline", "rl_start",
-        "sample_temperature", "sample_top_k", "max_sample_tokens", "scale_rewards", "kl_weight",
+        "sample_temperature", "sample_top_k", "max_sample_tokens", "mask_truncated_completions", "scale_rewards",
+        "kl_weight",
     ),
     "generation": tuple(GENERATION_DEFAULTS),
     "run": ("overwrite_output_dir", "global_batch_size", "cuda_graphs"),

@@ -55,10 +55,29 @@ def compute_baseline(
     raise ValueError(f"unknown baseline {kind!r}")
 
 
-def reinforce_loss(logprobs: torch.Tensor, rewards: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
-    """-mean((r - b) * log p(Y')): its gradient is the REINFORCE estimate; rewards carry no gradient."""
-    advantages = (rewards - baseline).detach().to(logprobs.dtype)
-    return -(advantages.reshape(-1) * logprobs.reshape(-1)).mean()
+def reinforce_loss(
+    logprobs: torch.Tensor, rewards: torch.Tensor, baseline: torch.Tensor, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """-mean((r - b) * log p(Y')): its gradient is the REINFORCE estimate; rewards carry no gradient.
+    `keep` (bool per sample) zeroes the advantage of the others, e.g. samples cut off at the length limit; the
+    mean stays over all samples, so the scale does not depend on how many were dropped."""
+    advantages = (rewards - baseline).detach().to(logprobs.dtype).reshape(-1)
+    if keep is not None:
+        advantages = advantages * keep.reshape(-1).to(advantages.dtype)
+    return -(advantages * logprobs.reshape(-1)).mean()
+
+
+def truncated_samples(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """True for each sampled caption that reached the length limit without its [SEP]: its reward scores a
+    caption cut short, not one the policy finished."""
+    return ~(sequences[:, 1:] == eos_token_id).any(dim=1)
+
+
+def tied_groups(rewards: torch.Tensor, group: int) -> torch.Tensor:
+    """True for each image whose H sample rewards are all equal: with a group baseline (mean, loo) its
+    advantages are all 0, so it gives the RL term no signal."""
+    grouped = rewards.view(-1, group)
+    return grouped.amax(dim=1) == grouped.amin(dim=1)
 
 
 def completion_mask(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -310,16 +329,20 @@ class FashionCapTrainer(Seq2SeqTrainer):
             return {"loss": loss}
 
         samples, rewards, total, baseline = self.rollout(blip, image_embeds.detach(), columns)
-        sample_mask = completion_mask(samples, blip.config.text_config.sep_token_id)
+        sep = blip.config.text_config.sep_token_id
+        sample_mask = completion_mask(samples, sep)
+        truncated = truncated_samples(samples, sep)
         # scored by the policy that drew them: no dropout (and none in gradient checkpointing's recomputation)
         sample_logits = decoder_logits(blip, samples, sample_mask, image_embeds, dropout=False)
         sample_token_logprobs = token_logprobs(sample_logits, samples, sample_mask, args.sample_temperature)
         logprobs = sample_token_logprobs.sum(dim=1)
         mean_reward = total.mean()  # before any scaling: what the rewards say
+        tied = tied_groups(total, args.num_samples)
         if args.scale_rewards == "group":
             total, baseline = scale_by_group_std(total, baseline, args.num_samples)
         rl_scale = 1.0 if num_items_in_batch is None else 1.0 / self.current_gradient_accumulation_steps
-        rl_loss = reinforce_loss(logprobs, total, baseline)
+        keep = ~truncated if args.mask_truncated_completions else None
+        rl_loss = reinforce_loss(logprobs, total, baseline, keep)
         loss = loss + args.rl_weight * rl_loss * rl_scale
         if args.kl_weight:
             kl = self._kl_to_base(model, blip, pixel_values, samples, sample_mask, sample_token_logprobs)
@@ -330,6 +353,8 @@ class FashionCapTrainer(Seq2SeqTrainer):
             self._log_metric(f"reward/{name}", values.mean())
         self._log_metric("reward/total", mean_reward)
         self._log_metric("completions/mean_length", sample_mask[:, 1:].sum(1).float().mean())
+        self._log_metric("completions/truncated_share", truncated.float().mean())
+        self._log_metric("rl/tied_groups", tied.float().mean())
         return {"loss": loss}
 
     def _kl_to_base(self, model, blip, pixel_values, samples, sample_mask, policy_logprobs) -> torch.Tensor:

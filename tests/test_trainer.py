@@ -19,8 +19,10 @@ from fashioncap.trainer import (
     reinforce_loss,
     scale_by_group_std,
     sequence_logprobs,
+    tied_groups,
     token_kl,
     token_logprobs,
+    truncated_samples,
 )
 
 CAPTIONS = ["a red dress with short sleeve", "a blue tee", "a green striped bag", "a pair of black boots"]
@@ -51,6 +53,34 @@ def test_reinforce_loss_value_and_gradient_by_hand():
     expected_grad = -sum(a * (np.eye(3)[k] - p) for a, k in zip(adv, [0, 2, 1, 1], strict=True)) / 4
     assert loss.item() == pytest.approx(expected_loss, rel=1e-6)
     np.testing.assert_allclose(theta.grad.numpy(), expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_masked_samples_leave_the_reinforce_gradient_by_hand():
+    """`keep` drops samples 2 and 4 (truncated): their advantage is 0, the mean is still over all 4 samples."""
+    theta = torch.tensor([0.5, -0.25, 1.0], requires_grad=True)
+    actions = torch.tensor([0, 2, 1, 1])
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.25])
+    baseline = compute_baseline(rewards.view(2, 2), "mean").reshape(-1)
+    keep = torch.tensor([True, False, True, False])
+    loss = reinforce_loss(torch.log_softmax(theta, dim=0)[actions], rewards, baseline, keep)
+    loss.backward()
+
+    p = np.exp([0.5, -0.25, 1.0]) / np.exp([0.5, -0.25, 1.0]).sum()
+    kept = [(0.5, 0), (0.125, 1)]  # (advantage, action) of the kept samples
+    expected_loss = -sum(a * np.log(p[k]) for a, k in kept) / 4
+    expected_grad = -sum(a * (np.eye(3)[k] - p) for a, k in kept) / 4
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-6)
+    np.testing.assert_allclose(theta.grad.numpy(), expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_truncated_samples_and_tied_groups_by_hand():
+    sep, pad = 3, 0
+    seqs = torch.tensor([[5, 7, sep, pad], [5, 7, 7, sep], [5, 7, 7, 7], [5, sep, pad, pad]])
+    assert truncated_samples(seqs, sep).tolist() == [False, False, True, False]
+    assert not truncated_samples(torch.tensor([[sep, 7, sep]]), sep).item(), "only sampled tokens count"
+    rewards = torch.tensor([1.0, 1.0, 0.0, 0.5, 0.2, 0.2])
+    assert tied_groups(rewards, 2).tolist() == [True, False, True]
+    assert tied_groups(rewards, 3).tolist() == [False, False]
 
 
 def test_baselines_by_hand():
@@ -202,6 +232,27 @@ def test_rl_term_logs_each_reward(tmp_path):
     assert {"loss/mle", "loss/rl", "reward/als", "reward/sls", "reward/total"} <= set(logged)
     assert logged["reward/total"] == pytest.approx(logged["reward/als"] + logged["reward/sls"], abs=1e-5)
     assert not trainer._metrics  # reset after each log
+
+
+def test_truncated_samples_are_logged_and_masked_out_of_the_rl_term(tmp_path):
+    """A decoder that never says [SEP] truncates every sample: the share is logged as 1, and with
+    mask_truncated_completions the RL term drops them all (loss 0, no gradient); without, it does not."""
+    rl_only = dict(reward_funcs=["als", "sls"], rl_weight=1.0, mle_weight=0.0, num_samples=2,
+                   max_sample_tokens=3)  # fmt: skip
+    logged, gradient = {}, {}
+    for mask in (False, True):
+        torch.manual_seed(0)
+        trainer = _trainer(tmp_path, "decoder", {**rl_only, "mask_truncated_completions": mask})
+        blip = trainer.model.get_base_model()
+        blip.text_decoder.cls.predictions.bias.data[blip.config.text_config.sep_token_id] = -1e4
+        grads = _grads_after_one_loss(trainer)
+        gradient[mask] = sum(float(g.abs().sum()) for g in grads.values() if g is not None)
+        trainer.log({"loss": 1.0})
+        logged[mask] = trainer.state.log_history[-1]
+    assert logged[False]["completions/truncated_share"] == logged[True]["completions/truncated_share"] == 1.0
+    assert logged[True]["loss/rl"] == 0.0 and gradient[True] == 0.0
+    assert logged[False]["loss/rl"] != 0.0 and gradient[False] > 0.0
+    assert 0.0 <= logged[False]["rl/tied_groups"] <= 1.0
 
 
 def test_collator_starts_with_dec_and_masks_padding():
