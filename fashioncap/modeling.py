@@ -13,7 +13,8 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file
 from transformers import (
     AutoTokenizer,
     BertTokenizer,
@@ -228,6 +229,37 @@ def apply_lora(
     logger.info("LoRA on %d modules: %d trainable of %d parameters (%.3f%%)", len(matched), trainable, total,
                 100 * trainable / total)  # fmt: skip
     return peft_model
+
+
+def continue_from_run(peft_model, run_dir: str | Path) -> None:
+    """Start from a finished run's adapter: its LoRA (and modules_to_save) weights into `peft_model`, which must
+    have the same base and LoRA settings. RL as a continuation of an MLE run, compared with an MLE continuation
+    of the same steps from the same weights, is the fair twin (same compute, same data order)."""
+    path = Path(run_dir)
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(
+            f"init_from_run {run_dir}: no adapter_model.safetensors there (give the output_dir of a finished "
+            "`fashioncap train` with LoRA)"
+        )
+    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    own = peft_model.peft_config["default"].base_model_name_or_path
+    if base and own and Path(base).resolve() != Path(own).resolve() and base != own:
+        raise ModelLoadError(f"init_from_run {run_dir} was trained on {base}, this recipe's model is {own}")
+    try:
+        result = set_peft_model_state_dict(peft_model, load_file(weights))
+    except RuntimeError as err:  # a tensor of another shape: another lora_r or model
+        raise ModelLoadError(
+            f"init_from_run {run_dir}: its adapter does not fit this recipe's LoRA ({err})"
+        ) from None
+    missing = [k for k in result.missing_keys if "lora_" in k or "modules_to_save" in k]
+    if result.unexpected_keys or missing:
+        raise ModelLoadError(
+            f"init_from_run {run_dir}: its adapter has {len(result.unexpected_keys)} weights this recipe's LoRA "
+            f"lacks and lacks {len(missing)} it has (e.g. {(result.unexpected_keys or missing)[0]}): use that "
+            "run's lora_preset, vision_lora_layers and lora_modules_to_save"
+        )
+    logger.info("continuing from the adapter of %s", run_dir)
 
 
 def load_for_inference(model_dir: str, dtype: torch.dtype | str | None = None):

@@ -35,6 +35,7 @@ from fashioncap.modeling import (
     apply_lora,
     build_tiny_blip,
     caption_vocabulary,
+    continue_from_run,
     load_model_and_processor,
     lora_target_regex,
 )
@@ -205,6 +206,10 @@ def build_model(config: RecipeConfig, datasets):
             model, target, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, bias=args.lora_bias,
             modules_to_save=args.lora_modules_to_save,
         )  # fmt: skip
+        if args.init_from_run:
+            continue_from_run(model, args.init_from_run)
+    elif args.init_from_run:
+        raise ConfigError("init_from_run continues a run's LoRA adapter: it needs a lora_preset (not none)")
     return model, processor
 
 
