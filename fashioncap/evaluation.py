@@ -1,9 +1,9 @@
 """Evaluate a run: caption a split with a trained run (or a base model, zero-shot) and score it.
 
 Writes OUT/predictions.json (COCO results format), metrics.json (what `fashioncap score` prints for those
-predictions, plus `reward/<name>` for each reward the run's recipe names and the captions' "health"),
-metrics.md and per_image.json (each metric's per-image scores, for paired comparisons of runs). They are built in a
-temporary directory and moved into place together at the end, so an interrupted eval leaves the previous
+predictions, plus `reward/<name>` for every built-in reward and each reward the run's recipe names, and the
+captions' "health"), metrics.md and per_image.json (each metric's per-image scores, for paired comparisons of
+runs). They are built in a temporary directory and moved into place together at the end, so an interrupted eval leaves the previous
 results (or none) and a rerun simply redoes it. Captions that collapse (most images sharing a few captions)
 get a warning on stderr.
 """
@@ -30,6 +30,7 @@ from fashioncap.metrics import METRIC_NAMES
 from fashioncap.metrics.files import load_references, score_files
 from fashioncap.metrics.health import caption_health
 from fashioncap.metrics.reward_scores import recipe_reward_scores
+from fashioncap.rewards import REWARD_FUNCS
 from fashioncap.scoretable import HEADLINE_METRICS, score_table, unavailable_notes
 
 
@@ -119,7 +120,9 @@ def evaluate_run(
     predictions = predict_split(model, processor, data_dir, split, batch_size, **settings)
     if not process_state().is_main_process:
         return None  # another rank of `accelerate launch`: the main process scores and writes, once
-    reward_specs = ((rundir.run_config(model_dir) or {}).get("reward") or {}).get("reward_funcs") or []
+    recipe_rewards = ((rundir.run_config(model_dir) or {}).get("reward") or {}).get("reward_funcs") or []
+    # every built-in reward for every run, so an MLE run scores its RL twin's rewards too
+    reward_specs = list(dict.fromkeys([*REWARD_FUNCS, *recipe_rewards]))
     with atomic_directory(out_dir, overwrite=True) as tmp:
         write_json_atomic(tmp / rundir.PREDICTIONS, predictions)
         metrics = score_files(references, tmp / rundir.PREDICTIONS, per_image=True)

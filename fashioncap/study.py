@@ -1,7 +1,7 @@
 """Studies over seeds (`fashioncap study`, `make study`): does RL pay, beyond the noise of one run?
 
-Retrains the named demo trials (recipes/demo/<trial>.yaml) with seeds 0..N-1 from the same demo base,
-evaluates each on the test split and writes OUT/study.json, OUT/study.md and OUT/study.png:
+Retrains the named demo trials (recipes/demo/<trial>.yaml) with the given seeds from the same demo base,
+evaluates each on the test split (`--split val` to choose settings without looking at test) and writes OUT/study.json, OUT/study.md and OUT/study.png:
 - per trial and metric: the mean over seeds, the standard deviation (n - 1) and a 95% t-interval of the mean;
 - per pair (each RL trial against its MLE twin, as `report` pairs them, and pairs asked for): the mean over
   seeds of the difference a - b, and a 95% interval from a bootstrap that resamples the seeds and, shared by
@@ -40,8 +40,7 @@ from fashioncap.report import COMPARISON_HEADER, comparison_cells, comparison_pa
 from fashioncap.scoretable import HEADLINE_METRICS
 
 DEFAULT_RUNS = ("trial1", "trial2", "trial3", "trial4", "trial5")
-DEFAULT_SEEDS = 5
-SPLIT = "test"
+DEFAULT_SEEDS = tuple(range(5))
 PLOTTED = ("CIDEr", "ALS", "SLS")
 
 
@@ -49,11 +48,11 @@ def seed_run_dir(out_dir: Path, trial: str, seed: int) -> Path:
     return Path(out_dir) / trial / f"seed{seed}"
 
 
-def _eval_is_current(run_dir: Path) -> bool:
-    """The run's test eval has per-image scores and is newer than its training."""
-    metrics = rundir.default_eval_dir(str(run_dir), SPLIT) / rundir.METRICS
+def _eval_is_current(run_dir: Path, split: str) -> bool:
+    """The run's eval of `split` has per-image scores and is newer than its training."""
+    metrics = rundir.default_eval_dir(str(run_dir), split) / rundir.METRICS
     return (
-        rundir.eval_per_image(run_dir, SPLIT) is not None
+        rundir.eval_per_image(run_dir, split) is not None
         and metrics.is_file()
         and metrics.stat().st_mtime_ns > (run_dir / rundir.RESULTS).stat().st_mtime_ns
     )
@@ -62,20 +61,21 @@ def _eval_is_current(run_dir: Path) -> bool:
 def run_study(
     out_dir: str | Path,
     runs: Sequence[str] = DEFAULT_RUNS,
-    seeds: int = DEFAULT_SEEDS,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
     recipes: Path = RECIPES,
     base: str | Path | None = None,
     overrides: Sequence[str] = (),
     compare: Sequence[tuple[str, str]] = (),
+    split: str = "test",
 ) -> dict:
-    """Train and evaluate each trial of `runs` with seeds 0..seeds-1, write the study; returns study.json.
+    """Train and evaluate each trial of `runs` with each of `seeds`, write the study; returns study.json.
 
     `base`: the model the trials start from (default: the demo's base, trained by its recipe when missing or
     out of date). `overrides`: `--key value` recipe overrides for every trial run (not the base).
     """
     out_dir, recipes = Path(out_dir), Path(recipes)
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1 (got {seeds})")
+    if not seeds:
+        raise ConfigError("--seeds names no seed")
     missing = [trial for trial in runs if not (recipes / f"{trial}.yaml").is_file()]
     if missing:
         available = sorted(p.stem for p in recipes.glob("*.yaml") if p.stem != BASE)
@@ -91,7 +91,7 @@ def run_study(
         base_args = ["--model_name_or_path", str(base)]
     results: dict[str, list[dict]] = {}
     for trial in runs:
-        for seed in range(seeds):
+        for seed in seeds:
             run_dir = seed_run_dir(out_dir, trial, seed)
             recipe = recipes / f"{trial}.yaml"
             config = load_config(
@@ -99,20 +99,20 @@ def run_study(
             )
             data_dir = config.data.data_dir
             train_unless_current(f"{trial} seed {seed}", config, recipe, data_dir)
-            if not _eval_is_current(run_dir):
-                print(f"\n== evaluating {trial} seed {seed} on the {SPLIT} split ==", flush=True)
+            if not _eval_is_current(run_dir, split):
+                print(f"\n== evaluating {trial} seed {seed} on the {split} split ==", flush=True)
                 evaluate_run(
-                    str(run_dir), data_dir, SPLIT, batch_size=config.training.per_device_eval_batch_size
+                    str(run_dir), data_dir, split, batch_size=config.training.per_device_eval_batch_size
                 )
             results.setdefault(trial, []).append(
                 {
                     "seed": seed,
                     "run_dir": str(run_dir),
-                    "metrics": rundir.eval_metrics(run_dir, SPLIT),
-                    "per_image": rundir.eval_per_image(run_dir, SPLIT),
+                    "metrics": rundir.eval_metrics(run_dir, split),
+                    "per_image": rundir.eval_per_image(run_dir, split),
                 }
             )
-    study = summarize(results, pairs)
+    study = summarize(results, pairs, split)
     write_study(study, out_dir)
     return study
 
@@ -183,7 +183,9 @@ def seed_image_bootstrap(
     return {"delta": sum(per_seed) / len(per_seed), "ci95": [float(lo), float(hi)], "per_seed": per_seed}
 
 
-def summarize(results: Mapping[str, Sequence[dict]], pairs: Sequence[tuple[str, str]]) -> dict:
+def summarize(
+    results: Mapping[str, Sequence[dict]], pairs: Sequence[tuple[str, str]], split: str = "test"
+) -> dict:
     """study.json from each trial's seed runs ({"seed", "run_dir", "metrics", "per_image"}, in seed order)."""
     runs = {}
     for trial, seed_runs in results.items():
@@ -215,7 +217,7 @@ def summarize(results: Mapping[str, Sequence[dict]], pairs: Sequence[tuple[str, 
         "torch_threads": torch.get_num_threads(),
     }
     return {
-        "split": SPLIT,
+        "split": split,
         "num_images": first["num_images"],
         "machine": machine,
         "runs": runs,
@@ -233,6 +235,13 @@ def _cell(summary: dict) -> str:
     return f"{summary['mean']:.3f} ± {summary['std']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def seed_label(seeds: Sequence[int]) -> str:
+    """'0-4' for consecutive seeds, else '0, 3, 7'."""
+    if list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
 def study_markdown(study: dict) -> str:
     runs = study["runs"]
     metrics = [m for m in HEADLINE_METRICS if any(m in r["metrics"] for r in runs.values())]
@@ -247,7 +256,7 @@ def study_markdown(study: dict) -> str:
     ]
     machine = study["machine"]
     parts = [
-        f"# Study over seeds {seeds[0]}-{seeds[-1]}: {study['split']} split, {study['num_images']} images\n\n"
+        f"# Study over seeds {seed_label(seeds)}: {study['split']} split, {study['num_images']} images\n\n"
         f"Machine: {machine['platform']}, {machine['cpus']} CPUs, "
         f"{machine['torch_threads']} torch threads.\n\n"
         "Each cell: mean over seeds ± standard deviation [95% t-interval of the mean].\n\n",

@@ -75,6 +75,9 @@ def test_study_trains_each_seed_evaluates_compares_and_resumes(
     assert any({"reward/cider", "reward/als_f1", "reward/sls"} <= set(row) for row in history)
     metrics = json.loads((out / "trial5" / "seed0" / "eval" / "test" / "metrics.json").read_text())
     assert metrics["reward/cider"] >= 0 and 0 <= metrics["reward/als_f1"] <= 1 and "health" in metrics
+    # the MLE twin scores the RL trial's rewards too, on the same images
+    mle = json.loads((out / "trial1" / "seed0" / "eval" / "test" / "metrics.json").read_text())
+    assert {"reward/cider", "reward/als_f1", "reward/repetition"} <= set(mle)
     comparisons = {c["metric"]: c for c in result["comparisons"]}
     assert {c["a"] for c in result["comparisons"]} == {"trial5"} and {"CIDEr", "ALS", "SLS"} <= set(
         comparisons
@@ -98,7 +101,12 @@ def test_study_trains_each_seed_evaluates_compares_and_resumes(
     monkeypatch.setattr(study, "evaluate_run", must_not_run)
     overrides = ["--data_dir", str(synthetic_dir), *TINY]
     again = study.run_study(
-        out, ["trial1", "trial5"], 2, base=tiny_model_dir, overrides=overrides, compare=[("trial5", "trial1")]
+        out,
+        ["trial1", "trial5"],
+        [0, 1],
+        base=tiny_model_dir,
+        overrides=overrides,
+        compare=[("trial5", "trial1")],
     )
     assert again == result
 
@@ -106,6 +114,17 @@ def test_study_trains_each_seed_evaluates_compares_and_resumes(
 def test_study_names_unknown_trials_and_bad_seed_counts(tmp_path, capsys):
     assert main(["study", "--runs", "trial1", "trial9", "--out", str(tmp_path / "s")]) == 2
     assert "no recipe for trial9 in" in capsys.readouterr().err
-    assert main(["study", "--seeds", "0", "--out", str(tmp_path / "s")]) == 2
-    assert "--seeds must be at least 1" in capsys.readouterr().err
+    for bad in ("0", "x", "3-1", "1,1", "-2"):
+        with pytest.raises(SystemExit) as exited:  # argparse's own exit: the usage line, then the error
+            main(["study", "--seeds", bad, "--out", str(tmp_path / "s")])
+        assert exited.value.code == 2 and "argument --seeds" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_seeds_are_a_count_a_range_or_a_list():
+    from fashioncap.commands.study import seed_list
+
+    assert seed_list("5") == [0, 1, 2, 3, 4]
+    assert seed_list("5-9") == [5, 6, 7, 8, 9]
+    assert seed_list("0,3,7") == [0, 3, 7]
+    assert study.seed_label([5, 6, 7]) == "5-7" and study.seed_label([0, 3, 7]) == "0, 3, 7"

@@ -12,8 +12,30 @@ HELP = "retrain demo trials over seeds and compare them with intervals (does RL 
 ACCEPTS_OVERRIDES = True  # any other --key value pair overrides that key of every trial's recipe
 
 
+def seed_list(text: str) -> list[int]:
+    """--seeds: N (seeds 0..N-1), A-B (A..B, to replicate a study on fresh seeds) or a list a,b,c."""
+    try:
+        if "," in text:
+            seeds = [int(part) for part in text.split(",")]
+        elif "-" in text.lstrip("-"):
+            first, last = (int(part) for part in text.split("-", 1))
+            seeds = list(range(first, last + 1))
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N, A-B or a,b,c") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least one seed, none negative, none twice")
+    return seeds
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per trial (default: 5)")
+    parser.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=seed_list("5"),
+        help="N (seeds 0..N-1, default 5), a range A-B such as 5-9, or a list such as 0,3,7",
+    )
     parser.add_argument(
         "--runs",
         nargs="+",
@@ -27,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--base",
         help="model dir the trials start from (default: the demo's base, trained by its recipe when missing)",
     )
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="split to evaluate on (default: test; choose settings with --split val, never on test)",
+    )
     add_compare_argument(parser, "trial A with trial B (repeatable)")
 
 
@@ -36,7 +63,14 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     study = run_study(
-        args.out, args.runs, args.seeds, args.recipes or RECIPES, args.base, args.overrides, args.compare
+        args.out,
+        args.runs,
+        args.seeds,
+        args.recipes or RECIPES,
+        args.base,
+        args.overrides,
+        args.compare,
+        args.split,
     )
     print(study_markdown(study))
     print(f"wrote {args.out}/study.json, study.md, study.png")
