@@ -255,6 +255,22 @@ def test_truncated_samples_are_logged_and_masked_out_of_the_rl_term(tmp_path):
     assert 0.0 <= logged[False]["rl/tied_groups"] <= 1.0
 
 
+def test_an_rl_run_with_rl_start_is_its_mle_twin_until_rl_starts(tmp_path):
+    """The study's fair twin: same seed, same data order, same weights until `rl_start`; only then do they part."""
+    histories = []
+    for rl_weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        settings = dict(reward_funcs=["als", "sls"], rl_weight=rl_weight, num_samples=2, max_sample_tokens=6,
+                        rl_start=0.5, seed=3)  # fmt: skip
+        trainer = _trainer(tmp_path / str(rl_weight), "decoder", settings)
+        trainer.args.max_steps, trainer.args.logging_steps = 4, 1
+        trainer.train()
+        histories.append([h["loss/mle"] for h in trainer.state.log_history if "loss/mle" in h])
+    mle, rl = histories
+    assert mle[:3] == rl[:3], "steps 1-2 and the step RL starts at see the same weights and batches"
+    assert mle[3] != rl[3], "after one RL update the weights differ"
+
+
 def test_collator_starts_with_dec_and_masks_padding():
     _, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
     batch = CaptionCollator(processor, max_length=6)([{"image": Image.new("RGB", (64, 64)), "image_id": i,
