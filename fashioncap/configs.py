@@ -179,7 +179,8 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
     max_sample_tokens: int = _help(50, "new tokens per sampled caption at most")
     scale_rewards: str = _help(
         "none",
-        "none | group: divide advantages by the std of each image's H rewards (GRPO), for mixed ranges",
+        "none | group: divide each image's H advantages by their root mean square (with baseline mean: the std "
+        "of its rewards, as GRPO), for rewards of mixed ranges",
     )
     kl_weight: float = _help(
         0.0, "weight of a KL penalty to the base model (the adapter disabled), logged as kl"
@@ -225,7 +226,9 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
         if self.scale_rewards not in ("none", "group"):
             raise ValueError(f"scale_rewards must be none or group, not {self.scale_rewards!r}")
         if self.scale_rewards == "group" and self.num_samples < 2:
-            raise ValueError("scale_rewards: group needs num_samples >= 2 (the std of one reward is 0)")
+            raise ValueError(
+                "scale_rewards: group needs num_samples >= 2 (one sample's scale is its own advantage)"
+            )
 
     @property
     def weights(self) -> list[float]:

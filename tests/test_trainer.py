@@ -17,7 +17,7 @@ from fashioncap.trainer import (
     completion_mask,
     compute_baseline,
     reinforce_loss,
-    scale_by_group_std,
+    scale_by_group_rms,
     sequence_logprobs,
     token_kl,
     token_logprobs,
@@ -75,14 +75,26 @@ def test_equal_rewards_give_zero_loss_and_zero_gradient(kind):
     assert loss.item() == 0.0 and torch.count_nonzero(logp.grad) == 0 and torch.isfinite(loss)
 
 
-def test_group_std_scaling_by_hand():
-    """Advantages divided by each image's reward std (population std of its H rewards); equal rewards stay 0."""
+def test_group_scaling_by_hand():
+    """With the mean baseline: advantages divided by each image's reward std (population std of its H rewards);
+    equal rewards stay 0."""
     rewards = torch.tensor([1.0, 3.0, 0.5, 0.5])  # image 1: std 1; image 2: std 0
     baseline = compute_baseline(rewards.view(2, 2), "mean").reshape(-1)  # 2, 2, 0.5, 0.5
-    scaled, scaled_baseline = scale_by_group_std(rewards, baseline, group=2, eps=1e-4)
+    scaled, scaled_baseline = scale_by_group_rms(rewards, baseline, group=2, eps=1e-4)
     advantages = scaled - scaled_baseline
     torch.testing.assert_close(advantages[:2], torch.tensor([-1.0, 1.0]) / (1 + 1e-4))
     assert advantages[2:].tolist() == [0.0, 0.0]
+
+
+def test_group_scaling_of_tied_samples_against_a_greedy_baseline():
+    """H tied samples whose greedy caption scored otherwise: the reward std is 0, the advantages are not; they
+    keep magnitude 1 (dividing by the std + 1e-4 made them 10^4)."""
+    rewards = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    baseline = compute_baseline(rewards.view(2, 4), "greedy", torch.tensor([0.0, 0.0])).reshape(-1)
+    scaled, scaled_baseline = scale_by_group_rms(rewards, baseline, group=4, eps=1e-4)
+    advantages = scaled - scaled_baseline
+    torch.testing.assert_close(advantages[:4], torch.ones(4) / (1 + 1e-4))
+    torch.testing.assert_close(advantages[4:], torch.tensor([0.0, 2.0, 0.0, 0.0]) / (1 + 2e-4))
 
 
 def test_token_kl_is_zero_on_equal_policies_and_k3_by_hand():
