@@ -102,7 +102,13 @@ def scale_by_group_rms(
 
 def token_kl(logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token KL(policy || reference) estimate on sampled tokens, k3 = exp(d) - d - 1 with d = ref - policy:
-    non-negative and unbiased (Schulman's estimator, as TRL's GRPO uses)."""
+    non-negative and unbiased as a value (Schulman's estimator, as TRL's GRPO uses).
+
+    Used directly as a loss (differentiated through the policy's log-probs, the samples held fixed), its expected
+    gradient is not that of KL(policy || reference) but that of KL(reference || policy) per token: d/dtheta of
+    E_pi[exp(d) - d - 1] over fixed samples is E_pi[(1 - ref/pi) grad log pi] = -E_ref[grad log pi], the gradient
+    of KL(ref || pi). Like TRL's GRPO, the penalty therefore pulls the policy toward covering the reference's
+    tokens (mass-covering) rather than the reverse KL's mode-seeking pull; the logged `kl` is the k3 value."""
     delta = reference_logprobs - logprobs
     return torch.exp(delta) - delta - 1
 

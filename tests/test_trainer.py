@@ -105,6 +105,23 @@ def test_token_kl_is_zero_on_equal_policies_and_k3_by_hand():
     torch.testing.assert_close(token_kl(logp, reference), torch.tensor([expected]))
 
 
+def test_k3_as_a_loss_has_the_gradient_of_kl_reference_to_policy():
+    """What token_kl's docstring says: over samples drawn from the policy (held fixed), the expected gradient of
+    k3 is that of KL(reference || policy), not of KL(policy || reference)."""
+    logits = torch.tensor([0.3, -1.0, 2.0, 0.5], requires_grad=True)
+    reference = torch.log_softmax(torch.tensor([1.0, 0.0, -0.5, 0.2]), dim=0)
+    policy = torch.log_softmax(logits, dim=0)
+    expected_k3 = (policy.exp().detach() * token_kl(policy, reference)).sum()  # exact expectation over tokens
+    (k3_grad,) = torch.autograd.grad(expected_k3, logits)
+    forward = (reference.exp() * (reference - torch.log_softmax(logits, dim=0))).sum()  # KL(ref || policy)
+    (forward_grad,) = torch.autograd.grad(forward, logits)
+    torch.testing.assert_close(k3_grad, forward_grad)
+    policy = torch.log_softmax(logits, dim=0)
+    reverse = (policy.exp() * (policy - reference)).sum()  # KL(policy || ref)
+    (reverse_grad,) = torch.autograd.grad(reverse, logits)
+    assert not torch.allclose(k3_grad, reverse_grad, atol=1e-3)
+
+
 def test_completion_mask_and_sequence_logprobs_by_hand():
     sep, pad = 3, 0
     seqs = torch.tensor([[5, 7, 8, sep, pad, pad], [5, 9, sep, 7, 7, 7], [5, 7, 7, 7, 7, 7]])
