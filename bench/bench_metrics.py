@@ -5,7 +5,7 @@ paraphrase load, spaCy load): what `fashioncap score` pays once. Warm is a secon
 new predictions against the same references: what each evaluation during training pays. Predictions are FACAD
 sample captions with one word dropped, swapped or replaced, or cut short.
 
-    python bench/bench_metrics.py            # JSON on stdout
+    python -m bench.bench_metrics            # JSON on stdout
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-RECORDS = Path(__file__).resolve().parents[2] / "shared/data/facad_text_sample/records.jsonl"
+from bench.facad_records import facad_records
+
 N_CAPTIONS = 2000
 
 
@@ -40,9 +41,7 @@ def perturb(caption: str, rng: random.Random, vocabulary: list[str]) -> str:
 
 def make_inputs(n: int, seed: int) -> tuple[dict, dict, dict, dict, dict]:
     """(predictions, references, attributes, categories, wordmap) over the first n FACAD sample records."""
-    records = [json.loads(line) for line in RECORDS.read_text(encoding="utf-8").splitlines()][:n]
-    if len(records) < n:
-        raise ValueError(f"{RECORDS} has {len(records)} records, fewer than {n}")
+    records = facad_records(n)
     rng = random.Random(seed)
     vocabulary = sorted({w for r in records for w in r["description"].split()})
     names = sorted({r["title"].split()[-1] for r in records})
@@ -72,7 +71,10 @@ def measure(n: int) -> dict:
 def run(n: int = N_CAPTIONS) -> dict:
     """Score n captions twice in a fresh Python process; return the timings and the warm call's metrics."""
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--measure", str(n)], capture_output=True, text=True
+        [sys.executable, "-m", __spec__.name, "--measure", str(n)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
     )
     if proc.returncode:
         raise RuntimeError(f"the benchmark process failed:\n{proc.stderr[-4000:]}")

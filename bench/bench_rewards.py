@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
-RECORDS = Path(__file__).resolve().parents[2] / "shared/data/facad_text_sample/records.jsonl"
+from bench.facad_records import facad_records
+
 SAMPLES_PER_IMAGE = 4
 
 
 def facad_inputs(n: int) -> tuple[list[str], list[list[str]], list[int], dict[int, str]]:
     """(captions, reference attributes, categories, wordmap): the title's last word is the category."""
-    records = [json.loads(line) for line in RECORDS.read_text(encoding="utf-8").splitlines()][:n]
+    records = facad_records(n)
     names = sorted({r["title"].split()[-1] for r in records})
     category = {name: i for i, name in enumerate(names, start=1)}
     return (

@@ -24,11 +24,11 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
-RECORDS = Path(__file__).resolve().parents[2] / "shared/data/facad_text_sample/records.jsonl"
+from bench.facad_records import facad_records
+
 VARIANTS = ("mle", "rl_h1", "rl_h4", "seed")
 # Salesforce/blip-image-captioning-large's shape (random weights: no download here).
 LARGE_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -48,7 +48,7 @@ def facad_rows(n: int, image_size: int, seed: int = 0) -> tuple[list[dict], dict
     """
     from PIL import Image
 
-    records = [json.loads(line) for line in RECORDS.read_text(encoding="utf-8").splitlines()]
+    records = facad_records()
     words = sorted({w for r in records for w in (r["description"] + " " + r["title"]).split()})
     chosen = [r for r in records if 15 <= len(r["description"].split()) <= 30][:n]
     names = sorted({r["title"].split()[-1] for r in chosen})

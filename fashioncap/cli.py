@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from fashioncap import __version__
-from fashioncap.errors import DEBUG_ENV, run_command
+from fashioncap.errors import DEBUG_ENV, run_command, take_debug_flag
 
 COMMANDS = ("data", "train", "eval", "score", "caption", "report", "push", "demo", "study", "metrics")
 
@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug",
         action="store_true",
-        help=f"show the traceback of an error instead of its one-line message (or set {DEBUG_ENV}=1)",
+        help=f"show the traceback of an error instead of its one-line message; before or after COMMAND (or set "
+        f"{DEBUG_ENV}=1)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv, debug = take_debug_flag(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not args.accepts_overrides:  # only `train` and `study` take --key value recipe overrides
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = extra
     subcommand = getattr(args, f"{args.command}_command", None)  # data synthetic, metrics install-spice
     name = f"{args.command} {subcommand}" if subcommand else args.command
-    return run_command(name, args.run, args, debug=args.debug)
+    return run_command(name, args.run, args, debug=debug)
 
 
 if __name__ == "__main__":

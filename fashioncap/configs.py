@@ -189,7 +189,8 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
     )
     scale_rewards: str = _help(
         "none",
-        "none | group: divide advantages by the std of each image's H rewards (GRPO), for mixed ranges",
+        "none | group: divide each image's H advantages by their root mean square (with baseline mean: the std "
+        "of its rewards, as GRPO), for rewards of mixed ranges",
     )
     kl_weight: float = _help(
         0.0, "weight of a KL penalty to the base model (the adapter disabled), logged as kl"
@@ -235,7 +236,9 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
         if self.scale_rewards not in ("none", "group"):
             raise ValueError(f"scale_rewards must be none or group, not {self.scale_rewards!r}")
         if self.scale_rewards == "group" and self.num_samples < 2:
-            raise ValueError("scale_rewards: group needs num_samples >= 2 (the std of one reward is 0)")
+            raise ValueError(
+                "scale_rewards: group needs num_samples >= 2 (one sample's scale is its own advantage)"
+            )
 
     @property
     def weights(self) -> list[float]:
@@ -376,6 +379,15 @@ def _raise_on_parse_error(origin_of):
     return error
 
 
+def check_sections_agree(model: ModelArguments, training: FashionCapTrainingArguments) -> None:
+    """Settings of different sections that cannot go together: ValueError naming them."""
+    if training.kl_weight and model.lora_preset == "none":
+        raise ValueError(
+            f"kl_weight {training.kl_weight} needs a LoRA adapter (the KL is to the base model, i.e. the adapter "
+            "disabled), and lora_preset is none: set a lora_preset, or kl_weight 0"
+        )
+
+
 def load_config(config_path: str | Path | None, overrides: list[str] | None = None) -> RecipeConfig:
     """Read a recipe YAML and apply command-line overrides; unknown keys and bad values are errors naming them
     and where they came from (the file or the command line)."""
@@ -400,9 +412,10 @@ def load_config(config_path: str | Path | None, overrides: list[str] | None = No
         model, data, training = parser.parse_args_into_dataclasses(
             args=_to_argv(values), look_for_args_file=False
         )
+        check_sections_agree(model, training)
     except ConfigError:
         raise
-    except ValueError as err:  # the dataclasses' own checks (ours and the Trainer's)
+    except ValueError as err:  # the dataclasses' own checks (ours and the Trainer's) and check_sections_agree
         where = str(config_path) if config_path else "the command line"
         where += " with the command-line overrides" if config_path and cli else ""
         raise ConfigError(f"{where}: {err}") from err

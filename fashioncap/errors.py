@@ -2,7 +2,7 @@
 
 A `UserError` reaches the user as one line, `fashioncap COMMAND: error: WHAT (where; how to fix)`, and exit
 status 2, printed by the main process only (under `accelerate launch` every rank raises it). Any other
-exception is a bug and keeps its traceback; `fashioncap --debug COMMAND` or FASHIONCAP_DEBUG=1 shows the
+exception is a bug and keeps its traceback; `--debug` (before or after COMMAND) or FASHIONCAP_DEBUG=1 shows the
 traceback of a user error too. This module imports only the standard library: every layer may raise these.
 """
 
@@ -70,6 +70,13 @@ def missing_path(what: str, path: str | os.PathLike, how_to_fix: str = "") -> Mi
 def debug_requested(flag: bool = False) -> bool:
     """`--debug` or FASHIONCAP_DEBUG set to anything but empty/0/false/no."""
     return flag or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """(argv without `--debug`, whether it was there): `--debug` is the traceback switch wherever it stands, so
+    `fashioncap train --config x --debug` does not become a recipe override of the Trainer's `debug` option
+    (set that one in the recipe file)."""
+    return [arg for arg in argv if arg != "--debug"], "--debug" in argv
 
 
 def is_main_process() -> bool:

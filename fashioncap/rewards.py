@@ -183,7 +183,7 @@ class AttributeF1Reward:
     Recall is ALS. ALS alone never costs anything for naming more, so at a high RL weight captions listed
     attribute phrases over and over; here naming an attribute the item lacks ("red" for a blue tee, "dress"
     for a tee) lowers precision. Which words count as named attributes: the attribute vocabulary, i.e. every
-    reference attribute of the split given to `prepare` (the training split), named as ALS names them (a
+    annotated attribute of the split given to `prepare` (the training split), named as ALS names them (a
     one-word attribute as a NOUN/ADJ of the caption, a phrase as whole words). The other NOUN/ADJ words of a
     caption ("look", "fabric", "outfit") cost nothing: they are how a template reads, and counting them would
     reward dropping them, i.e. shorter captions from fewer templates. Attributes count once each however often they
@@ -196,8 +196,18 @@ class AttributeF1Reward:
         self.vocabulary: frozenset[str] | None = None
 
     def prepare(self, dataset) -> None:
-        attributes = reference_attributes(list(dataset["attributes"]), list(dataset["caption"]))
-        self.vocabulary = frozenset().union(*attributes)
+        """The vocabulary: the split's annotated attributes only (a row without any would otherwise add every
+        NOUN/ADJ of its caption, template words included). A split without any annotated attribute gives an
+        empty vocabulary, and a warning: a caption then names only its reference's attributes, and ALS-F1 is
+        2 ALS / (1 + ALS), charging for nothing."""
+        self.vocabulary = frozenset().union(*map(clean_attributes, dataset["attributes"]))
+        if not self.vocabulary:
+            warnings.warn(
+                f"als_f1: none of the {len(dataset['attributes'])} rows it was prepared with has annotated "
+                "attributes, so it charges for no extra word (2 ALS / (1 + ALS)): annotate `attributes`, or "
+                "use als",
+                stacklevel=2,
+            )
 
     def __call__(self, completions: Sequence[str], attributes, caption=None, **_) -> list[float]:
         if self.vocabulary is None:

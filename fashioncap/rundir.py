@@ -86,8 +86,15 @@ def eval_metrics(run_dir: str | Path, split: str = DEFAULT_SPLIT) -> dict | None
 
 
 def eval_per_image(run_dir: str | Path, split: str = DEFAULT_SPLIT) -> dict | None:
-    """`fashioncap eval`'s per-image scores of the run's `split` (metric -> {image id string: score}), or None."""
-    return read_json(_eval_dir(run_dir, split) / PER_IMAGE)
+    """`fashioncap eval`'s per-image scores of the run's `split` (metric -> {image id string: score}), or None.
+
+    An eval from before METEOR kept its per-image statistics holds per-caption METEOR scores, whose mean is not
+    the corpus METEOR it reported: that entry is left out (re-run `fashioncap eval` to compare METEOR)."""
+    per_image = read_json(_eval_dir(run_dir, split) / PER_IMAGE)
+    meteor = (per_image or {}).get("METEOR") or {}
+    if any(isinstance(score, int | float) for score in meteor.values()):
+        del per_image["METEOR"]
+    return per_image
 
 
 def eval_predictions(run_dir: str | Path, split: str = DEFAULT_SPLIT) -> dict:

@@ -4,7 +4,7 @@ One training step (docs/design.md, "The training step"):
   1. encode the images once (with gradient: trials 3/4 train vision LoRA);
   2. sample H captions per image from the detached image embeddings (no gradient, dropout off), each image's
      cross-attention K/V computed once and shared by its samples and its greedy baseline (fashioncap.decoding);
-  3. score them with the reward functions, subtract the baseline (optionally divide by the group's std);
+  3. score them with the reward functions, subtract the baseline (optionally scale each image's advantages);
   4. the decoder over the reference captions (MLE) and, with dropout off as when they were drawn, over the
      samples (their log-probabilities under the sampling temperature): each image's K/V computed once per pass;
   5. loss = w_mle * L_mle + w_rl * L_rl (+ w_kl * KL to the base policy), L_rl = -mean_ij A_ij * log p(Y'_ij).
@@ -107,18 +107,27 @@ def sequence_logprobs(
     return token_logprobs(logits, sequences, mask, temperature).sum(dim=1)
 
 
-def scale_by_group_std(
+def scale_by_group_rms(
     rewards: torch.Tensor, baseline: torch.Tensor, group: int, eps: float = 1e-4
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards and baseline divided by the std of each image's H rewards (GRPO), so rewards of different ranges
-    (CIDEr 0-10, ALS 0-1) give advantages of one scale; a group of equal rewards keeps a zero advantage."""
-    std = rewards.view(-1, group).std(dim=1, keepdim=True, unbiased=False).expand(-1, group).reshape(-1)
-    return rewards / (std + eps), baseline / (std + eps)
+    """Rewards and baseline divided by the root mean square of each image's H advantages r - b, so rewards of
+    different ranges (CIDEr 0-10, ALS 0-1) give advantages of one scale. With the group-mean baseline that is
+    the std of the H rewards (GRPO's scaling); unlike that std it is 0 only when every advantage is: H tied
+    samples against a greedy caption that scored otherwise keep advantages of magnitude 1, not (r - b) / eps."""
+    advantages = (rewards - baseline).view(-1, group)
+    rms = advantages.square().mean(dim=1, keepdim=True).sqrt().expand(-1, group).reshape(-1)
+    return rewards / (rms + eps), baseline / (rms + eps)
 
 
 def token_kl(logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token KL(policy || reference) estimate on sampled tokens, k3 = exp(d) - d - 1 with d = ref - policy:
-    non-negative and unbiased (Schulman's estimator, as TRL's GRPO uses)."""
+    non-negative and unbiased as a value (Schulman's estimator, as TRL's GRPO uses).
+
+    Used directly as a loss (differentiated through the policy's log-probs, the samples held fixed), its expected
+    gradient is not that of KL(policy || reference) but that of KL(reference || policy) per token: d/dtheta of
+    E_pi[exp(d) - d - 1] over fixed samples is E_pi[(1 - ref/pi) grad log pi] = -E_ref[grad log pi], the gradient
+    of KL(ref || pi). Like TRL's GRPO, the penalty therefore pulls the policy toward covering the reference's
+    tokens (mass-covering) rather than the reverse KL's mode-seeking pull; the logged `kl` is the k3 value."""
     delta = reference_logprobs - logprobs
     return torch.exp(delta) - delta - 1
 
@@ -339,7 +348,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         mean_reward = total.mean()  # before any scaling: what the rewards say
         tied = tied_groups(total, args.num_samples)
         if args.scale_rewards == "group":
-            total, baseline = scale_by_group_std(total, baseline, args.num_samples)
+            total, baseline = scale_by_group_rms(total, baseline, args.num_samples)
         rl_scale = 1.0 if num_items_in_batch is None else 1.0 / self.current_gradient_accumulation_steps
         keep = ~truncated if args.mask_truncated_completions else None
         rl_loss = reinforce_loss(logprobs, total, baseline, keep)

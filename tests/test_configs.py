@@ -85,6 +85,10 @@ def test_wrong_types_are_errors_naming_the_key_and_where_it_came_from(tmp_path, 
         (["--reward_funcs", "als", "--rl_weight", "1", "--num_samples", "1"], "advantage is always 0"),
         (["--reward_funcs", "als", "--rl_weight", "1", "--sample_top_k", "5"], "sample_top_k"),
         (["--reward_funcs", "als", "--rl_weight", "1", "--scale_rewards", "max"], "scale_rewards"),
+        (
+            ["--reward_funcs", "als", "--rl_weight", "1", "--kl_weight", "0.1", "--lora_preset", "none"],
+            "kl_weight 0.1 needs a LoRA adapter .* lora_preset is none: set a lora_preset, or kl_weight 0",
+        ),
     ],
 )
 def test_inconsistent_reward_settings_are_errors(overrides, message):

@@ -179,11 +179,22 @@ def test_a_wrong_type_names_where_the_value_came_from_without_the_usage(
     assert one_line_error(result, "train") == f"bad value for lora_r {where}: invalid int value: 'sixteen'"
 
 
-@pytest.mark.parametrize("how", ["--debug", "FASHIONCAP_DEBUG=1"])
+@pytest.mark.parametrize(
+    "how", ["--debug", "--debug after the command", "--debug to a launcher", "FASHIONCAP_DEBUG=1"]
+)
 def test_debug_shows_the_traceback_instead(tiny_recipe, tmp_path, how):
-    debug_flag, env = (["--debug"], None) if how == "--debug" else ([], {"FASHIONCAP_DEBUG": "1"})
-    args = [*debug_flag, "train", "--config", tiny_recipe, "--lerning_rate", "1"]
-    result = run_fashioncap(*args, cwd=tmp_path, env=env)
+    """`--debug` is the traceback switch wherever it stands (after `train` it is not the Trainer's `debug`)."""
+    env = {"FASHIONCAP_DEBUG": "1"} if how == "FASHIONCAP_DEBUG=1" else None
+    train, script = ["train", "--config", tiny_recipe], None
+    args = {
+        "--debug": ["--debug", *train, "--lerning_rate", "1"],
+        "--debug after the command": [*train, "--lerning_rate", "1", "--debug"],
+        "--debug to a launcher": ["--lerning_rate", "1", "--debug"],
+        "FASHIONCAP_DEBUG=1": [*train, "--lerning_rate", "1"],
+    }[how]
+    if how == "--debug to a launcher":
+        script = REPO / "recipes/trial1.py"
+    result = run_fashioncap(*args, cwd=tmp_path, env=env, script=script)
     assert result.returncode == 1
     assert (
         "Traceback" in result.stderr

@@ -102,3 +102,26 @@ def test_every_cited_document_is_in_the_repo():
             stray.append(path.relative_to(REPO).as_posix())
     assert not stray, f"cite a document outside docs/: {stray}"
     assert cited and not sorted(c for c in cited if not (REPO / c).is_file()), "cited docs/ files must exist"
+
+
+def test_code_reads_nothing_beside_the_clone():
+    """`make test` and `make bench` run on a clone alone: no code reads a path above the repository."""
+    sources = [*REPO.glob("fashioncap/**/*.py"), *REPO.glob("bench/*.py"), *REPO.glob("tests/*.py"),
+               *REPO.glob("recipes/**/*.py")]  # fmt: skip
+    pattern = re.compile(r"shared/data|\.\./shared|parents\[[2-9]\]")
+    outside = [
+        p.relative_to(REPO).as_posix()
+        for p in sources
+        if p != Path(__file__) and pattern.search(p.read_text())
+    ]
+    assert not outside, f"reads beside the clone: {outside}"
+
+
+def test_bench_records_come_from_the_repository(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    from bench.facad_records import facad_records
+
+    records = facad_records(3000)
+    assert len(records) == 3000 and len({r["id"] for r in records}) == 3000
+    assert len({r["description"] for r in records}) > 0.95 * 3000  # cold caches stay (almost) cold
+    assert facad_records(5) == facad_records()[:5]

@@ -466,6 +466,18 @@ def test_nan_losses_in_a_row_stop_training_with_a_clear_error(data_dir, tmp_path
 # --- load: captioning a folder runs in constant memory -----------------------------------------------------------
 
 
+def test_a_childs_peak_rss_is_its_own_not_its_parents(monkeypatch):
+    """The caption bench's child reports its own peak RSS: a child's rusage (ru_maxrss) counts the RSS of the
+    process it was forked from, so a small child of a 512 MiB parent read as 512+ MiB."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.bench_caption_memory import own_peak_rss_mib, peak_rss_of_module
+
+    ballast = b"\x01" * (512 * 2**20)
+    assert own_peak_rss_mib() > 512
+    assert peak_rss_of_module("platform", []) < 100  # a bare interpreter: ~10-20 MiB
+    del ballast
+
+
 @pytest.mark.slow
 def test_captioning_5000_images_takes_no_more_memory_than_500(monkeypatch):
     """Peak RSS of `fashioncap caption` over 5,000 vs 500 images (bench/bench_caption_memory.py).

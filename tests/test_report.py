@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from fashioncap import rundir
 from fashioncap.cli import main
 from fashioncap.report import run_names, write_report
 
@@ -163,6 +164,17 @@ def test_report_compares_each_rl_trial_with_its_mle_twin_and_shows_health(tmp_pa
     html = (out / "report.html").read_text()
     assert "<td>yes: trial2 higher</td>" in html and "<td>top-5 captions&#x27; share</td>" not in html
     assert "<th>top-5 captions&#x27; share</th>" in html and "<td>0.900</td>" in html
+
+
+def test_per_image_meteor_from_before_its_statistics_is_left_out(tmp_path):
+    """Per-caption METEOR scores (an older eval) do not make the corpus METEOR: only its statistics compare."""
+    eval_dir = tmp_path / "eval" / "test"
+    eval_dir.mkdir(parents=True)
+    statistics = [9.0, 9.0, 3.0, 3.0, *[0.0] * 16, 1.0, 9.0, 9.0]
+    for meteor, kept in (({"1": 0.5}, False), ({"1": statistics}, True)):
+        (eval_dir / "per_image.json").write_text(json.dumps({"CIDEr": {"1": 1.0}, "METEOR": meteor}))
+        per_image = rundir.eval_per_image(tmp_path, "test")
+        assert per_image["CIDEr"] == {"1": 1.0} and ("METEOR" in per_image) is kept
 
 
 def test_report_cli_compare_names_runs_it_has(runs, tmp_path, capsys):

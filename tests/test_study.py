@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from fashioncap import demo, study
 from fashioncap.cli import main
 from fashioncap.metrics.bootstrap import corpus_bleu
-from fashioncap.study import seed_image_bootstrap, seed_summary, student_t_quantile
+from fashioncap.study import paired_seed_differences, seed_summary, student_t_quantile
 
 TINY = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--num_beams", "1", "--max_new_tokens", "6",
         "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--logging_steps", "1"]  # fmt: skip
@@ -25,25 +26,47 @@ def test_seed_summary_is_the_mean_the_sample_std_and_a_t_interval():
     assert student_t_quantile(0.975, 4) == pytest.approx(2.776445, abs=1e-5)
 
 
-def test_paired_bootstrap_over_seeds_and_images():
+def test_paired_differences_over_seeds_and_images():
     images = [str(i) for i in range(30)]
     b = [{i: float(int(i) % 3) for i in images} for _ in range(3)]
     shifted = [
         {i: v + shift for i, v in seed.items()} for seed, shift in zip(b, (0.1, 0.2, 0.3), strict=True)
     ]
-    result = seed_image_bootstrap(shifted, b)
+    result = paired_seed_differences(shifted, b)
     assert result["per_seed"] == pytest.approx([0.1, 0.2, 0.3]) and result["delta"] == pytest.approx(0.2)
-    lo, hi = result["ci95"]
-    assert 0.1 - 1e-9 <= lo < 0.2 < hi <= 0.3 + 1e-9  # only the seeds vary: an interval within their range
-    # with image noise and no shift, the interval straddles 0
+    half = 4.302653 * 0.1 / 3**0.5  # the headline: t(0.975, 2) * std / sqrt(n) over the per-seed differences
+    assert result["std"] == pytest.approx(0.1) and result["ci95"] == pytest.approx([0.2 - half, 0.2 + half])
+    assert result["ci95_images"] == pytest.approx([0.2, 0.2])  # every image moved alike: no image noise
+    # with image noise and no shift, the image interval straddles 0
     noisy = [{i: v + (0.5 if int(i) % 2 else -0.5) for i, v in seed.items()} for seed in b]
-    lo, hi = seed_image_bootstrap(noisy, b)["ci95"]
+    lo, hi = paired_seed_differences(noisy, b)["ci95_images"]
     assert lo < 0 < hi
-    # corpus statistics (BLEU-4 from summed per-image stats) pair the same way
+    # corpus statistics (BLEU-4 from summed per-image stats) pair the same way; one seed has no t-interval
     stats = {i: [10, 10, 10, 9, 8, 7, 8, 6, 4, 2] for i in images}
-    assert seed_image_bootstrap([stats], [stats], corpus_bleu)["ci95"] == [0.0, 0.0]
+    same = paired_seed_differences([stats], [stats], corpus_bleu)
+    assert same["ci95"] is None and same["ci95_images"] == [0.0, 0.0] and same["delta"] == 0.0
     with pytest.raises(ValueError, match="seed 1: the runs scored other images"):
-        seed_image_bootstrap([b[0], {"x": 1.0}], b[:2])
+        paired_seed_differences([b[0], {"x": 1.0}], b[:2])
+
+
+def test_paired_interval_misses_near_5_percent_under_the_null():
+    """400 simulated 5-seed studies of two runs with no true difference, a seed effect per run and seed, and
+    per-image noise: the headline 95% interval excludes 0 in about 5% of them (binomial sd 1.1%)."""
+    rng = np.random.default_rng(0)
+    images, seeds, studies = 20, 5, 400
+    image_effect = rng.normal(size=images)
+    misses = 0
+    for _ in range(studies):
+        runs = [
+            [
+                dict(enumerate(image_effect + rng.normal() + rng.normal(scale=0.3, size=images)))
+                for _ in range(seeds)
+            ]
+            for _ in range(2)
+        ]
+        lo, hi = paired_seed_differences(*runs, n=200)["ci95"]
+        misses += lo > 0 or hi < 0
+    assert 0.025 <= misses / studies <= 0.08
 
 
 def test_study_trains_each_seed_evaluates_compares_and_resumes(
@@ -89,6 +112,10 @@ def test_study_trains_each_seed_evaluates_compares_and_resumes(
     )
     assert cider["per_seed"] == pytest.approx([a[0] - b[0], a[1] - b[1]])
     assert cider["delta"] == pytest.approx((a[0] - b[0] + a[1] - b[1]) / 2)
+    assert (
+        cider["ci95"] == pytest.approx(seed_summary(cider["per_seed"])["ci95"])
+        and len(cider["ci95_images"]) == 2
+    )
     table = (out / "study.md").read_text()
     assert "| trial1 | 2 |" in table and "| trial5 - trial1 | SLS |" in table
     with Image.open(out / "study.png") as plot:

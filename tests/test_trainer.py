@@ -17,7 +17,7 @@ from fashioncap.trainer import (
     completion_mask,
     compute_baseline,
     reinforce_loss,
-    scale_by_group_std,
+    scale_by_group_rms,
     sequence_logprobs,
     tied_groups,
     token_kl,
@@ -105,14 +105,26 @@ def test_equal_rewards_give_zero_loss_and_zero_gradient(kind):
     assert loss.item() == 0.0 and torch.count_nonzero(logp.grad) == 0 and torch.isfinite(loss)
 
 
-def test_group_std_scaling_by_hand():
-    """Advantages divided by each image's reward std (population std of its H rewards); equal rewards stay 0."""
+def test_group_scaling_by_hand():
+    """With the mean baseline: advantages divided by each image's reward std (population std of its H rewards);
+    equal rewards stay 0."""
     rewards = torch.tensor([1.0, 3.0, 0.5, 0.5])  # image 1: std 1; image 2: std 0
     baseline = compute_baseline(rewards.view(2, 2), "mean").reshape(-1)  # 2, 2, 0.5, 0.5
-    scaled, scaled_baseline = scale_by_group_std(rewards, baseline, group=2, eps=1e-4)
+    scaled, scaled_baseline = scale_by_group_rms(rewards, baseline, group=2, eps=1e-4)
     advantages = scaled - scaled_baseline
     torch.testing.assert_close(advantages[:2], torch.tensor([-1.0, 1.0]) / (1 + 1e-4))
     assert advantages[2:].tolist() == [0.0, 0.0]
+
+
+def test_group_scaling_of_tied_samples_against_a_greedy_baseline():
+    """H tied samples whose greedy caption scored otherwise: the reward std is 0, the advantages are not; they
+    keep magnitude 1 (dividing by the std + 1e-4 made them 10^4)."""
+    rewards = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    baseline = compute_baseline(rewards.view(2, 4), "greedy", torch.tensor([0.0, 0.0])).reshape(-1)
+    scaled, scaled_baseline = scale_by_group_rms(rewards, baseline, group=4, eps=1e-4)
+    advantages = scaled - scaled_baseline
+    torch.testing.assert_close(advantages[:4], torch.ones(4) / (1 + 1e-4))
+    torch.testing.assert_close(advantages[4:], torch.tensor([0.0, 2.0, 0.0, 0.0]) / (1 + 2e-4))
 
 
 def test_token_kl_is_zero_on_equal_policies_and_k3_by_hand():
@@ -121,6 +133,23 @@ def test_token_kl_is_zero_on_equal_policies_and_k3_by_hand():
     reference = torch.tensor([[-1.5, -1.0]])  # d = ref - policy = -0.5, +1
     expected = [math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1 - 1]
     torch.testing.assert_close(token_kl(logp, reference), torch.tensor([expected]))
+
+
+def test_k3_as_a_loss_has_the_gradient_of_kl_reference_to_policy():
+    """What token_kl's docstring says: over samples drawn from the policy (held fixed), the expected gradient of
+    k3 is that of KL(reference || policy), not of KL(policy || reference)."""
+    logits = torch.tensor([0.3, -1.0, 2.0, 0.5], requires_grad=True)
+    reference = torch.log_softmax(torch.tensor([1.0, 0.0, -0.5, 0.2]), dim=0)
+    policy = torch.log_softmax(logits, dim=0)
+    expected_k3 = (policy.exp().detach() * token_kl(policy, reference)).sum()  # exact expectation over tokens
+    (k3_grad,) = torch.autograd.grad(expected_k3, logits)
+    forward = (reference.exp() * (reference - torch.log_softmax(logits, dim=0))).sum()  # KL(ref || policy)
+    (forward_grad,) = torch.autograd.grad(forward, logits)
+    torch.testing.assert_close(k3_grad, forward_grad)
+    policy = torch.log_softmax(logits, dim=0)
+    reverse = (policy.exp() * (policy - reference)).sum()  # KL(policy || ref)
+    (reverse_grad,) = torch.autograd.grad(reverse, logits)
+    assert not torch.allclose(k3_grad, reverse_grad, atol=1e-3)
 
 
 def test_completion_mask_and_sequence_logprobs_by_hand():

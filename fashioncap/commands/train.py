@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fashioncap.errors import run_command
+from fashioncap.errors import run_command, take_debug_flag
 from fashioncap.recipe_keys import recipe_keys_help
 
 HELP = "train one trial from a YAML recipe"
@@ -31,9 +31,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None, default_config: str | Path | None = None) -> int:
     """Entry point of the thin launchers in recipes/: `--config` is optional there (the launcher's own YAML)."""
-    argv = sys.argv[1:] if argv is None else argv
+    argv, debug = take_debug_flag(sys.argv[1:] if argv is None else argv)
     config = default_config
     if "--config" in argv:
         i = argv.index("--config")
         config, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
-    return run_command("train", run, argparse.Namespace(config=config, overrides=argv))
+    return run_command("train", run, argparse.Namespace(config=config, overrides=argv), debug=debug)

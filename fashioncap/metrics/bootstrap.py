@@ -6,7 +6,7 @@ drew each image), so all resamples are one matrix product, counts [n, images] @ 
 instead of a gather of shape [n, images, k].
 
 A statistic is `statistic(totals, images) -> value`: `totals` are the per-image stats summed over a sample
-(with any leading batch axes), `images` the sample's size. `mean` and `corpus_bleu` are the two in use.
+(with any leading batch axes), `images` the sample's size. `mean`, `corpus_bleu` and `corpus_meteor` are in use.
 """
 
 from __future__ import annotations
@@ -41,6 +41,33 @@ def corpus_bleu(totals: np.ndarray, images: int) -> np.ndarray:
     ratio = (hypothesis_length + _BLEU_TINY) / (reference_length + _BLEU_SMALL)
     brevity_penalty = np.exp(1 - 1 / np.minimum(ratio, 1.0))  # 1 where the hypotheses are long enough
     return bleu * brevity_penalty
+
+
+# METEOR 1.5's parameters for `-l en` (its default task, as pycocoevalcap runs it): alpha, beta, gamma, delta
+# and the weights of its four matching stages (exact, stem, synonym, paraphrase)
+_METEOR_ALPHA, _METEOR_BETA, _METEOR_GAMMA, _METEOR_DELTA = 0.85, 0.2, 0.6, 0.75
+_METEOR_STAGE_WEIGHTS = np.array([1.0, 0.6, 0.8, 0.6])
+
+
+def corpus_meteor(totals: np.ndarray, images: int) -> np.ndarray:
+    """Corpus METEOR 1.5 as its EVAL command computes it from summed per-segment statistics (the line its SCORE
+    command returns): [hypothesis length, reference length, hypothesis function words, reference function
+    words, per stage (hypothesis content, reference content, hypothesis function, reference function matches),
+    chunks, hypothesis word matches, reference word matches], where a segment that matches its reference
+    exactly counts 0 chunks (as EVAL sums them)."""
+    test_length, ref_length, test_function, ref_function = (totals[..., i] for i in range(4))
+    stages = totals[..., 4:20].reshape(*totals.shape[:-1], 4, 4)  # [..., stage, (tc, rc, tf, rf)]
+    chunks, word_matches = totals[..., 20], (totals[..., 21] + totals[..., 22]) / 2
+    content, function = _METEOR_DELTA * _METEOR_STAGE_WEIGHTS, (1 - _METEOR_DELTA) * _METEOR_STAGE_WEIGHTS
+    test_matches = stages[..., 0] @ content + stages[..., 2] @ function
+    ref_matches = stages[..., 1] @ content + stages[..., 3] @ function
+    test_weighted = _METEOR_DELTA * (test_length - test_function) + (1 - _METEOR_DELTA) * test_function
+    ref_weighted = _METEOR_DELTA * (ref_length - ref_function) + (1 - _METEOR_DELTA) * ref_function
+    with np.errstate(divide="ignore", invalid="ignore"):  # METEOR scores a division by zero as 0
+        precision, recall = test_matches / test_weighted, ref_matches / ref_weighted
+        f_mean = 1.0 / ((1 - _METEOR_ALPHA) / precision + _METEOR_ALPHA / recall)
+        score = f_mean * (1 - _METEOR_GAMMA * (chunks / word_matches) ** _METEOR_BETA)
+    return np.maximum(np.where(np.isnan(score), 0.0, score), 0.0)
 
 
 def resample_counts(images: int, n: int, seed: int) -> np.ndarray:

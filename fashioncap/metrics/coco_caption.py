@@ -41,7 +41,14 @@ from pycocoevalcap.tokenizer import ptbtokenizer as _ptb
 
 from fashioncap import rewards
 from fashioncap.errors import MissingDependencyError
-from fashioncap.metrics.bootstrap import Statistic, bootstrap_ci, corpus_bleu, mean, paired_bootstrap
+from fashioncap.metrics.bootstrap import (
+    Statistic,
+    bootstrap_ci,
+    corpus_bleu,
+    corpus_meteor,
+    mean,
+    paired_bootstrap,
+)
 from fashioncap.metrics.ids import describe_ids
 from fashioncap.text import join_spaced_hyphens
 
@@ -67,12 +74,12 @@ T = TypeVar("T")
 #   matches]; corpus BLEU (brevity penalty included) from their sums, as pycocoevalcap's BleuScorer computes it.
 # - CIDEr: mean of per-image CIDEr-D, document frequencies fixed from all the images' references (a resample
 #   would count a drawn image's n-grams as often as it was drawn; that change to the IDF is ignored).
-# - METEOR: mean of per-image (per-segment) METEOR scores. The reported METEOR is computed by the JVM from
-#   statistics summed over all images (matches, chunks, lengths), so the interval need not be centred on it.
+# - METEOR: exact. Per image the statistics line of METEOR 1.5's SCORE command (lengths, function words,
+#   matches per stage, chunks); corpus METEOR from their sums, as its EVAL command computes the reported value.
 # - ROUGE-L, SPICE, ALS, SLS: means of per-image scores, as the reported values are.
 STATISTICS: dict[str, Statistic] = {
     "BLEU-4": corpus_bleu,
-    "METEOR": mean,
+    "METEOR": corpus_meteor,
     "ROUGE-L": mean,
     "CIDEr": mean,
     "SPICE": mean,
@@ -149,18 +156,18 @@ class _MeteorSession:
     def compute_score(self, gts: dict, res: dict) -> float:
         return self.compute_scores(gts, res)[0]
 
-    def compute_scores(self, gts: dict, res: dict) -> tuple[float, PerImage]:
-        """(corpus METEOR, per-segment METEOR by image id)."""
+    def compute_scores(self, gts: dict, res: dict) -> tuple[float, dict[ImageId, list[float]]]:
+        """(corpus METEOR, per image the statistics it is computed from: `bootstrap.corpus_meteor`)."""
         with self._lock:
             if self._meteor is None or self._pid != os.getpid():  # a forked child must not share the pipe
                 _require_java()
                 self._meteor, self._pid = Meteor(), os.getpid()
             try:
-                score, per_segment = self._meteor.compute_score(gts, res)
+                score, lines = _meteor_score_and_statistics(self._meteor, gts, res)
             except (OSError, ValueError) as err:
                 stderr = self._close()
                 raise MetricUnavailable(f"METEOR's JVM failed ({err!r}): {stderr[-2000:]}") from err
-        return float(score), _by_image(gts, per_segment)
+        return score, {k: _meteor_statistics(line) for k, line in zip(gts, lines, strict=True)}
 
     def close(self) -> None:
         with self._lock:
@@ -175,6 +182,31 @@ class _MeteorSession:
         meteor.meteor_p.kill()
         meteor.meteor_p.wait()
         return meteor.meteor_p.stderr.read().decode(errors="replace")
+
+
+def _meteor_score_and_statistics(meteor: Meteor, gts: dict, res: dict) -> tuple[float, list[str]]:
+    """The stock `Meteor.compute_score`, keeping each segment's statistics line, which it drops: the corpus
+    score is a function of their sums, so a bootstrap can resample them without rescoring."""
+    with meteor.lock:
+        lines = [meteor._stat(res[k][0], gts[k]) for k in gts]
+        meteor.meteor_p.stdin.write(f"EVAL ||| {' ||| '.join(lines)}\n".encode())
+        meteor.meteor_p.stdin.flush()
+        for _ in lines:  # the per-segment scores, then the corpus score
+            meteor.meteor_p.stdout.readline()
+        return float(meteor.meteor_p.stdout.readline().strip()), lines
+
+
+def _meteor_statistics(line: str) -> list[float]:
+    """A SCORE statistics line as the numbers METEOR's EVAL sums: a segment that matches its reference exactly
+    (every word, one chunk) adds no chunk to the corpus's fragmentation (measured against METEOR 1.5)."""
+    stats = [float(v) for v in line.split()]
+    test_matches, ref_matches = (
+        sum(stats[4:20:4]) + sum(stats[6:20:4]),
+        sum(stats[5:20:4]) + sum(stats[7:20:4]),
+    )
+    if test_matches == stats[0] and ref_matches == stats[1] and stats[20] == 1:
+        stats[20] = 0.0
+    return stats
 
 
 _METEOR = _MeteorSession()
@@ -389,8 +421,8 @@ def compute_caption_metrics(
     metric that cannot run is None with its reason under "unavailable" (empty when everything ran).
     "ci95" (unless `bootstrap` is 0): metric -> [lo, hi], 95% intervals from `bootstrap` resamples of the images
     (seeded by `seed`) for BLEU-4 and the other metrics that ran, computed as `STATISTICS` says.
-    "per_image" (only when asked: it grows with the eval set): metric -> {image id: score}, BLEU-4's scores being
-    its per-image stats; what `compare_runs` takes.
+    "per_image" (only when asked: it grows with the eval set): metric -> {image id: score}, BLEU-4's and
+    METEOR's scores being the per-image statistics their corpus values sum; what `compare_runs` takes.
     """
     check_inputs(predictions, references)
     ids = list(references)
