@@ -26,7 +26,8 @@ def test_demo_trial4_logs_every_part_and_its_reward_rises(demo_base):
     run = root / "trial4"
     assert cli(["train", "--config", "recipes/demo/trial4.yaml", "--data_dir", str(data),
                 "--model_name_or_path", str(base), "--output_dir", str(run), "--max_steps", "60",
-                "--logging_steps", "1", "--per_device_train_batch_size", "16", "--disable_tqdm", "true",
+                "--logging_steps", "1", "--global_batch_size", "16", "--per_device_train_batch_size", "16",
+                "--disable_tqdm", "true",
                 "--rl_start", "0"]) == 0  # RL from the first step: every log has every part  # fmt: skip
     history = [h for h in json.loads((run / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     assert len(history) == 60

@@ -12,8 +12,9 @@ from fashioncap.cli import main
 from fashioncap.metrics.bootstrap import corpus_bleu
 from fashioncap.study import seed_image_bootstrap, seed_summary, student_t_quantile
 
-TINY = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--num_beams", "1", "--max_new_tokens", "6",
-        "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--logging_steps", "1"]  # fmt: skip
+TINY = ["--max_steps", "2", "--global_batch_size", "4", "--per_device_train_batch_size", "4", "--num_beams", "1",
+        "--max_new_tokens", "6", "--dataloader_num_workers", "0", "--disable_tqdm", "true",
+        "--logging_steps", "1"]  # fmt: skip
 
 
 def test_seed_summary_is_the_mean_the_sample_std_and_a_t_interval():
