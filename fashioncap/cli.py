@@ -34,12 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost subparser `args` were parsed by (`fashioncap data synthetic`'s for `data synthetic`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None):
+            return chosen_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not args.accepts_overrides:  # only `train` and `study` take --key value recipe overrides
-        parser.parse_args(argv)  # prints the usage error and exits 2
+        # the subcommand's own parser: its name and usage line, not the top-level one's; exits 2
+        chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     subcommand = getattr(args, f"{args.command}_command", None)  # data synthetic, metrics install-spice
     name = f"{args.command} {subcommand}" if subcommand else args.command

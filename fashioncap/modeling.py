@@ -23,7 +23,7 @@ from transformers import (
     BlipProcessor,
 )
 
-from fashioncap.errors import UserError, missing_path
+from fashioncap.errors import UserError, closest_existing_path, missing_path
 from fashioncap.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -68,25 +68,28 @@ def check_hub_model(name: str) -> None:
         raise missing_path("model", name, "give a local model dir or a Hub id (owner/name)") from None
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return
+    closest = closest_existing_path(name)
+    not_local = f"model {name!r} is not a local dir" + (f" (did you mean {closest}?)" if closest else "")
     if hub_constants.is_offline_mode():
         raise ModelLoadError(
-            f"model {name!r} is not in the Hub cache and HF_HUB_OFFLINE is set: download it once with "
-            "network access (unset HF_HUB_OFFLINE), or give a local model dir"
+            f"{not_local}, nor in the Hub cache, and HF_HUB_OFFLINE is set: give a local model dir, or "
+            "download it once with network access (unset HF_HUB_OFFLINE)"
         )
     try:
         get_hf_file_metadata(hf_hub_url(name, "config.json"), timeout=hub_constants.HF_HUB_ETAG_TIMEOUT)
     except HfHubHTTPError as err:  # the Hub answered: no such model, or not for this token
         answer = " ".join(str(err).split())
         raise ModelLoadError(
-            f"the Hugging Face Hub has no model {name!r} that this machine may read ({answer}): a typo? a "
-            "private or gated model needs `hf auth login`"
+            f"{not_local}, and the Hugging Face Hub has no such model that this machine may read ({answer}): "
+            "a typo? a private or gated model needs `hf auth login`"
         ) from None
     except (
         Exception
     ) as err:  # refused, timed out, no DNS: whatever the transport raised, the Hub is unreachable
         raise ModelLoadError(
-            f"cannot reach the Hugging Face Hub ({hub_constants.ENDPOINT}) for model {name!r} ({err}): "
-            "offline? set HF_HUB_OFFLINE=1 and give a local model dir, or a model already in the Hub cache"
+            f"{not_local}, and fashioncap cannot reach the Hugging Face Hub ({hub_constants.ENDPOINT}) to look "
+            f"for it ({err}): offline? set HF_HUB_OFFLINE=1 and give a local model dir, or a model already in "
+            "the Hub cache"
         ) from None
 
 

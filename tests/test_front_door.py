@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,11 +22,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import fashioncap
 from fashioncap import rundir
 from fashioncap.cli import build_parser
 from fashioncap.recipe_keys import GENERATION_DEFAULTS, RECIPE_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
+PACKAGE = Path(fashioncap.__file__).resolve().parent
 FAST = ["--num-beams", "1", "--max-new-tokens", "4", "--min-new-tokens", "1", "--batch-size", "4"]
 TINY_RECIPE = """\
 tiny_model: true
@@ -179,6 +182,44 @@ def test_a_wrong_type_names_where_the_value_came_from_without_the_usage(
     assert one_line_error(result, "train") == f"bad value for lora_r {where}: invalid int value: 'sixteen'"
 
 
+def test_a_negative_batch_size_is_one_line_before_anything_is_created(tiny_recipe, tmp_path):
+    """It was a 41-line traceback from the data loader, exit 1, and an empty output dir left behind."""
+    result = run_fashioncap(
+        "train", "--config", tiny_recipe, "--per_device_train_batch_size", "-3", cwd=tmp_path
+    )
+    message = one_line_error(result, "train")
+    assert message == "bad value for per_device_train_batch_size on the command line: -3 is not at least 1"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("per_device_eval_batch_size", "0", "0 is not at least 1"),
+        ("global_batch_size", "-16", "-16 is not at least 1"),
+        ("learning_rate", "-0.001", "-0.001 is not above 0"),
+        ("learning_rate", "nan", "nan is not above 0"),
+        ("num_train_epochs", "0", "0.0 is not above 0"),
+        ("num_samples", "0", "0 is not at least 1"),
+        ("rl_weight", "-0.5", "-0.5 is not a finite number of at least 0"),
+        ("reward_weights", "inf", "inf is not a finite number"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_where_they_came_from(tiny_recipe, key, value, problem):
+    from fashioncap.configs import load_config
+    from fashioncap.errors import ConfigError
+
+    extra = ["--reward_funcs", "als"] if key == "reward_weights" else []
+    with pytest.raises(ConfigError) as raised:
+        load_config(tiny_recipe, [*extra, f"--{key}", value])
+    assert str(raised.value) == f"bad value for {key} on the command line: {problem}"
+    tiny_recipe.write_text(
+        tiny_recipe.read_text() + f"{key}: {value}\n" + "reward_funcs: [als]\n" * bool(extra)
+    )
+    with pytest.raises(ConfigError, match=f"bad value for {key} in {tiny_recipe}: "):
+        load_config(tiny_recipe)
+
+
 @pytest.mark.parametrize("how", ["--debug", "FASHIONCAP_DEBUG=1"])
 def test_debug_shows_the_traceback_instead(tiny_recipe, tmp_path, how):
     debug_flag, env = (["--debug"], None) if how == "--debug" else ([], {"FASHIONCAP_DEBUG": "1"})
@@ -216,6 +257,27 @@ def test_known_errors_of_other_commands_are_one_line(tmp_path, args, command, me
     assert not (tmp_path / "report").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["caption", "--model-dir", "run", "a.png", "--csv", "captions.csv"], "caption"),
+        (["data", "synthetic", "--out", "data", "--bogus", "1"], "data synthetic"),
+    ],
+    ids=["caption", "data synthetic"],
+)
+def test_an_argument_error_names_the_subcommand_and_shows_its_usage(capsys, args, command):
+    from fashioncap.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(f"usage: fashioncap {command} [-h]"), stderr
+    error = stderr.strip().splitlines()[-1]
+    extra = " ".join(args[-1:] if command == "caption" else args[-2:])
+    assert error == f"fashioncap {command}: error: unrecognized arguments: {extra}"
+
+
 @pytest.mark.slow
 def test_an_unknown_key_under_a_two_process_launch_is_printed_once(tiny_recipe, tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
@@ -231,8 +293,27 @@ def test_an_unknown_key_under_a_two_process_launch_is_printed_once(tiny_recipe, 
     )
     assert (result.stdout + result.stderr).count(line) == 1, result.stderr[-3000:]
     assert "exitcode  : 2" in result.stderr, "both ranks exit 2"
-    # accelerate (torchrun) reports the failed ranks with a traceback of its own; none comes from fashioncap
-    assert "/fashioncap/" not in result.stderr
+    # accelerate (torchrun) reports the failed ranks with a traceback of its own; no frame of it is ours
+    assert frames_of_this_package(result.stderr) == []
+
+
+def frames_of_this_package(stderr: str) -> list[str]:
+    """The traceback frames (`File "PATH", line N`) whose file lies in the fashioncap package itself: where
+    the clone lives (a folder named fashioncap, the venv inside it) does not matter."""
+    files = (Path(path).resolve() for path in re.findall(r'File "([^"]+)", line \d+', stderr))
+    return [str(path) for path in files if path.is_relative_to(PACKAGE)]
+
+
+def test_only_frames_of_the_package_count_wherever_the_clone_lives(tmp_path):
+    """A clone in a folder named fashioncap: accelerate's own frames there are not the package's."""
+    venv_frame = tmp_path / "fashioncap" / ".venv" / "bin" / "accelerate"
+    ours = PACKAGE / "errors.py"
+    stderr = (
+        f'Traceback (most recent call last):\n  File "{venv_frame}", line 8, in <module>\n'
+        f'  File "{ours}", line 3, in run_command\nChildFailedError:\n'
+    )
+    assert frames_of_this_package(stderr) == [str(ours)]
+    assert frames_of_this_package(stderr.replace(str(ours), str(venv_frame))) == []
 
 
 # --- 4. logging, and the Hub --------------------------------------------------------------------------------
@@ -266,12 +347,17 @@ def test_train_logs_records_versions_names_the_data_terms_and_never_trains_over_
     ids=["offline", "unreachable"],
 )
 def test_a_hub_model_that_cannot_be_had_fails_fast_in_one_line(tmp_path, env):
+    """A mistyped `org/name` is neither a local dir nor a Hub model: both are said, and the closest local dir."""
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    (tmp_path / "nobody" / "no-such-modl").mkdir(parents=True)
     start = time.monotonic()
     result = run_fashioncap("caption", "--model-dir", "nobody/no-such-model", "a.png", cwd=tmp_path, env=env)
     assert time.monotonic() - start < 15, "no 50 s of retries"
     message = one_line_error(result, "caption")
-    assert "'nobody/no-such-model'" in message and "HF_HUB_OFFLINE" in message
+    assert message.startswith(
+        "model 'nobody/no-such-model' is not a local dir (did you mean nobody/no-such-modl?), "
+    ), message
+    assert "HF_HUB_OFFLINE" in message
     if env["HF_HUB_OFFLINE"] is None:
         assert "cannot reach the Hugging Face Hub (http://127.0.0.1:9)" in message
 
