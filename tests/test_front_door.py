@@ -157,6 +157,46 @@ def test_a_path_typed_on_the_command_line_must_exist_and_the_closest_one_is_name
     assert not (tmp_path / "outputs/demo/trial1").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "command", "message"),
+    [
+        (["eval", "--model-dir", "run", "--data", "data/synthtic"], "eval", "data dir data/synthtic"),
+        (["report", "run", "--out", "report", "--data", "data/synthtic"], "report", "data dir data/synthtic"),
+        (["score", "--references", "data/synthtic/annotations/test.json", "--predictions", "preds.json"],
+         "score", "references data/synthtic/annotations/test.json"),
+    ],
+    ids=["eval", "report", "score"],
+)  # fmt: skip
+def test_a_mistyped_data_path_does_not_exist_and_the_closest_one_is_named(
+    tmp_path, synthetic_dir, args, command, message
+):
+    """As `train` says it: eval used to say "no annotation file for split 'test'"."""
+    shutil.copytree(synthetic_dir, tmp_path / "data/synthetic")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "preds.json").write_text("[]")
+    error = one_line_error(run_fashioncap(*args, cwd=tmp_path), command)
+    closest = message.split(" ", 2)[-1].replace("synthtic", "synthetic")
+    assert error.startswith(f"{message} does not exist (did you mean {closest}?)"), error
+    assert not (tmp_path / "report").exists() and not (tmp_path / "run" / "eval").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["eval", "--model-dir", "run", "--data", "d"], ["caption", "--model-dir", "run", "a.png"]],
+    ids=["eval", "caption"],
+)
+def test_caption_and_eval_refuse_a_batch_size_below_1_with_their_usage(capsys, args):
+    from fashioncap.cli import main
+
+    with pytest.raises(SystemExit):
+        main([*args, "--batch-size", "0"])
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(f"usage: fashioncap {args[0]} ")
+    assert stderr.strip().splitlines()[-1] == (
+        f"fashioncap {args[0]}: error: argument --batch-size: 0 is not at least 1"
+    )
+
+
 # --- 3. one error boundary ----------------------------------------------------------------------------------
 
 
