@@ -13,6 +13,7 @@ import sys
 
 from fashioncap import __version__
 from fashioncap.errors import DEBUG_ENV, run_command
+from fashioncap.noise import hide_known_harmless
 
 COMMANDS = ("data", "train", "eval", "score", "caption", "report", "push", "demo", "study", "metrics")
 
@@ -44,6 +45,7 @@ def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    hide_known_harmless()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not args.accepts_overrides:  # only `train` and `study` take --key value recipe overrides

@@ -420,6 +420,11 @@ def load_config(config_path: str | Path | None, overrides: list[str] | None = No
     values = {**recipe, **cli}
     values.setdefault("output_dir", "outputs/run")
     values["remove_unused_columns"] = False  # image/text columns are processed in the collator
+    if not torch.cuda.is_available():
+        values.setdefault("dataloader_pin_memory", False)  # pinning needs a GPU: torch warns at every loader
+    # every trainable parameter takes part in every loss (tests/test_trainer.py): DDP's search for unused ones
+    # only costs a pass over the graph per step and warns that it found none
+    values.setdefault("ddp_find_unused_parameters", False)
     _bf16_only_with_a_gpu(values)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # accelerate's multi-process launcher does not pass ACCELERATE_USE_CPU to the ranks: without use_cpu each

@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from fashioncap.errors import UserError, closest_existing_path, missing_path
+from fashioncap.noise import peft_without_alias_warning
 from fashioncap.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -226,7 +227,8 @@ def apply_lora(
         target_modules=target_regex,
         modules_to_save=modules_to_save or None,
     )
-    peft_model = get_peft_model(model, config)
+    with peft_without_alias_warning():
+        peft_model = get_peft_model(model, config)
     trainable, total = peft_model.get_nb_trainable_parameters()
     logger.info("LoRA on %d modules: %d trainable of %d parameters (%.3f%%)", len(matched), trainable, total,
                 100 * trainable / total)  # fmt: skip
@@ -251,7 +253,8 @@ def load_for_inference(model_dir: str, dtype: torch.dtype | str | None = None):
             "(model_name_or_path) or with lora_preset: none"
         )
     model, processor = load_model_and_processor(base, dtype=dtype)
-    model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    with peft_without_alias_warning():
+        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     if (path / "processor_config.json").is_file() or (path / "preprocessor_config.json").is_file():
         processor = load_processor(str(path))
     configure_generation_ids(model, processor.tokenizer)

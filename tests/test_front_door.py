@@ -43,7 +43,6 @@ eval_strategy: "no"
 save_strategy: "no"
 do_predict: false
 disable_tqdm: true
-dataloader_pin_memory: false
 """
 
 
@@ -364,6 +363,8 @@ def test_train_logs_records_versions_names_the_data_terms_and_never_trains_over_
 ):
     trained = run_fashioncap("train", "--config", tiny_recipe, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
+    warnings = [line for line in (trained.stdout + trained.stderr).splitlines() if "warn" in line.lower()]
+    assert warnings == [], "no FutureWarning, pin_memory or deepspeed accelerator noise (issue 21)"
     assert "INFO fashioncap.modeling: LoRA on 20 modules" in trained.stderr
     results = json.loads((tmp_path / "run" / "all_results.json").read_text())
     assert set(results["versions"]) >= {"fashioncap", "transformers", "peft", "torch", "pycocoevalcap"}
@@ -400,6 +401,29 @@ def test_a_hub_model_that_cannot_be_had_fails_fast_in_one_line(tmp_path, env):
     assert "HF_HUB_OFFLINE" in message
     if env["HF_HUB_OFFLINE"] is None:
         assert "cannot reach the Hugging Face Hub (http://127.0.0.1:9)" in message
+
+
+def test_only_the_known_harmless_records_are_hidden_and_only_by_the_commands():
+    import logging
+
+    from fashioncap.noise import hide_known_harmless
+
+    def record(message):
+        return logging.LogRecord("DeepSpeed", logging.WARNING, "x.py", 1, message, None, None)
+
+    deepspeed = logging.getLogger("DeepSpeed")
+    hide_known_harmless()
+    hide_known_harmless()
+    assert len(deepspeed.filters) == len({type(f) for f in deepspeed.filters}), "installed once"
+    assert not deepspeed.filter(
+        record("Setting accelerator to CPU. If you have GPU or other accelerator, ...")
+    )
+    assert deepspeed.filter(record("ZeRO stage 3 needs ...")), "other deepspeed warnings stay"
+    imported = subprocess.run(
+        [sys.executable, "-c", "import logging, fashioncap.train; print(logging.getLogger('DeepSpeed').filters)"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert imported.stdout.strip() == "[]", "importing the library hides nothing"
 
 
 def test_a_cpu_falls_back_from_bf16_with_one_warning(tmp_path):
