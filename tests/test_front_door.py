@@ -116,7 +116,8 @@ def test_eval_keeps_each_split_apart_records_what_it_ran_and_report_never_mixes_
         "Not evaluated on the test split" in report.stdout and "run (evaluated on val only)" in report.stdout
     )
     report_val = run_fashioncap("report", "run", "--out", "report", "--split", "val", cwd=tmp_path)
-    assert f"| run | {metrics['BLEU-4']:.4f} |" in report_val.stdout
+    low, high = metrics["ci95"]["BLEU-4"]
+    assert f"| run | {metrics['BLEU-4']:.4f} [{low:.4f}, {high:.4f}] |" in report_val.stdout
     assert "Scores on the val split" in (tmp_path / "report" / "comparison.md").read_text()
 
 
