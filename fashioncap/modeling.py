@@ -56,6 +56,16 @@ def load_processor(name_or_path: str):
     return BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
+def is_hub_id(name: str) -> bool:
+    """Spelled as a Hub model id (`name` or `owner/name`), so a missing local path of that form is looked up
+    there: `outputs/demo/bsae` is no id, `Salesforce/blip-image-captioning-lrge` is."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def check_hub_model(name: str) -> None:
     """Fail at once, in one line, when `name` is not a local path and cannot be had from the Hub.
 
@@ -63,10 +73,8 @@ def check_hub_model(name: str) -> None:
     giving up; one request without retries (within HF_HUB_ETAG_TIMEOUT) tells first. A cached model needs no
     network.
     """
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        raise missing_path("model", name, "give a local model dir or a Hub id (owner/name)") from None
+    if not is_hub_id(name):
+        raise missing_path("model", name, "give a local model dir or a Hub id (owner/name)")
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return
     closest = closest_existing_path(name)

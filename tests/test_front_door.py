@@ -197,6 +197,19 @@ def test_caption_and_eval_refuse_a_batch_size_below_1_with_their_usage(capsys, a
     )
 
 
+def test_a_mistyped_hub_id_for_a_demo_recipe_is_neither_a_local_dir_nor_a_hub_model(tmp_path, synthetic_dir):
+    """It was "model_name_or_path Salesforce/... does not exist": a missing local path, the Hub never asked."""
+    shutil.copytree(synthetic_dir, tmp_path / "data/synthetic")
+    typo = "Salesforce/blip-image-captioning-lrge"
+    result = run_fashioncap("train", "--config", REPO / "recipes/demo/trial1.yaml", "--model_name_or_path", typo,
+                            "--output_dir", "outputs/demo/trial1", cwd=tmp_path)  # fmt: skip
+    message = one_line_error(result, "train")
+    assert message.startswith(
+        f"model '{typo}' is not a local dir, nor in the Hub cache, and HF_HUB_OFFLINE is set"
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
 # --- 3. one error boundary ----------------------------------------------------------------------------------
 
 
