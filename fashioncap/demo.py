@@ -2,9 +2,10 @@
 
 Builds the data and the tiny base model if missing, trains every recipe in recipes/demo/ (the base first, then
 the trials in name order) with the same entry point, trainer and configs as the real recipes, evaluates each on
-the test split (the base zero-shot), and writes the seed-style report. A finished run is reused while its
-recipe, the data and the run it starts from are unchanged; evaluation always reruns. Adding a trial to the demo
-is adding a YAML file to recipes/demo/.
+the test split (the base zero-shot), and writes the seed-style report, announcing each stage with its count
+and expected time (`fashioncap.progress`). A finished run is reused while its recipe, the data and the run it
+starts from are unchanged; evaluation always reruns. Adding a trial to the demo is adding a YAML file to
+recipes/demo/.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from fashioncap.train import train
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 BASE = "base"
 
-# Expected seconds per stage on this project's 2-core machine with nothing else running, from BENCHMARKS.md
-# ("make demo", 2026-11-26): the base 4.9 min for its 3,780 steps, an MLE trial ~30 s and an RL trial 70-75 s
-# (rl_start 0.5), eval and report 0.5 min for five runs; the synthetic set ~3 s. Other CPU-heavy work on the
-# machine slows torch several-fold.
+# Expected seconds per stage on this project's 2-core machine with nothing else running, from BENCHMARKS.md:
+# "make demo" 2026-11-26 (the base 4.9 min for its 3,780 steps, trials 1-4 3.4 min with an RL trial 70-75 s at
+# rl_start 0.5, so an MLE trial ~30 s), "make study" 2026-11-27 (an evaluation ~10 s); the synthetic set ~3 s
+# (README). Other CPU-heavy work on the machine slows torch several-fold.
 EXPECTED_SECONDS = {"data": 3, "base": 295, "mle": 30, "rl": 75, "eval": 10, "report": 5}
 IDLE_MACHINE = " on an idle 2-core machine"
 
