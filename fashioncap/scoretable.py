@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 # The seed's table columns: what reports and model cards show.
 HEADLINE_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "ALS", "SLS")
 
 
+def is_score(value) -> bool:
+    """A number (null, a missing metric or a flag is none)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def format_score(value) -> str:
     """Four decimals; "n/a" for a metric that could not run (null) or was not computed."""
-    return f"{value:.4f}" if isinstance(value, int | float) and not isinstance(value, bool) else "n/a"
+    return f"{value:.4f}" if is_score(value) else "n/a"
 
 
 def score_table(
-    rows: Mapping[str, Mapping | None], metrics: Sequence[str] = HEADLINE_METRICS, label: str = "run"
+    rows: Mapping[str, Mapping | None],
+    metrics: Sequence[str] = HEADLINE_METRICS,
+    label: str = "run",
+    cell: Callable[[str, str], str] | None = None,
 ) -> str:
-    """Markdown, one row per name and one column per metric; a missing metric or row shows "n/a"."""
+    """Markdown, one row per name and one column per metric; a missing metric or row shows "n/a".
+    `cell(name, metric)` writes a cell instead of the score alone."""
+    cell = cell or (lambda name, metric: format_score((rows[name] or {}).get(metric)))
     lines = [
         f"| {label} | " + " | ".join(metrics) + " |",
         "|---" * (len(metrics) + 1) + "|",
-        *(
-            f"| {name} | " + " | ".join(format_score((scores or {}).get(m)) for m in metrics) + " |"
-            for name, scores in rows.items()
-        ),
+        *(f"| {name} | " + " | ".join(cell(name, m) for m in metrics) + " |" for name in rows),
     ]
     return "\n".join(lines) + "\n"
 
@@ -42,7 +49,7 @@ BEST, TIE, BELOW_BASE = "best", "tie", "below base"
 
 def _number(scores: Mapping | None, metric: str) -> float | None:
     value = (scores or {}).get(metric)
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return value if is_score(value) else None
 
 
 def score_interval(scores: Mapping | None, metric: str) -> tuple[float, float] | None:
@@ -116,12 +123,7 @@ def marked_score_table(
             part for part in (value, format_interval(score_interval(scores, metric)), ", ".join(own)) if part
         )
 
-    lines = [
-        "| run | " + " | ".join(metrics) + " |",
-        "|---" * (len(metrics) + 1) + "|",
-        *(f"| {name} | " + " | ".join(cell(name, m) for m in metrics) + " |" for name in rows),
-    ]
-    return "\n".join(lines) + "\n"
+    return score_table(rows, metrics, cell=cell)
 
 
 def marks_legend(rows: Mapping[str, Mapping | None], base: str | None) -> str:
