@@ -23,7 +23,7 @@ from transformers import (
     BlipProcessor,
 )
 
-from fashioncap.errors import UserError, closest_existing_path, missing_path
+from fashioncap.errors import UserError, closest_path_hint, missing_path
 from fashioncap.noise import peft_without_alias_warning
 from fashioncap.text import normalize_text
 
@@ -77,8 +77,7 @@ def check_hub_model(name: str) -> None:
         raise missing_path("model", name, "give a local model dir or a Hub id (owner/name)")
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return
-    closest = closest_existing_path(name)
-    not_local = f"model {name!r} is not a local dir" + (f" (did you mean {closest}?)" if closest else "")
+    not_local = f"model {name!r} is not a local dir{closest_path_hint(name)}"
     if hub_constants.is_offline_mode():
         raise ModelLoadError(
             f"{not_local}, nor in the Hub cache, and HF_HUB_OFFLINE is set: give a local model dir, or "

@@ -517,15 +517,17 @@ def test_caption_reports_every_skipped_file_in_csv_and_its_summary(tiny_model_di
     shutil.copy(next((synthetic_dir / "images" / "test").iterdir()), folder / "a.png")
     (folder / "b_broken.png").write_bytes(b"not a png")
     (folder / "notes.txt").write_text("a note")
-    args = ["caption", "--model-dir", tiny_model_dir, "photos", "--csv", "--out", "captions.csv", *FAST]
+    args = ["caption", "--model-dir", tiny_model_dir, "photos", "photos/a.pgn", "--csv", "--out", "captions.csv",
+            *FAST]  # fmt: skip
     result = run_fashioncap(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {Path(r["path"]).name: r for r in csv.DictReader((tmp_path / "captions.csv").open())}
     assert rows["a.png"]["caption"] and not rows["a.png"]["error"]
     assert rows["b_broken.png"]["error"] == "not an image (unrecognised format)"
     assert rows["notes.txt"]["error"] == "not an image file"
+    assert rows["a.pgn"]["error"] == "file not found (did you mean photos/a.png?)", "a typo names the closest"
     assert "skipped photos/notes.txt: not an image file" in result.stderr
-    assert "fashioncap caption: 1 captioned, 2 skipped (1 unreadable, 1 not an image file)" in result.stderr
+    assert "fashioncap caption: 1 captioned, 3 skipped (2 unreadable, 1 not an image file)" in result.stderr
 
 
 # --- 8. help ------------------------------------------------------------------------------------------------
