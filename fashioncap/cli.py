@@ -13,6 +13,7 @@ import sys
 
 from fashioncap import __version__
 from fashioncap.errors import DEBUG_ENV, run_command, take_debug_flag
+from fashioncap.noise import hide_known_harmless
 
 COMMANDS = ("data", "train", "eval", "score", "caption", "report", "push", "demo", "study", "metrics")
 
@@ -35,12 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost subparser `args` were parsed by (`fashioncap data synthetic`'s for `data synthetic`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None):
+            return chosen_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv, debug = take_debug_flag(sys.argv[1:] if argv is None else argv)
+    hide_known_harmless()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not args.accepts_overrides:  # only `train` and `study` take --key value recipe overrides
-        parser.parse_args(argv)  # prints the usage error and exits 2
+        # the subcommand's own parser: its name and usage line, not the top-level one's; exits 2
+        chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     subcommand = getattr(args, f"{args.command}_command", None)  # data synthetic, metrics install-spice
     name = f"{args.command} {subcommand}" if subcommand else args.command

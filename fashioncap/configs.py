@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -155,6 +156,47 @@ def apply_global_batch_size(args) -> None:
         args.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=args.hf_deepspeed_config)
 
 
+class OutOfRangeError(ConfigError):
+    """A number outside the range a run can train with; `load_config` names where the value came from."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+# The ranges checked before anything is built: a negative batch size used to fail deep in the data loader
+# (a 41-line traceback) after the output dir was created.
+AT_LEAST_ONE = (
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "global_batch_size",
+    "num_samples",
+    "max_sample_tokens",
+)
+ABOVE_ZERO = ("learning_rate", "num_train_epochs", "sample_temperature")
+NOT_NEGATIVE = ("mle_weight", "rl_weight", "kl_weight", "weight_decay")
+
+
+def check_ranges(args) -> None:
+    """OutOfRangeError for the first value out of its range (NaN included; None means unset)."""
+    for key in AT_LEAST_ONE:
+        value = getattr(args, key)
+        if value is not None and not value >= 1:
+            raise OutOfRangeError(key, f"{value} is not at least 1")
+    for key in ABOVE_ZERO:
+        value = getattr(args, key)
+        if not value > 0:
+            raise OutOfRangeError(key, f"{value} is not above 0")
+    for key in NOT_NEGATIVE:
+        value = getattr(args, key)
+        if not 0 <= value < math.inf:
+            raise OutOfRangeError(key, f"{value} is not a finite number of at least 0")
+    for weight in args.reward_weights:
+        if not math.isfinite(weight):
+            raise OutOfRangeError("reward_weights", f"{weight} is not a finite number")
+
+
 @dataclass
 class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
     """The Trainer's arguments plus the REINFORCE and generation settings: the trainer reads all from `self.args`.
@@ -210,6 +252,7 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
     )
 
     def __post_init__(self):
+        check_ranges(self)
         super().__post_init__()
         apply_global_batch_size(self)
         if self.baseline not in ("mean", "loo", "greedy"):
@@ -399,6 +442,11 @@ def load_config(config_path: str | Path | None, overrides: list[str] | None = No
     values = {**recipe, **cli}
     values.setdefault("output_dir", "outputs/run")
     values["remove_unused_columns"] = False  # image/text columns are processed in the collator
+    if not torch.cuda.is_available():
+        values.setdefault("dataloader_pin_memory", False)  # pinning needs a GPU: torch warns at every loader
+    # every trainable parameter takes part in every loss (tests/test_trainer.py): DDP's search for unused ones
+    # only costs a pass over the graph per step and warns that it found none
+    values.setdefault("ddp_find_unused_parameters", False)
     _bf16_only_with_a_gpu(values)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # accelerate's multi-process launcher does not pass ACCELERATE_USE_CPU to the ranks: without use_cpu each
@@ -413,6 +461,9 @@ def load_config(config_path: str | Path | None, overrides: list[str] | None = No
             args=_to_argv(values), look_for_args_file=False
         )
         check_sections_agree(model, training)
+    except OutOfRangeError as err:
+        origin = "on the command line" if err.key in cli else f"in {config_path}"
+        raise ConfigError(f"bad value for {err.key} {origin}: {err.problem}") from err
     except ConfigError:
         raise
     except ValueError as err:  # the dataclasses' own checks (ours and the Trainer's) and check_sections_agree

@@ -2,9 +2,10 @@
 
 Builds the data and the tiny base model if missing, trains every recipe in recipes/demo/ (the base first, then
 the trials in name order) with the same entry point, trainer and configs as the real recipes, evaluates each on
-the test split (the base zero-shot), and writes the seed-style report. A finished run is reused while its
-recipe, the data and the run it starts from are unchanged; evaluation always reruns. Adding a trial to the demo
-is adding a YAML file to recipes/demo/.
+the test split (the base zero-shot), and writes the seed-style report, announcing each stage with its count
+and expected time (`fashioncap.progress`). A finished run is reused while its recipe, the data and the run it
+starts from are unchanged; evaluation always reruns. Adding a trial to the demo is adding a YAML file to
+recipes/demo/.
 """
 
 from __future__ import annotations
@@ -18,12 +19,24 @@ from fashioncap.configs import RecipeConfig, load_config
 from fashioncap.data.synthetic import ensure_synthetic
 from fashioncap.errors import MissingPathError
 from fashioncap.evaluation import evaluate_run
+from fashioncap.progress import Progress, format_duration
 from fashioncap.report import write_report
-from fashioncap.scoretable import score_table
 from fashioncap.train import train
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 BASE = "base"
+
+# Expected seconds per stage on this project's 2-core machine with nothing else running, from BENCHMARKS.md:
+# "make demo" 2026-11-26 (the base 4.9 min for its 3,780 steps, trials 1-4 3.4 min with an RL trial 70-75 s at
+# rl_start 0.5, so an MLE trial ~30 s), "make study" 2026-11-27 (an evaluation ~10 s); the synthetic set ~3 s
+# (README). Other CPU-heavy work on the machine slows torch several-fold.
+EXPECTED_SECONDS = {"data": 3, "base": 295, "mle": 30, "rl": 75, "eval": 10, "report": 5}
+IDLE_MACHINE = " on an idle 2-core machine"
+
+
+def expected_training_seconds(name: str, config: RecipeConfig) -> float:
+    """EXPECTED_SECONDS of training the base, an MLE trial or an RL trial."""
+    return EXPECTED_SECONDS[BASE if name == BASE else "rl" if config.training.rl_weight else "mle"]
 
 
 def demo_recipes(recipes: Path = RECIPES) -> dict[str, Path]:
@@ -41,14 +54,34 @@ def reason_to_train(run_dir: Path, config: RecipeConfig, inputs: list[Path]) -> 
     results = run_dir / rundir.RESULTS
     if not results.is_file():
         return "not trained yet"
-    saved = rundir.run_config(run_dir) or {}
-    saved.pop("source", None)  # where the recipe file was, not what it says
-    wanted = json.loads(json.dumps(config.to_dict(), default=str))
-    wanted.pop("source", None)
-    if saved != wanted:
+    if _what_was_trained(rundir.run_config(run_dir) or {}) != _what_was_trained(config.to_dict()):
         return "its recipe changed"
     newer = [str(p) for p in inputs if p.is_file() and p.stat().st_mtime_ns > results.stat().st_mtime_ns]
     return f"{', '.join(newer)} changed since" if newer else None
+
+
+def _what_was_trained(saved_config: dict) -> dict:
+    """A run's saved config without where things were: the recipe file (source) and the run's own dir."""
+    config = json.loads(json.dumps(saved_config, default=str))
+    config.pop("source", None)
+    config.get("training", {}).pop("output_dir", None)
+    return config
+
+
+def identical_finished_run(config: RecipeConfig, candidates: list[Path], data_dir: str) -> Path | None:
+    """The first of `candidates` that finished training exactly `config` (the same recipe, data, base and
+    seed; only its output_dir elsewhere), or None. The study's seed-0 trials are the demo's trials: a run
+    repeats to the last bit on one machine, so the finished one is reused instead of trained again."""
+    inputs = _inputs_of(config, data_dir)
+    found = next((Path(c) for c in candidates if reason_to_train(Path(c), config, inputs) is None), None)
+    if found:
+        print(f"== reusing the finished run in {found}: the same recipe, data, base and seed ==", flush=True)
+    return found
+
+
+def _inputs_of(config: RecipeConfig, data_dir: str) -> list[Path]:
+    """The files whose change makes a run of `config` out of date: the data's build report, the base's results."""
+    return [Path(data_dir) / "build_report.json", Path(config.model.model_name_or_path) / rundir.RESULTS]
 
 
 def train_unless_current(
@@ -57,9 +90,7 @@ def train_unless_current(
     """Train `config` unless its run finished with the same recipe, data and base (`reason_to_train`).
     Returns the run dir."""
     run_dir = Path(config.training.output_dir)
-    base_results = Path(config.model.model_name_or_path) / rundir.RESULTS
-    inputs = [Path(data_dir) / "build_report.json", base_results]
-    reason = "--force" if force else reason_to_train(run_dir, config, inputs)
+    reason = "--force" if force else reason_to_train(run_dir, config, _inputs_of(config, data_dir))
     if reason:
         print(f"\n== training {name} ({recipe}): {reason} ==", flush=True)
         config.training.overwrite_output_dir = True  # decided here: this run is out of date
@@ -74,20 +105,32 @@ def run_demo(recipes: Path = RECIPES, report_dir: str = "outputs/demo/report", f
     paths = demo_recipes(recipes)
     configs = {name: load_config(path) for name, path in paths.items()}
     data_dir = configs[next(iter(configs))].data.data_dir
+    progress = Progress(total=2 + 2 * len(configs), where=IDLE_MACHINE)
+    expected = (
+        EXPECTED_SECONDS["data"]
+        + sum(expected_training_seconds(name, config) for name, config in configs.items())
+        + len(configs) * EXPECTED_SECONDS["eval"]
+        + EXPECTED_SECONDS["report"]
+    )
+    print(f"fashioncap demo: {progress.total} stages, about {format_duration(expected)}{IDLE_MACHINE} on a "
+          f"first run (finished runs are reused), most of it the {BASE} model. Other CPU-heavy work on the "
+          "machine slows torch several-fold.", flush=True)  # fmt: skip
+    progress.next(f"the synthetic set in {data_dir}", EXPECTED_SECONDS["data"])
     ensure_synthetic(data_dir)
-    run_dirs = {
-        name: train_unless_current(name, config, paths[name], data_dir, force)
-        for name, config in configs.items()
-    }
+    run_dirs = {}
+    for name, config in configs.items():
+        progress.next(f"train {name}", expected_training_seconds(name, config))
+        run_dirs[name] = train_unless_current(name, config, paths[name], data_dir, force)
     summary = {}
     for name, run_dir in run_dirs.items():
-        print(f"\n== evaluating {name} on the test split ==", flush=True)
+        progress.next(f"evaluate {name} on the test split", EXPECTED_SECONDS["eval"])
         summary[name] = evaluate_run(str(run_dir), data_dir, "test",  # into RUN/eval/test
                                      batch_size=configs[name].training.per_device_eval_batch_size)  # fmt: skip
-    write_report(run_dirs, report_dir, data_dir=data_dir, split="test")
-    minutes = (time.perf_counter() - start) / 60
+    progress.next(f"the report in {report_dir}", EXPECTED_SECONDS["report"])
+    report = write_report(run_dirs, report_dir, data_dir=data_dir, split="test")
+    took = format_duration(time.perf_counter() - start)
     print(f"\nTest scores on the synthetic set ({next(iter(summary.values()))['num_images']} images):\n")
-    print(score_table(summary))
-    print(f"Demo finished in {minutes:.1f} min. Report: {report_dir}/report.html (table: comparison.md, "
+    print(report["table"])
+    print(f"Demo finished in {took}. Report: {report_dir}/report.html (table: comparison.md, "
           f"scores: summary.json, training curves: curves/)")  # fmt: skip
     return summary

@@ -60,11 +60,17 @@ def closest_existing_path(path: str | os.PathLike) -> Path | None:
     return found if found != path else None
 
 
+def closest_path_hint(path: str | os.PathLike) -> str:
+    """' (did you mean CLOSEST?)' for the existing path nearest to `path`, or '' when none is close."""
+    closest = closest_existing_path(path)
+    return f" (did you mean {closest}?)" if closest else ""
+
+
 def missing_path(what: str, path: str | os.PathLike, how_to_fix: str = "") -> MissingPathError:
     """'WHAT PATH does not exist (did you mean CLOSEST?)', plus `how_to_fix` when given."""
-    closest = closest_existing_path(path)
-    hint = f" (did you mean {closest}?)" if closest else ""
-    return MissingPathError(f"{what} {path} does not exist{hint}" + (f"; {how_to_fix}" if how_to_fix else ""))
+    return MissingPathError(
+        f"{what} {path} does not exist{closest_path_hint(path)}" + (f"; {how_to_fix}" if how_to_fix else "")
+    )
 
 
 def debug_requested(flag: bool = False) -> bool:

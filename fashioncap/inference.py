@@ -23,6 +23,7 @@ from fashioncap import rundir
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.images import ImageProblem, open_rgb, to_rgb
 from fashioncap.decoding import decode
+from fashioncap.errors import closest_path_hint
 from fashioncap.modeling import load_for_inference
 from fashioncap.text import decode_captions
 
@@ -111,7 +112,7 @@ def caption_paths(model, processor, paths: Iterable[Path], batch_size: int = 16,
             try:
                 image = open_rgb(path)
             except ImageProblem as err:
-                failures.append((path, str(err)))
+                failures.append((path, str(err) + ("" if path.exists() else closest_path_hint(path))))
                 continue
             pending.append(path)
             yield image

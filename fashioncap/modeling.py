@@ -24,7 +24,8 @@ from transformers import (
     BlipProcessor,
 )
 
-from fashioncap.errors import UserError, missing_path
+from fashioncap.errors import UserError, closest_path_hint, missing_path
+from fashioncap.noise import peft_without_alias_warning
 from fashioncap.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,16 @@ def load_processor(name_or_path: str):
     return BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
+def is_hub_id(name: str) -> bool:
+    """Spelled as a Hub model id (`name` or `owner/name`), so a missing local path of that form is looked up
+    there: `outputs/demo/bsae` is no id, `Salesforce/blip-image-captioning-lrge` is."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def check_hub_model(name: str) -> None:
     """Fail at once, in one line, when `name` is not a local path and cannot be had from the Hub.
 
@@ -63,31 +74,31 @@ def check_hub_model(name: str) -> None:
     giving up; one request without retries (within HF_HUB_ETAG_TIMEOUT) tells first. A cached model needs no
     network.
     """
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        raise missing_path("model", name, "give a local model dir or a Hub id (owner/name)") from None
+    if not is_hub_id(name):
+        raise missing_path("model", name, "give a local model dir or a Hub id (owner/name)")
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return
+    not_local = f"model {name!r} is not a local dir{closest_path_hint(name)}"
     if hub_constants.is_offline_mode():
         raise ModelLoadError(
-            f"model {name!r} is not in the Hub cache and HF_HUB_OFFLINE is set: download it once with "
-            "network access (unset HF_HUB_OFFLINE), or give a local model dir"
+            f"{not_local}, nor in the Hub cache, and HF_HUB_OFFLINE is set: give a local model dir, or "
+            "download it once with network access (unset HF_HUB_OFFLINE)"
         )
     try:
         get_hf_file_metadata(hf_hub_url(name, "config.json"), timeout=hub_constants.HF_HUB_ETAG_TIMEOUT)
     except HfHubHTTPError as err:  # the Hub answered: no such model, or not for this token
         answer = " ".join(str(err).split())
         raise ModelLoadError(
-            f"the Hugging Face Hub has no model {name!r} that this machine may read ({answer}): a typo? a "
-            "private or gated model needs `hf auth login`"
+            f"{not_local}, and the Hugging Face Hub has no such model that this machine may read ({answer}): "
+            "a typo? a private or gated model needs `hf auth login`"
         ) from None
     except (
         Exception
     ) as err:  # refused, timed out, no DNS: whatever the transport raised, the Hub is unreachable
         raise ModelLoadError(
-            f"cannot reach the Hugging Face Hub ({hub_constants.ENDPOINT}) for model {name!r} ({err}): "
-            "offline? set HF_HUB_OFFLINE=1 and give a local model dir, or a model already in the Hub cache"
+            f"{not_local}, and fashioncap cannot reach the Hugging Face Hub ({hub_constants.ENDPOINT}) to look "
+            f"for it ({err}): offline? set HF_HUB_OFFLINE=1 and give a local model dir, or a model already in "
+            "the Hub cache"
         ) from None
 
 
@@ -224,7 +235,8 @@ def apply_lora(
         target_modules=target_regex,
         modules_to_save=modules_to_save or None,
     )
-    peft_model = get_peft_model(model, config)
+    with peft_without_alias_warning():
+        peft_model = get_peft_model(model, config)
     trainable, total = peft_model.get_nb_trainable_parameters()
     logger.info("LoRA on %d modules: %d trainable of %d parameters (%.3f%%)", len(matched), trainable, total,
                 100 * trainable / total)  # fmt: skip
@@ -280,7 +292,8 @@ def load_for_inference(model_dir: str, dtype: torch.dtype | str | None = None):
             "(model_name_or_path) or with lora_preset: none"
         )
     model, processor = load_model_and_processor(base, dtype=dtype)
-    model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    with peft_without_alias_warning():
+        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     if (path / "processor_config.json").is_file() or (path / "preprocessor_config.json").is_file():
         processor = load_processor(str(path))
     configure_generation_ids(model, processor.tokenizer)

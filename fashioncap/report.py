@@ -26,7 +26,18 @@ from fashioncap.data.coco import references_file
 from fashioncap.data.images import ImageProblem, open_rgb
 from fashioncap.errors import ConfigError, missing_path
 from fashioncap.io_utils import safe_join, write_bytes_atomic, write_json_atomic, write_text_atomic
-from fashioncap.scoretable import HEADLINE_METRICS, format_score, score_table
+from fashioncap.scoretable import (
+    BEST,
+    HEADLINE_METRICS,
+    TIE,
+    format_interval,
+    format_score,
+    marked_score_table,
+    marks_legend,
+    score_interval,
+    score_marks,
+    unavailable_lines,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +63,12 @@ def comparison_table(
     metrics: dict[str, dict | None],
     split: str = rundir.DEFAULT_SPLIT,
     evaluated: dict[str, list[str]] | None = None,
+    base: str | None = None,
 ) -> str:
-    """Markdown, one row per run with its scores on `split`; a metric that could not run (or a run not
-    evaluated on `split`) shows "n/a", and a note names the runs not evaluated on `split` and the splits they
-    were (`evaluated`: run name -> splits): scores of another split are never shown as this split's."""
+    """Markdown, one row per run with its scores on `split`, their 95% intervals and marks (best, tie, below
+    `base`), what the marks say, and why a metric is n/a. A metric that could not run (or a run not evaluated
+    on `split`) shows "n/a", and a note names the runs not evaluated on `split` and the splits they were
+    (`evaluated`: run name -> splits): scores of another split are never shown as this split's."""
     missing = [
         name + (f" (evaluated on {', '.join(evaluated[name])} only)" if (evaluated or {}).get(name) else "")
         for name, scores in metrics.items()
@@ -67,7 +80,24 @@ def comparison_table(
         if missing
         else ""
     )
-    return score_table(metrics) + note
+    unavailable = "".join(f"- {line}\n" for line in unavailable_lines(metrics))
+    return (
+        marked_score_table(metrics, HEADLINE_METRICS, base)
+        + f"\n{marks_legend(metrics, base)}\n"
+        + (f"\n{unavailable}" if unavailable else "")
+        + note
+    )
+
+
+def base_run(run_dirs: dict[str, Path]) -> str | None:
+    """The reported run the others were trained from (their recipe's model_name_or_path), or None."""
+    by_path = {Path(run_dir).resolve(): name for name, run_dir in run_dirs.items()}
+    for name, run_dir in run_dirs.items():
+        start = ((rundir.run_config(run_dir) or {}).get("model") or {}).get("model_name_or_path")
+        base = by_path.get(Path(start).resolve()) if start else None
+        if base and base != name:
+            return base
+    return None
 
 
 # --- paired comparisons and caption health ------------------------------------------------------------------
@@ -270,7 +300,22 @@ td.ref { color: #555; font-size: 0.9em; max-width: 22em; }
 td.cap { max-width: 18em; }
 img.sample { max-width: 160px; }
 img.curves { max-width: 100%; display: block; margin-bottom: 1em; }
+span.ci { color: #666; font-size: 0.85em; }
+span.mark { color: #a40; font-size: 0.85em; }
 """
+
+
+def html_score_cell(scores: dict | None, metric: str, marks: list[str]) -> str:
+    """A score cell of the page: the score (bold when best or tied), its interval and its marks."""
+    value = format_score((scores or {}).get(metric))
+    value = f"<strong>{value}</strong>" if {BEST, TIE} & set(marks) else value
+    interval = format_interval(score_interval(scores, metric))
+    extra = "".join(
+        f' <span class="{cls}">{html.escape(text)}</span>'
+        for cls, text in (("ci", interval), ("mark", ", ".join(marks)))
+        if text
+    )
+    return f'<td class="num">{value}{extra}</td>'
 
 
 def render_html(
@@ -280,13 +325,15 @@ def render_html(
     split: str,
     comparisons: list[dict] = (),
     notes: list[str] = (),
+    base: str | None = None,
 ) -> str:
     esc = html.escape
     names = list(metrics)
     head = "".join(f"<th>{esc(m)}</th>" for m in HEADLINE_METRICS)
+    marks = score_marks(metrics, HEADLINE_METRICS, base)
     score_rows = "".join(
         f"<tr><td>{esc(name)}</td>"
-        + "".join(f'<td class="num">{format_score((scores or {}).get(m))}</td>' for m in HEADLINE_METRICS)
+        + "".join(html_score_cell(scores, m, marks[name][m]) for m in HEADLINE_METRICS)
         + "</tr>"
         for name, scores in metrics.items()
     )
@@ -294,6 +341,8 @@ def render_html(
         f"<!doctype html><html><head><meta charset='utf-8'><title>fashioncap report</title><style>{STYLE}</style>",
         "</head><body><h1>fashioncap: run comparison</h1>",
         f"<h2>Scores on the {esc(split)} split</h2><table><tr><th>run</th>{head}</tr>{score_rows}</table>",
+        f"<p>{esc(marks_legend(metrics, base))}</p>",
+        *(f'<p class="unavailable">{esc(line)}</p>' for line in unavailable_lines(metrics)),
     ]
     health = _health_rows(metrics)
     if health:
@@ -361,8 +410,9 @@ def write_report(
             raise missing_path("run dir", run_dir)
     metrics = {name: rundir.eval_metrics(d, split) for name, d in run_dirs.items()}
     predictions = {name: rundir.eval_predictions(d, split) for name, d in run_dirs.items()}
+    base = base_run(run_dirs)
     table = comparison_table(
-        metrics, split, {name: rundir.evaluated_splits(d) for name, d in run_dirs.items()}
+        metrics, split, {name: rundir.evaluated_splits(d) for name, d in run_dirs.items()}, base
     )
     comparisons, notes = paired_comparisons(run_dirs, comparison_pairs(run_dirs, compare), split)
     sections = paired_and_health_markdown(metrics, comparisons, notes)
@@ -377,7 +427,7 @@ def write_report(
             write_bytes_atomic(files[-1], curves[name])
     outputs = {
         "comparison.md": f"# Scores on the {split} split\n\n" + table + sections,
-        "report.html": render_html(metrics, rows, curves, split, comparisons, notes),
+        "report.html": render_html(metrics, rows, curves, split, comparisons, notes, base),
     }
     for file_name, text in outputs.items():
         write_text_atomic(out_dir / file_name, text)

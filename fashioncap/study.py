@@ -32,12 +32,21 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no display b
 from fashioncap import rundir
 from fashioncap.configs import load_config
 from fashioncap.data.synthetic import ensure_synthetic
-from fashioncap.demo import BASE, RECIPES, train_unless_current
+from fashioncap.demo import (
+    BASE,
+    EXPECTED_SECONDS,
+    IDLE_MACHINE,
+    RECIPES,
+    expected_training_seconds,
+    identical_finished_run,
+    train_unless_current,
+)
 from fashioncap.errors import ConfigError
 from fashioncap.evaluation import evaluate_run
 from fashioncap.io_utils import write_bytes_atomic, write_json_atomic, write_text_atomic
 from fashioncap.metrics import STATISTICS
 from fashioncap.metrics.bootstrap import resample_counts
+from fashioncap.progress import Progress
 from fashioncap.report import COMPARISON_HEADER, comparison_cells, comparison_pairs, markdown_table
 from fashioncap.scoretable import HEADLINE_METRICS
 
@@ -92,15 +101,21 @@ def run_study(
     else:
         base_args = ["--model_name_or_path", str(base)]
     results: dict[str, list[dict]] = {}
+    progress = Progress(total=len(runs) * len(seeds), unit="run", where=IDLE_MACHINE)
     for trial in runs:
         for seed in seeds:
             run_dir = seed_run_dir(out_dir, trial, seed)
             recipe = recipes / f"{trial}.yaml"
-            config = load_config(
-                recipe, [*overrides, *base_args, "--seed", str(seed), "--output_dir", str(run_dir)]
-            )
+            trial_args = [*overrides, *base_args, "--seed", str(seed)]
+            config = load_config(recipe, [*trial_args, "--output_dir", str(run_dir)])
             data_dir = config.data.data_dir
-            train_unless_current(f"{trial} seed {seed}", config, recipe, data_dir)
+            progress.next(
+                f"{trial} seed {seed}", expected_training_seconds(trial, config) + EXPECTED_SECONDS["eval"]
+            )
+            same_run_elsewhere = load_config(recipe, trial_args).training.output_dir  # the demo's, for seed 0
+            run_dir = identical_finished_run(
+                config, [run_dir, same_run_elsewhere], data_dir
+            ) or train_unless_current(f"{trial} seed {seed}", config, recipe, data_dir)
             if not _eval_is_current(run_dir, split):
                 print(f"\n== evaluating {trial} seed {seed} on the {split} split ==", flush=True)
                 evaluate_run(

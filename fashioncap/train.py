@@ -35,7 +35,9 @@ from fashioncap.modeling import (
     apply_lora,
     build_tiny_blip,
     caption_vocabulary,
+    check_hub_model,
     continue_from_run,
+    is_hub_id,
     load_model_and_processor,
     lora_target_regex,
 )
@@ -151,10 +153,14 @@ def category_wordmap(config: RecipeConfig, data_dir: str) -> dict[int, list[str]
 def prepare_base_model(config: RecipeConfig) -> None:
     """Train the recipe's base model first when it is a local dir that does not exist yet (the demo's tiny base).
 
-    Only at the recipe's own model_name_or_path: one given on the command line must exist."""
+    Only at the recipe's own model_name_or_path: one given on the command line must exist, locally or (an
+    `owner/name`) on the Hub, asked now: before the data is loaded, and naming both places when it is in neither."""
     model = config.model
     if model.base_recipe and not Path(model.model_name_or_path).exists():
         if "model_name_or_path" in config.from_command_line:
+            if is_hub_id(model.model_name_or_path):
+                check_hub_model(model.model_name_or_path)
+                return
             raise missing_path(
                 "model_name_or_path",
                 model.model_name_or_path,

@@ -26,7 +26,8 @@ def test_demo_trial4_logs_every_part_and_its_reward_rises(demo_base):
     run = root / "trial4"
     assert cli(["train", "--config", "recipes/demo/trial4.yaml", "--data_dir", str(data),
                 "--model_name_or_path", str(base), "--output_dir", str(run), "--max_steps", "60",
-                "--logging_steps", "1", "--per_device_train_batch_size", "16", "--disable_tqdm", "true",
+                "--logging_steps", "1", "--global_batch_size", "16", "--per_device_train_batch_size", "16",
+                "--disable_tqdm", "true",
                 "--rl_start", "0"]) == 0  # RL from the first step: every log has every part  # fmt: skip
     history = [h for h in json.loads((run / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     assert len(history) == 60
@@ -74,6 +75,44 @@ def test_demo_reuses_a_finished_run_only_while_its_inputs_are_unchanged(tmp_path
     os.utime(data_report, ns=(1, 1))
     config.training.rl_weight = 0.5
     assert reason_to_train(run, config, [data_report]) == "its recipe changed"
+
+
+def test_the_demo_announces_each_stage_with_its_expected_time(tmp_path, monkeypatch, capsys):
+    """Issue 21: the demo showed a tqdm bar per stage and nothing else; the base's ETA read hours on a busy
+    machine. Each stage is counted and says what it should take on an idle machine; the base dominates."""
+    from fashioncap import demo
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    data = f"data_dir: {tmp_path / 'data'}\n"
+    (recipes / "base.yaml").write_text(f"tiny_model: true\n{data}output_dir: {tmp_path / 'base'}\n")
+    (recipes / "trial1.yaml").write_text(f"{data}output_dir: {tmp_path / 'trial1'}\n")
+    (recipes / "trial2.yaml").write_text(
+        f"{data}output_dir: {tmp_path / 'trial2'}\nreward_funcs: [als]\nrl_weight: 0.25\nnum_samples: 2\n"
+    )
+    monkeypatch.setattr(demo, "ensure_synthetic", lambda data_dir: None)
+    monkeypatch.setattr(demo, "train", lambda config: None)
+    monkeypatch.setattr(demo, "evaluate_run", lambda *args, **kwargs: {"num_images": 1})
+    monkeypatch.setattr(demo, "write_report", lambda *args, **kwargs: {"table": "| run |\n"})
+    demo.run_demo(recipes, str(tmp_path / "report"))
+    out = capsys.readouterr().out
+    stages = [line for line in out.splitlines() if line.startswith("== stage ")]
+    idle = "on an idle 2-core machine"
+    assert [line.split(" (")[0] for line in stages] == [
+        f"== stage 1 of 8: the synthetic set in {tmp_path / 'data'}",
+        "== stage 2 of 8: train base",
+        "== stage 3 of 8: train trial1",
+        "== stage 4 of 8: train trial2",
+        "== stage 5 of 8: evaluate base on the test split",
+        "== stage 6 of 8: evaluate trial1 on the test split",
+        "== stage 7 of 8: evaluate trial2 on the test split",
+        f"== stage 8 of 8: the report in {tmp_path / 'report'}",
+    ]
+    assert stages[1].startswith(f"== stage 2 of 8: train base (about 4.9 min {idle}; ")
+    assert stages[2].startswith(f"== stage 3 of 8: train trial1 (about 30 s {idle}; ")
+    assert stages[3].startswith(f"== stage 4 of 8: train trial2 (about 75 s {idle}; ")
+    assert out.startswith(f"fashioncap demo: 8 stages, about 7.3 min {idle} on a first run")
+    assert "most of it the base model. Other CPU-heavy work on the machine slows torch several-fold" in out
 
 
 BREVITY = '''

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,11 +22,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import fashioncap
 from fashioncap import rundir
 from fashioncap.cli import build_parser
 from fashioncap.recipe_keys import GENERATION_DEFAULTS, RECIPE_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
+PACKAGE = Path(fashioncap.__file__).resolve().parent
 FAST = ["--num-beams", "1", "--max-new-tokens", "4", "--min-new-tokens", "1", "--batch-size", "4"]
 TINY_RECIPE = """\
 tiny_model: true
@@ -40,7 +43,6 @@ eval_strategy: "no"
 save_strategy: "no"
 do_predict: false
 disable_tqdm: true
-dataloader_pin_memory: false
 """
 
 
@@ -114,7 +116,8 @@ def test_eval_keeps_each_split_apart_records_what_it_ran_and_report_never_mixes_
         "Not evaluated on the test split" in report.stdout and "run (evaluated on val only)" in report.stdout
     )
     report_val = run_fashioncap("report", "run", "--out", "report", "--split", "val", cwd=tmp_path)
-    assert f"| run | {metrics['BLEU-4']:.4f} |" in report_val.stdout
+    low, high = metrics["ci95"]["BLEU-4"]
+    assert f"| run | {metrics['BLEU-4']:.4f} [{low:.4f}, {high:.4f}] |" in report_val.stdout
     assert "Scores on the val split" in (tmp_path / "report" / "comparison.md").read_text()
 
 
@@ -154,6 +157,59 @@ def test_a_path_typed_on_the_command_line_must_exist_and_the_closest_one_is_name
     assert not (tmp_path / "outputs/demo/trial1").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "command", "message"),
+    [
+        (["eval", "--model-dir", "run", "--data", "data/synthtic"], "eval", "data dir data/synthtic"),
+        (["report", "run", "--out", "report", "--data", "data/synthtic"], "report", "data dir data/synthtic"),
+        (["score", "--references", "data/synthtic/annotations/test.json", "--predictions", "preds.json"],
+         "score", "references data/synthtic/annotations/test.json"),
+    ],
+    ids=["eval", "report", "score"],
+)  # fmt: skip
+def test_a_mistyped_data_path_does_not_exist_and_the_closest_one_is_named(
+    tmp_path, synthetic_dir, args, command, message
+):
+    """As `train` says it: eval used to say "no annotation file for split 'test'"."""
+    shutil.copytree(synthetic_dir, tmp_path / "data/synthetic")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "preds.json").write_text("[]")
+    error = one_line_error(run_fashioncap(*args, cwd=tmp_path), command)
+    closest = message.split(" ", 2)[-1].replace("synthtic", "synthetic")
+    assert error.startswith(f"{message} does not exist (did you mean {closest}?)"), error
+    assert not (tmp_path / "report").exists() and not (tmp_path / "run" / "eval").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["eval", "--model-dir", "run", "--data", "d"], ["caption", "--model-dir", "run", "a.png"]],
+    ids=["eval", "caption"],
+)
+def test_caption_and_eval_refuse_a_batch_size_below_1_with_their_usage(capsys, args):
+    from fashioncap.cli import main
+
+    with pytest.raises(SystemExit):
+        main([*args, "--batch-size", "0"])
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(f"usage: fashioncap {args[0]} ")
+    assert stderr.strip().splitlines()[-1] == (
+        f"fashioncap {args[0]}: error: argument --batch-size: 0 is not at least 1"
+    )
+
+
+def test_a_mistyped_hub_id_for_a_demo_recipe_is_neither_a_local_dir_nor_a_hub_model(tmp_path, synthetic_dir):
+    """It was "model_name_or_path Salesforce/... does not exist": a missing local path, the Hub never asked."""
+    shutil.copytree(synthetic_dir, tmp_path / "data/synthetic")
+    typo = "Salesforce/blip-image-captioning-lrge"
+    result = run_fashioncap("train", "--config", REPO / "recipes/demo/trial1.yaml", "--model_name_or_path", typo,
+                            "--output_dir", "outputs/demo/trial1", cwd=tmp_path)  # fmt: skip
+    message = one_line_error(result, "train")
+    assert message.startswith(
+        f"model '{typo}' is not a local dir, nor in the Hub cache, and HF_HUB_OFFLINE is set"
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
 # --- 3. one error boundary ----------------------------------------------------------------------------------
 
 
@@ -177,6 +233,44 @@ def test_a_wrong_type_names_where_the_value_came_from_without_the_usage(
         result = run_fashioncap("train", "--config", tiny_recipe, cwd=tmp_path)
         where = f"in {tiny_recipe}"
     assert one_line_error(result, "train") == f"bad value for lora_r {where}: invalid int value: 'sixteen'"
+
+
+def test_a_negative_batch_size_is_one_line_before_anything_is_created(tiny_recipe, tmp_path):
+    """It was a 41-line traceback from the data loader, exit 1, and an empty output dir left behind."""
+    result = run_fashioncap(
+        "train", "--config", tiny_recipe, "--per_device_train_batch_size", "-3", cwd=tmp_path
+    )
+    message = one_line_error(result, "train")
+    assert message == "bad value for per_device_train_batch_size on the command line: -3 is not at least 1"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("per_device_eval_batch_size", "0", "0 is not at least 1"),
+        ("global_batch_size", "-16", "-16 is not at least 1"),
+        ("learning_rate", "-0.001", "-0.001 is not above 0"),
+        ("learning_rate", "nan", "nan is not above 0"),
+        ("num_train_epochs", "0", "0.0 is not above 0"),
+        ("num_samples", "0", "0 is not at least 1"),
+        ("rl_weight", "-0.5", "-0.5 is not a finite number of at least 0"),
+        ("reward_weights", "inf", "inf is not a finite number"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_where_they_came_from(tiny_recipe, key, value, problem):
+    from fashioncap.configs import load_config
+    from fashioncap.errors import ConfigError
+
+    extra = ["--reward_funcs", "als"] if key == "reward_weights" else []
+    with pytest.raises(ConfigError) as raised:
+        load_config(tiny_recipe, [*extra, f"--{key}", value])
+    assert str(raised.value) == f"bad value for {key} on the command line: {problem}"
+    tiny_recipe.write_text(
+        tiny_recipe.read_text() + f"{key}: {value}\n" + "reward_funcs: [als]\n" * bool(extra)
+    )
+    with pytest.raises(ConfigError, match=f"bad value for {key} in {tiny_recipe}: "):
+        load_config(tiny_recipe)
 
 
 @pytest.mark.parametrize(
@@ -227,6 +321,27 @@ def test_known_errors_of_other_commands_are_one_line(tmp_path, args, command, me
     assert not (tmp_path / "report").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["caption", "--model-dir", "run", "a.png", "--csv", "captions.csv"], "caption"),
+        (["data", "synthetic", "--out", "data", "--bogus", "1"], "data synthetic"),
+    ],
+    ids=["caption", "data synthetic"],
+)
+def test_an_argument_error_names_the_subcommand_and_shows_its_usage(capsys, args, command):
+    from fashioncap.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(f"usage: fashioncap {command} [-h]"), stderr
+    error = stderr.strip().splitlines()[-1]
+    extra = " ".join(args[-1:] if command == "caption" else args[-2:])
+    assert error == f"fashioncap {command}: error: unrecognized arguments: {extra}"
+
+
 @pytest.mark.slow
 def test_an_unknown_key_under_a_two_process_launch_is_printed_once(tiny_recipe, tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
@@ -242,8 +357,27 @@ def test_an_unknown_key_under_a_two_process_launch_is_printed_once(tiny_recipe, 
     )
     assert (result.stdout + result.stderr).count(line) == 1, result.stderr[-3000:]
     assert "exitcode  : 2" in result.stderr, "both ranks exit 2"
-    # accelerate (torchrun) reports the failed ranks with a traceback of its own; none comes from fashioncap
-    assert "/fashioncap/" not in result.stderr
+    # accelerate (torchrun) reports the failed ranks with a traceback of its own; no frame of it is ours
+    assert frames_of_this_package(result.stderr) == []
+
+
+def frames_of_this_package(stderr: str) -> list[str]:
+    """The traceback frames (`File "PATH", line N`) whose file lies in the fashioncap package itself: where
+    the clone lives (a folder named fashioncap, the venv inside it) does not matter."""
+    files = (Path(path).resolve() for path in re.findall(r'File "([^"]+)", line \d+', stderr))
+    return [str(path) for path in files if path.is_relative_to(PACKAGE)]
+
+
+def test_only_frames_of_the_package_count_wherever_the_clone_lives(tmp_path):
+    """A clone in a folder named fashioncap: accelerate's own frames there are not the package's."""
+    venv_frame = tmp_path / "fashioncap" / ".venv" / "bin" / "accelerate"
+    ours = PACKAGE / "errors.py"
+    stderr = (
+        f'Traceback (most recent call last):\n  File "{venv_frame}", line 8, in <module>\n'
+        f'  File "{ours}", line 3, in run_command\nChildFailedError:\n'
+    )
+    assert frames_of_this_package(stderr) == [str(ours)]
+    assert frames_of_this_package(stderr.replace(str(ours), str(venv_frame))) == []
 
 
 # --- 4. logging, and the Hub --------------------------------------------------------------------------------
@@ -254,6 +388,8 @@ def test_train_logs_records_versions_names_the_data_terms_and_never_trains_over_
 ):
     trained = run_fashioncap("train", "--config", tiny_recipe, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
+    warnings = [line for line in (trained.stdout + trained.stderr).splitlines() if "warn" in line.lower()]
+    assert warnings == [], "no FutureWarning, pin_memory or deepspeed accelerator noise (issue 21)"
     assert "INFO fashioncap.modeling: LoRA on 20 modules" in trained.stderr
     results = json.loads((tmp_path / "run" / "all_results.json").read_text())
     assert set(results["versions"]) >= {"fashioncap", "transformers", "peft", "torch", "pycocoevalcap"}
@@ -277,14 +413,42 @@ def test_train_logs_records_versions_names_the_data_terms_and_never_trains_over_
     ids=["offline", "unreachable"],
 )
 def test_a_hub_model_that_cannot_be_had_fails_fast_in_one_line(tmp_path, env):
+    """A mistyped `org/name` is neither a local dir nor a Hub model: both are said, and the closest local dir."""
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    (tmp_path / "nobody" / "no-such-modl").mkdir(parents=True)
     start = time.monotonic()
     result = run_fashioncap("caption", "--model-dir", "nobody/no-such-model", "a.png", cwd=tmp_path, env=env)
     assert time.monotonic() - start < 15, "no 50 s of retries"
     message = one_line_error(result, "caption")
-    assert "'nobody/no-such-model'" in message and "HF_HUB_OFFLINE" in message
+    assert message.startswith(
+        "model 'nobody/no-such-model' is not a local dir (did you mean nobody/no-such-modl?), "
+    ), message
+    assert "HF_HUB_OFFLINE" in message
     if env["HF_HUB_OFFLINE"] is None:
         assert "cannot reach the Hugging Face Hub (http://127.0.0.1:9)" in message
+
+
+def test_only_the_known_harmless_records_are_hidden_and_only_by_the_commands():
+    import logging
+
+    from fashioncap.noise import hide_known_harmless
+
+    def record(message):
+        return logging.LogRecord("DeepSpeed", logging.WARNING, "x.py", 1, message, None, None)
+
+    deepspeed = logging.getLogger("DeepSpeed")
+    hide_known_harmless()
+    hide_known_harmless()
+    assert len(deepspeed.filters) == len({type(f) for f in deepspeed.filters}), "installed once"
+    assert not deepspeed.filter(
+        record("Setting accelerator to CPU. If you have GPU or other accelerator, ...")
+    )
+    assert deepspeed.filter(record("ZeRO stage 3 needs ...")), "other deepspeed warnings stay"
+    imported = subprocess.run(
+        [sys.executable, "-c", "import logging, fashioncap.train; print(logging.getLogger('DeepSpeed').filters)"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert imported.stdout.strip() == "[]", "importing the library hides nothing"
 
 
 def test_a_cpu_falls_back_from_bf16_with_one_warning(tmp_path):
@@ -348,7 +512,7 @@ def test_the_demo_overwrites_a_run_only_when_it_decided_to_retrain_it(tmp_path, 
     monkeypatch.setattr(
         demo, "evaluate_run", lambda *args, **kwargs: evaluated.append((args, kwargs)) or {"num_images": 1}
     )
-    monkeypatch.setattr(demo, "write_report", lambda *args, **kwargs: None)
+    monkeypatch.setattr(demo, "write_report", lambda *args, **kwargs: {"table": ""})
     demo.run_demo(recipes, str(tmp_path / "report"))
     assert trained == [True]
     [(args, kwargs)] = evaluated
@@ -364,15 +528,17 @@ def test_caption_reports_every_skipped_file_in_csv_and_its_summary(tiny_model_di
     shutil.copy(next((synthetic_dir / "images" / "test").iterdir()), folder / "a.png")
     (folder / "b_broken.png").write_bytes(b"not a png")
     (folder / "notes.txt").write_text("a note")
-    args = ["caption", "--model-dir", tiny_model_dir, "photos", "--csv", "--out", "captions.csv", *FAST]
+    args = ["caption", "--model-dir", tiny_model_dir, "photos", "photos/a.pgn", "--csv", "--out", "captions.csv",
+            *FAST]  # fmt: skip
     result = run_fashioncap(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {Path(r["path"]).name: r for r in csv.DictReader((tmp_path / "captions.csv").open())}
     assert rows["a.png"]["caption"] and not rows["a.png"]["error"]
     assert rows["b_broken.png"]["error"] == "not an image (unrecognised format)"
     assert rows["notes.txt"]["error"] == "not an image file"
+    assert rows["a.pgn"]["error"] == "file not found (did you mean photos/a.png?)", "a typo names the closest"
     assert "skipped photos/notes.txt: not an image file" in result.stderr
-    assert "fashioncap caption: 1 captioned, 2 skipped (1 unreadable, 1 not an image file)" in result.stderr
+    assert "fashioncap caption: 1 captioned, 3 skipped (2 unreadable, 1 not an image file)" in result.stderr
 
 
 # --- 8. help ------------------------------------------------------------------------------------------------

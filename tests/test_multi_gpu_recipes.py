@@ -92,6 +92,26 @@ def test_the_real_recipes_train_the_seed_batch_and_score_the_final_model(trial):
     assert not training.load_best_model_at_end
 
 
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "recipes/demo").glob("*.yaml")))
+def test_the_demo_recipes_train_the_same_batch_on_two_processes(recipe):
+    """Issue 21: a 2-process demo trained 2 x 32 = 64 images per step, half the steps. Its batch is now fixed:
+    on 2 processes the launch stops at once, naming the per-device batch that keeps it."""
+    training = load_config(REPO / "recipes/demo" / recipe).training
+    assert training.global_batch_size == training.per_device_train_batch_size == 32
+    assert training.gradient_accumulation_steps == 1
+
+    def on_two_processes(per_device):
+        args = SimpleNamespace(global_batch_size=training.global_batch_size, world_size=2,
+                               per_device_train_batch_size=per_device, gradient_accumulation_steps=1,
+                               deepspeed=None)  # fmt: skip
+        apply_global_batch_size(args)
+        return batch_arithmetic(args)
+
+    with pytest.raises(ValueError, match=r"set per_device_train_batch_size to a divisor of 16 \(32 / 2"):
+        on_two_processes(training.per_device_train_batch_size)
+    assert on_two_processes(16) == "2 processes x 16 per device x 1 accumulation = 32"
+
+
 @pytest.mark.slow
 def test_two_ranks_train_16_images_per_optimizer_step(tmp_path, synthetic_factory):
     """2 ranks x 4 per device x 2 accumulation (derived) = 16: an epoch of 32 rows is 2 optimizer steps; the main

@@ -67,8 +67,9 @@ def test_report_writes_table_html_plots_and_summary(runs, synthetic_dir, tmp_pat
 
     table = (out / "comparison.md").read_text()
     assert "| run | BLEU-4 | METEOR | ROUGE-L | CIDEr | SPICE | ALS | SLS |" in table
-    assert "| trial2 | 0.1234 | 0.2000 | 0.3000 | 1.2500 | n/a | 0.5000 | 0.7500 |" in table
-    assert "| trial1 | 0.1234 | 0.2000 | 0.3000 | 0.5000 | n/a |" in table
+    assert "| trial2 | **0.1234** tie | **0.2000** tie | **0.3000** tie | **1.2500** best | n/a |" in table
+    assert "| trial1 | **0.1234** tie | **0.2000** tie | **0.3000** tie | 0.5000 | n/a |" in table
+    assert "- SPICE is n/a for every run: no CoreNLP jars" in table
 
     html = (out / "report.html").read_text()
     assert 'src="http' not in html and "<link" not in html, "self-contained"
@@ -92,6 +93,42 @@ def test_report_writes_table_html_plots_and_summary(runs, synthetic_dir, tmp_pat
     )
 
 
+def test_the_tables_show_intervals_mark_the_best_and_ties_and_flag_runs_below_their_base(
+    tmp_path, synthetic_dir
+):
+    """Issue 21: the demo's base had the best SLS (0.895) and nothing said so; SPICE was n/a without a reason."""
+    scores = {  # CIDEr: trial3 best, clear of the others; SLS: base best, trial3's interval overlaps it
+        "base": {"CIDEr": (1.28, 1.20, 1.36), "SLS": (0.895, 0.85, 0.94)},
+        "trial1": {"CIDEr": (3.16, 3.05, 3.27), "SLS": (0.800, 0.76, 0.84)},
+        "trial3": {"CIDEr": (3.60, 3.50, 3.70), "SLS": (0.865, 0.82, 0.91)},
+    }
+    runs = {}
+    for name, values in scores.items():
+        run = make_run(tmp_path, name, synthetic_dir, "a dress")
+        metrics = {**SCORES, **{m: v for m, (v, _, _) in values.items()}}
+        metrics["ci95"] = {m: [lo, hi] for m, (_, lo, hi) in values.items()}
+        (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+        start = "Salesforce/blip-image-captioning-large" if name == "base" else str(tmp_path / "base")
+        (run / "fashioncap_config.json").write_text(json.dumps({"model": {"model_name_or_path": start}}))
+        runs[name] = run
+    result = write_report(runs, tmp_path / "report", data_dir=synthetic_dir, samples=1)
+    rows = {line.split(" | ")[0][2:]: line[:-2].split(" | ") for line in result["table"].splitlines()[2:5]}
+    cider, sls = 4, 7  # columns: run, BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE, ALS, SLS
+    assert rows["trial3"][cider] == "**3.6000** [3.5000, 3.7000] best"
+    assert rows["trial1"][cider] == "3.1600 [3.0500, 3.2700]"
+    assert rows["base"][sls] == "**0.8950** [0.8500, 0.9400] tie"
+    assert rows["trial3"][sls] == "**0.8650** [0.8200, 0.9100] tie, below base"
+    assert rows["trial1"][sls] == "0.8000 [0.7600, 0.8400] below base"
+    assert "below base: lower than base, the model the other runs were trained from" in result["table"]
+
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert (
+        '<td class="num"><strong>0.8650</strong> <span class="ci">[0.8200, 0.9100]</span> '
+        '<span class="mark">tie, below base</span></td>'
+    ) in html
+    assert "SPICE is n/a for every run: no CoreNLP jars" in html
+
+
 def test_report_cli_without_eval_or_logs(tmp_path, synthetic_dir, capsys):
     """A run that was never evaluated shows n/a and a hint; one without a training log gets no plot."""
     evaluated = make_run(tmp_path / "a", "trial", synthetic_dir, "a dress")
@@ -103,7 +140,9 @@ def test_report_cli_without_eval_or_logs(tmp_path, synthetic_dir, capsys):
     )
     assert code == 0
     stdout = capsys.readouterr().out
-    assert "| a/trial | 0.1234 |" in stdout and "| b/trial | n/a | n/a |" in stdout
+    assert "| a/trial | 0.1234 |" in stdout and "| b/trial | n/a | n/a |" in stdout, (
+        "one run: nothing to mark"
+    )
     assert "fashioncap eval" in stdout
     assert not (tmp_path / "out" / "curves").exists()
     assert "no training log" in (tmp_path / "out" / "report.html").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ from fashioncap.cli import main
 from fashioncap.metrics.bootstrap import corpus_bleu
 from fashioncap.study import paired_seed_differences, seed_summary, student_t_quantile
 
-TINY = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--num_beams", "1", "--max_new_tokens", "6",
-        "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--logging_steps", "1"]  # fmt: skip
+TINY = ["--max_steps", "2", "--global_batch_size", "4", "--per_device_train_batch_size", "4", "--num_beams", "1",
+        "--max_new_tokens", "6", "--dataloader_num_workers", "0", "--disable_tqdm", "true",
+        "--logging_steps", "1"]  # fmt: skip
 
 
 def test_seed_summary_is_the_mean_the_sample_std_and_a_t_interval():
@@ -136,6 +138,55 @@ def test_study_trains_each_seed_evaluates_compares_and_resumes(
         compare=[("trial5", "trial1")],
     )
     assert again == result
+
+
+def test_an_identical_finished_run_elsewhere_is_reused_and_any_difference_is_not(tmp_path):
+    from fashioncap.configs import load_config
+    from fashioncap.io_utils import write_json_atomic
+
+    demo_run, data = tmp_path / "demo" / "trial1", tmp_path / "data"
+    data.mkdir()
+    (data / "build_report.json").write_text("{}")
+    args = ["--data_dir", str(data), "--seed", "0"]
+    finished = load_config("recipes/demo/trial1.yaml", [*args, "--output_dir", str(demo_run)])
+    write_json_atomic(demo_run / "fashioncap_config.json", finished.to_dict())
+    write_json_atomic(demo_run / "all_results.json", {})
+    seed_run = tmp_path / "study" / "trial1" / "seed0"
+    wanted = load_config("recipes/demo/trial1.yaml", [*args, "--output_dir", str(seed_run)])
+    assert demo.identical_finished_run(wanted, [seed_run, demo_run], str(data)) == demo_run
+    other_seed = load_config(
+        "recipes/demo/trial1.yaml", [*args, "--seed", "1", "--output_dir", str(seed_run)]
+    )
+    assert demo.identical_finished_run(other_seed, [seed_run, demo_run], str(data)) is None
+    (data / "build_report.json").write_text("{}")  # the data rebuilt after the run finished
+    os.utime(demo_run / "all_results.json", ns=(1, 1))
+    assert demo.identical_finished_run(wanted, [seed_run, demo_run], str(data)) is None
+
+
+def test_study_counts_its_runs_and_reuses_the_demo_run_of_the_same_trial_and_seed(
+    tiny_model_dir, synthetic_dir, tmp_path, capsys, monkeypatch
+):
+    """Issue 21: the demo's seed-0 trials were trained again by the study, identical to the last bit."""
+    monkeypatch.chdir(tmp_path)  # the demo recipe's own output_dir, outputs/demo/trial1, lies here
+    common = ["--model_name_or_path", str(tiny_model_dir), "--data_dir", str(synthetic_dir), *TINY]
+    assert main(["train", "--config", str(demo.RECIPES / "trial1.yaml"), "--seed", "0", *common]) == 0
+    demo_run = tmp_path / "outputs" / "demo" / "trial1"
+    adapter = (demo_run / "adapter_model.safetensors").read_bytes()
+    trained = []
+    monkeypatch.setattr(demo, "train", lambda config: trained.append(config.training.seed))
+    monkeypatch.setattr(study, "evaluate_run", lambda *args, **kwargs: None)
+    monkeypatch.setattr(study, "_eval_is_current", lambda run_dir: True)
+    monkeypatch.setattr(study, "summarize", lambda results, pairs: results)
+    monkeypatch.setattr(study, "write_study", lambda *args: None)
+    monkeypatch.setattr(study.rundir, "eval_metrics", lambda *args: None)
+    results = study.run_study("out", ["trial1"], 2, base=tiny_model_dir, overrides=common[2:])
+    assert [r["run_dir"] for r in results["trial1"]] == ["outputs/demo/trial1", "out/trial1/seed1"]
+    assert trained == [1], "seed 1 trained, seed 0 reused"
+    assert (demo_run / "adapter_model.safetensors").read_bytes() == adapter
+    out = capsys.readouterr().out
+    assert "== run 1 of 2: trial1 seed 0 (about 40 s on an idle 2-core machine) ==" in out
+    assert "== run 2 of 2: trial1 seed 1 (about 40 s on an idle 2-core machine; " in out
+    assert "reusing the finished run in outputs/demo/trial1: the same recipe, data, base and seed" in out
 
 
 def test_study_names_unknown_trials_and_bad_seed_counts(tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fashioncap.configs import FashionCapTrainingArguments
+from fashioncap.configs import FashionCapTrainingArguments, load_config
 from fashioncap.data.collator import IGNORE_INDEX, CaptionCollator
 from fashioncap.modeling import DECODER_TARGETS, apply_lora, build_tiny_blip, lora_target_regex
 from fashioncap.trainer import (
@@ -228,6 +228,22 @@ def test_trials_train_exactly_their_lora_targets(preset):
     assert (
         len(decoder_modules) == 2 * 10
     )  # 2 layers x (self q/k/v/out + cross q/k/v/out + intermediate + output)
+
+
+@pytest.mark.parametrize("preset", [None, "decoder", "decoder+vision"], ids=["full", "decoder", "vision"])
+@pytest.mark.parametrize("rl", [False, True], ids=["mle", "rl"])
+def test_every_trainable_parameter_gets_a_gradient_so_ddp_needs_no_unused_parameter_search(
+    tmp_path, preset, rl
+):
+    """Why `load_config` sets ddp_find_unused_parameters false: the search finds nothing and warns so."""
+    model, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
+    if preset:
+        targets = lora_target_regex(preset, model.config.vision_config.num_hidden_layers, 2)
+        model = apply_lora(model, targets, r=4, modules_to_save=["embeddings.word_embeddings"])
+    settings = {"reward_funcs": ["als", "sls"], "rl_weight": 0.25, "num_samples": 2} if rl else {}
+    grads = _grads_after_one_loss(_trainer(tmp_path, preset, settings, model, processor))
+    assert grads and [name for name, grad in grads.items() if grad is None] == []
+    assert load_config(None, ["--output_dir", str(tmp_path)]).training.ddp_find_unused_parameters is False
 
 
 def test_lora_target_matching_nothing_is_an_error():

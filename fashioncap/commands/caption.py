@@ -44,14 +44,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_generation_arguments(parser)
 
 
+def int_at_least(lowest: int):
+    """An argparse type: an int of at least `lowest`, else the subcommand's one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"{value} is not at least {lowest}")
+        return value
+
+    return parse
+
+
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     """Batch size and the generation flags shared with `fashioncap eval` (defaults: the run's recipe)."""
-    parser.add_argument("--batch-size", type=int, default=16, help="images captioned at once (default: 16)")
-    for name, what in (("num_beams", "beams"), ("max_new_tokens", "new tokens at most"),
-                       ("min_new_tokens", "new tokens at least")):  # fmt: skip
+    parser.add_argument(
+        "--batch-size", type=int_at_least(1), default=16, help="images captioned at once (default: 16)"
+    )
+    for name, what, lowest in (("num_beams", "beams", 1), ("max_new_tokens", "new tokens at most", 1),
+                               ("min_new_tokens", "new tokens at least", 0)):  # fmt: skip
         parser.add_argument(
             "--" + name.replace("_", "-"),
-            type=int,
+            type=int_at_least(lowest),
             help=f"{what} per caption (default: the run's recipe, its fashioncap_config.json; for a model "
             f"without one, {GENERATION_DEFAULTS[name]})",
         )

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from fashioncap.errors import run_command, take_debug_flag
+from fashioncap.noise import hide_known_harmless
 from fashioncap.recipe_keys import recipe_keys_help
 
 HELP = "train one trial from a YAML recipe"
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None, default_config: str | Path | None = None) -> int:
     """Entry point of the thin launchers in recipes/: `--config` is optional there (the launcher's own YAML)."""
     argv, debug = take_debug_flag(sys.argv[1:] if argv is None else argv)
+    hide_known_harmless()
     config = default_config
     if "--config" in argv:
         i = argv.index("--config")

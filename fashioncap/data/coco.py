@@ -13,7 +13,7 @@ from pathlib import Path
 
 import datasets
 
-from fashioncap.errors import UserError
+from fashioncap.errors import UserError, missing_path
 from fashioncap.io_utils import safe_join
 
 KNOWN_SPLITS = ("train", "val", "test", "pretrain")
@@ -65,6 +65,8 @@ def available_splits(data_dir: str | Path) -> list[str]:
 
 def references_file(data_dir: str | Path, split: str) -> Path:
     """The split's annotation file: COCO captions format, all references of each image (what metrics read)."""
+    if not Path(data_dir).is_dir():
+        raise missing_path("data dir", data_dir, "give a data dir (docs/data.md layout), e.g. data/synthetic")
     path = safe_join(data_dir, f"annotations/{split}.json")
     if not path.is_file():
         raise DataError(path, None, None, f"no annotation file for split {split!r}")

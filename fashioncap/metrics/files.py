@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fashioncap.errors import UserError
+from fashioncap.errors import UserError, missing_path
 from fashioncap.metrics.coco_caption import compute_caption_metrics
 from fashioncap.metrics.ids import describe_ids
 
@@ -19,6 +19,8 @@ class ScoreInputError(UserError, ValueError):
 
 
 def _read_json(path: Path, what: str):
+    if not Path(path).exists():
+        raise missing_path(what, path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
