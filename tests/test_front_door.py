@@ -418,7 +418,9 @@ def test_a_hub_model_that_cannot_be_had_fails_fast_in_one_line(tmp_path, env):
     (tmp_path / "nobody" / "no-such-modl").mkdir(parents=True)
     start = time.monotonic()
     result = run_fashioncap("caption", "--model-dir", "nobody/no-such-model", "a.png", cwd=tmp_path, env=env)
-    assert time.monotonic() - start < 15, "no 50 s of retries"
+    assert time.monotonic() - start < 40, (
+        "no 50 s of retries (the command itself starts in ~10 s, more on a loaded machine)"
+    )
     message = one_line_error(result, "caption")
     assert message.startswith(
         "model 'nobody/no-such-model' is not a local dir (did you mean nobody/no-such-modl?), "
