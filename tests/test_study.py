@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -128,6 +129,21 @@ def test_study_trains_each_seed_evaluates_compares_and_resumes(
         out, ["trial1", "trial5"], 2, base=tiny_model_dir, overrides=overrides, compare=[("trial5", "trial1")]
     )
     assert again == result
+
+
+def test_an_eval_with_per_caption_meteor_is_evaluated_again(tmp_path):
+    """A resumed study re-evaluates a seed run whose eval kept per-caption METEOR scores (before METEOR's
+    per-image statistics), else its METEOR comparisons would silently vanish."""
+    run_dir = tmp_path / "trial1" / "seed0"
+    eval_dir = run_dir / "eval" / "test"
+    eval_dir.mkdir(parents=True)
+    (run_dir / "all_results.json").write_text("{}")
+    os.utime(run_dir / "all_results.json", ns=(10**9, 10**9))  # trained long before the eval
+    statistics = [9.0, 9.0, 3.0, 3.0, *[0.0] * 16, 1.0, 9.0, 9.0]
+    for meteor, current in (({"1": 0.5}, False), ({"1": statistics}, True)):
+        (eval_dir / "per_image.json").write_text(json.dumps({"CIDEr": {"1": 1.0}, "METEOR": meteor}))
+        (eval_dir / "metrics.json").write_text(json.dumps({"METEOR": 0.5, "CIDEr": 1.0, "split": "test"}))
+        assert study._eval_is_current(run_dir) is current
 
 
 def test_study_names_unknown_trials_and_bad_seed_counts(tmp_path, capsys):
