@@ -1,7 +1,8 @@
 """Errors the user can fix, and the one boundary every command runs behind.
 
 A `UserError` reaches the user as one line, `fashioncap COMMAND: error: WHAT (where; how to fix)`, and exit
-status 2, printed by the main process only (under `accelerate launch` every rank raises it). Any other
+status 2, from the main process only (under `accelerate launch` every rank raises it, and the line goes into the
+launcher's failure report: `report_to_launcher`). Any other
 exception is a bug and keeps its traceback; `--debug` (before or after COMMAND) or FASHIONCAP_DEBUG=1 shows the
 traceback of a user error too. This module imports only the standard library: every layer may raise these.
 """
@@ -9,12 +10,17 @@ traceback of a user error too. This module imports only the standard library: ev
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 DEBUG_ENV = "FASHIONCAP_DEBUG"
+ELASTIC_ERROR_FILE_ENV = (
+    "TORCHELASTIC_ERROR_FILE"  # set for each rank by torchrun's agent (accelerate launch)
+)
 USER_ERROR_EXIT = 2
 
 
@@ -99,10 +105,27 @@ def run_command(command: str, func: Callable[..., int | None], *args, debug: boo
             raise
         if is_main_process():
             message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-            print(f"fashioncap {command}: error: {message}", file=sys.stderr, flush=True)
+            line = f"fashioncap {command}: error: {message}"
+            if not report_to_launcher(line):
+                print(line, file=sys.stderr, flush=True)
         code = USER_ERROR_EXIT
     leave_distributed_run(code)
     return code
+
+
+def report_to_launcher(line: str) -> bool:
+    """Under `accelerate launch` (torchrun), hand `line` to the launcher instead of printing it; True if done.
+
+    The launcher prints its failure report (ChildFailedError) after every rank has exited, so a line printed by
+    a rank is followed by it. The report's last entry, its root cause, is the failed rank's error file
+    (TORCHELASTIC_ERROR_FILE, torchelastic's JSON) or else "To enable traceback see ...": written there, the
+    one-line error is the last thing the user reads (only the report's closing border follows)."""
+    path = os.environ.get(ELASTIC_ERROR_FILE_ENV)
+    if not path:
+        return False
+    record = {"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}}}
+    Path(path).write_text(json.dumps(record), encoding="utf-8")
+    return True
 
 
 def leave_distributed_run(code: int) -> None:

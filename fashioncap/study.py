@@ -60,12 +60,15 @@ def seed_run_dir(out_dir: Path, trial: str, seed: int) -> Path:
 
 
 def _eval_is_current(run_dir: Path, split: str) -> bool:
-    """The run's eval of `split` has per-image scores and is newer than its training."""
+    """The run's eval of `split` has per-image scores (METEOR's as the statistics its corpus score sums, unless
+    METEOR could not run: an older eval kept per-caption scores) and is newer than its training."""
     metrics = rundir.default_eval_dir(str(run_dir), split) / rundir.METRICS
+    per_image = rundir.eval_per_image(run_dir, split)
     return (
-        rundir.eval_per_image(run_dir, split) is not None
+        per_image is not None
         and metrics.is_file()
         and metrics.stat().st_mtime_ns > (run_dir / rundir.RESULTS).stat().st_mtime_ns
+        and ("METEOR" in per_image or rundir.eval_metrics(run_dir, split).get("METEOR") is None)
     )
 
 

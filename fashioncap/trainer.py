@@ -195,7 +195,8 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     @property
     def _cuda_graphs(self) -> bool | None:
-        """None lets `decode` capture CUDA graphs where it can (CUDA, no ZeRO-3); False never."""
+        """None lets `decode` capture CUDA graphs where it can (CUDA, not `synced_gpus`: under ZeRO-3 the
+        parameter-gathering hooks must run at every step, which a graph replay would skip); False never."""
         return None if self.args.cuda_graphs else False
 
     def _is_zero3(self) -> bool:
@@ -204,15 +205,6 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     def _decode(self, sequences: torch.Tensor) -> list[str]:
         return decode_captions(self.processing_class, sequences)
-
-    def _decoder_gathered(self, blip):
-        """Under ZeRO-3, the text decoder's partitioned weights gathered once for a whole rollout (every rank
-        enters together), instead of at every token of every decoding step."""
-        if not self._is_zero3():
-            return contextlib.nullcontext()
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(list(blip.text_decoder.parameters()), modifier_rank=None)
 
     # --- rollout and rewards ---
 
@@ -231,21 +223,24 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     @torch.no_grad()
     def rollout(self, blip, image_embeds: torch.Tensor, columns: dict):
-        """H sampled captions per image and their rewards; the baseline (and, for `greedy`, its captions)."""
+        """H sampled captions per image and their rewards; the baseline (and, for `greedy`, its captions).
+
+        Under ZeRO-3 each decoding step gathers the decoder's partitioned weights through DeepSpeed's module
+        hooks, a collective: every decode runs `synced_gpus` (all ranks take all max_sample_tokens steps, though
+        one rank's samples end sooner) and never as a CUDA graph."""
         args = self.args
         h = args.num_samples
         repeated = {k: _repeat_each(v, h) for k, v in columns.items()}
-        with eval_mode(blip), self._decoder_gathered(blip):
+        decoding = dict(
+            max_new_tokens=args.max_sample_tokens, synced_gpus=self._is_zero3(), cuda_graphs=self._cuda_graphs
+        )
+        with eval_mode(blip):
             memory = image_memory(blip, image_embeds)  # each image's cross-attention K/V, for all its samples
             samples = decode(
                 blip, memory, do_sample=True, num_return_sequences=h, temperature=args.sample_temperature,
-                top_k=args.sample_top_k, max_new_tokens=args.max_sample_tokens, cuda_graphs=self._cuda_graphs,
+                top_k=args.sample_top_k, **decoding,
             )  # fmt: skip
-            greedy = (
-                decode(blip, memory, max_new_tokens=args.max_sample_tokens, cuda_graphs=self._cuda_graphs)
-                if args.baseline == "greedy"
-                else None
-            )
+            greedy = decode(blip, memory, **decoding) if args.baseline == "greedy" else None
         rewards = self.score(self._decode(samples), repeated)
         total = self._total_reward(rewards).to(image_embeds.device)
         greedy_total = (

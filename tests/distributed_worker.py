@@ -13,6 +13,7 @@ Writes (rank 0) OUT/result.json: {"world_size", "backend", "distributed_type", "
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import signal
 import sys
 from pathlib import Path
 
+import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -121,6 +123,37 @@ class FixedRolloutTrainer(FashionCapTrainer):
         return samples.to(image_embeds.device), rewards, total.to(image_embeds.device), baseline
 
 
+class ForcedLengthTrainer(FashionCapTrainer):
+    """The real rollout (decode under ZeRO-3's parameter hooks), with the decoder's next-token logits forced so
+    that every sample is a fixed token sequence ending with [SEP] after `1 + row` tokens (row: the image's index
+    in CAPTIONS). The rollout is then deterministic (a 2-rank run equals one process) and a rank's samples end
+    at the length of its longest image: the two ranks' decode loops stop at different steps unless synced."""
+
+    def rollout(self, blip, image_embeds, columns):
+        decoder = blip.text_decoder
+        plan = [CAPTIONS.index(c) for c in columns["caption"]]
+        h, sep, first_word = self.args.num_samples, decoder.config.sep_token_id, len(SPECIAL_TOKENS)
+        original, steps = decoder.cls.forward, iter(range(10**6))
+
+        def forced(hidden):
+            logits = original(hidden)
+            if logits.dim() != 2:  # a teacher-forced pass (log-probs): the real distribution
+                return logits
+            position = next(steps)
+            tokens = [
+                sep if position >= 1 + plan[r // h] else first_word + (7 * r + 3 * position) % 5
+                for r in range(logits.size(0))
+            ]
+            forced_tokens = torch.tensor(tokens, device=logits.device)[:, None]
+            return torch.full_like(logits, float("-inf")).scatter(1, forced_tokens, 0.0)
+
+        decoder.cls.forward = forced
+        try:
+            return super().rollout(blip, image_embeds, columns)
+        finally:
+            del decoder.cls.forward
+
+
 class GradCapture(TrainerCallback):
     """The flattened gradient of the first optimizer step (after the DDP all-reduce; ZeRO-2 keeps none in p.grad)."""
 
@@ -137,6 +170,16 @@ def rl_settings(mode: str) -> dict:
     if mode == "rl":
         return dict(reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=NUM_SAMPLES, max_sample_tokens=8)
     return {}
+
+
+class StepDigests(TrainerCallback):
+    """`trainable_digest` after every optimizer step (every rank computes it: a collective under ZeRO-3)."""
+
+    def __init__(self):
+        self.digests: list[str] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.digests.append(trainable_digest(model))
 
 
 class Fault(TrainerCallback):
@@ -163,10 +206,14 @@ class Fault(TrainerCallback):
 
 
 def trainable_digest(model) -> str:
-    """A hash of the trainable weights: equal on every rank while DDP keeps them in step."""
+    """A hash of the trainable weights: equal on every rank while they are kept in step (under ZeRO-3, of the
+    whole weights, gathered: every rank calls this)."""
+    params = [p for _, p in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)]
+    partitioned = any(hasattr(p, "ds_id") for p in params)
     digest = hashlib.sha256()
-    for _, param in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
-        digest.update(param.detach().cpu().numpy().tobytes())
+    with deepspeed.zero.GatheredParameters(params) if partitioned else contextlib.nullcontext():
+        for param in params:
+            digest.update(param.detach().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -178,6 +225,7 @@ def train_one(
     out: Path,
     real_rollout: bool = False,
     fault: Fault | None = None,
+    forced_lengths: bool = False,
 ) -> tuple[dict, torch.Tensor | None, dict]:
     model, processor = build_model()
     args = FashionCapTrainingArguments(
@@ -209,13 +257,19 @@ def train_one(
         build_dataset(),
         max_length=32,
         category_wordmap=WORDMAP,
-        trainer_class=FashionCapTrainer if real_rollout else FixedRolloutTrainer,
+        trainer_class=ForcedLengthTrainer
+        if forced_lengths
+        else FashionCapTrainer
+        if real_rollout
+        else FixedRolloutTrainer,
         callbacks=[capture],
     )
+    steps_digests = StepDigests()
     if fault is not None:
         fault.poison(trainer._blip(trainer.model).text_decoder.cls)
         trainer.add_callback(fault)
         trainer.add_callback(PreemptionCallback())
+        trainer.add_callback(steps_digests)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if trainer.args.world_size != launched:  # the silent failure: every rank trains alone on part of the data
         raise RuntimeError(
@@ -230,6 +284,7 @@ def train_one(
         "skipped_steps": [entry["step"] for entry in logs if entry.get("train/skipped_nonfinite")],
         "global_step": trainer.state.global_step,
         "digests": gather_object([trainable_digest(trainer.model)]),
+        "step_digests": steps_digests.digests,
         "checkpoints": sorted(p.name for p in Path(args.output_dir).glob("checkpoint-*")),
     }
     env = {
@@ -280,6 +335,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=["rl", "mle"], choices=["rl", "mle"])
     parser.add_argument("--reference", action="store_true", help="the objective by hand, no Trainer")
     parser.add_argument("--real-rollout", action="store_true", help="sample captions (not the fixed rollout)")
+    parser.add_argument(
+        "--forced-lengths", action="store_true", help="the real rollout, samples forced to per-image lengths"
+    )
     parser.add_argument("--fault", nargs=3, metavar=("KIND", "RANK", "STEP"), help="nan|sigterm on one rank")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # CPU ranks share 2 cores: more threads per rank is much slower
@@ -294,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             fault = Fault(args.fault[0], int(args.fault[1]), int(args.fault[2])) if args.fault else None
             run, grads[mode], env = train_one(
-                mode, args.batch, args.ga, args.steps, args.out, args.real_rollout, fault
+                mode, args.batch, args.ga, args.steps, args.out, args.real_rollout, fault, args.forced_lengths
             )
         result.update(env)
         result["runs"][mode] = run

@@ -170,15 +170,37 @@ def test_deepspeed_zero3_with_rl_matches_the_objective_and_samples(tmp_path, ref
     assert len(run["losses"]) == 2 and all(math.isfinite(x) for x in run["losses"] + run["grad_norms"])
 
 
-def test_a_nan_on_one_rank_skips_that_step_on_every_rank(tmp_path):
+@pytest.mark.slow
+def test_deepspeed_zero3_rollout_where_the_ranks_samples_end_at_different_lengths(tmp_path):
+    """Each image's samples end after a length of its own (forced: worker.ForcedLengthTrainer), so one rank's
+    samples always end before the other's: every decoding step gathers the decoder's partitioned weights through
+    DeepSpeed's hooks, a collective, so both ranks must take the same number of steps (no "collective mismatch",
+    no hang), and the step's loss is one process's on the same 4 rows."""
+    result, _ = launch(
+        "accelerate_configs/zero3.yaml", tmp_path, "--batch", "2", "--modes", "rl", "--forced-lengths"
+    )
+    expected, _, _ = worker.train_one("rl", 4, 1, steps=1, out=tmp_path / "one", forced_lengths=True)
+    run = result["runs"]["rl"]
+    assert run["logged"]["completions/mean_length"] == expected["logged"]["completions/mean_length"] == 3.5
+    assert run["losses"][0] == pytest.approx(expected["losses"][0], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["cpu_ddp", pytest.param("zero3", marks=pytest.mark.slow)],
+)
+def test_a_nan_on_one_rank_skips_that_step_on_every_rank(tmp_path, config):
     """Rank 1 alone gets a NaN loss at step 2: both ranks skip the optimizer step (weights stay identical across
     ranks), both log the skip under the same metric names (no gather of mismatched shapes: no hang), and training
-    goes on to the last step."""
-    result, _ = launch("accelerate_configs/cpu_ddp.yaml", tmp_path, "--batch", "1", "--steps", "4", "--modes",
+    goes on to the last step. Under ZeRO-3 too, where the skipped step's zero gradient runs over partitioned
+    parameters."""
+    result, _ = launch(f"accelerate_configs/{config}.yaml", tmp_path, "--batch", "1", "--steps", "4", "--modes",
                        "mle", "--fault", "nan", "1", "2")  # fmt: skip
     run = result["runs"]["mle"]
     assert run["global_step"] == 4 and run["skipped_steps"] == [2]
     assert len(set(run["digests"])) == 1, "the ranks' weights diverged"
+    first, skipped, third, _ = run["step_digests"]
+    assert skipped == first != third, "the skipped step moved the weights, or the next step did not"
     assert all(math.isfinite(x) for x in run["losses"][:1] + run["losses"][2:])
 
 

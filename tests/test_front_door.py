@@ -343,7 +343,9 @@ def test_an_argument_error_names_the_subcommand_and_shows_its_usage(capsys, args
 
 
 @pytest.mark.slow
-def test_an_unknown_key_under_a_two_process_launch_is_printed_once(tiny_recipe, tmp_path):
+def test_an_unknown_key_under_a_two_process_launch_is_printed_once_and_last(tiny_recipe, tmp_path):
+    """accelerate (torchrun) prints its failure report after the ranks exit: the one-line error is that report's
+    root cause, the last thing printed but the report's closing border; accelerate's exit status is unchanged."""
     accelerate = Path(sys.executable).with_name("accelerate")
     result = subprocess.run(
         [accelerate, "launch", "--config_file", REPO / "accelerate_configs/cpu_ddp.yaml", "-m", "fashioncap",
@@ -351,13 +353,16 @@ def test_an_unknown_key_under_a_two_process_launch_is_printed_once(tiny_recipe, 
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
-    assert result.returncode != 0
+    assert result.returncode == 1  # accelerate's own status when a rank fails
     line = (
         "fashioncap train: error: unknown key lerning_rate (did you mean learning_rate?) on the command line"
     )
     assert (result.stdout + result.stderr).count(line) == 1, result.stderr[-3000:]
-    assert "exitcode  : 2" in result.stderr, "both ranks exit 2"
-    # accelerate (torchrun) reports the failed ranks with a traceback of its own; no frame of it is ours
+    assert "exitcode  : 2" in result.stderr, "the main process exits 2"
+    last = [text for text in result.stderr.splitlines() if text.strip(" =")][-1]
+    assert last.startswith(f"  traceback : {line}"), result.stderr[-3000:]
+    # accelerate (torchrun) reports the failed ranks with a traceback of its own; none comes from fashioncap
+    assert "ConfigError" not in result.stderr and "UserError" not in result.stderr
     assert frames_of_this_package(result.stderr) == []
 
 

@@ -175,11 +175,11 @@ def test_study_counts_its_runs_and_reuses_the_demo_run_of_the_same_trial_and_see
     trained = []
     monkeypatch.setattr(demo, "train", lambda config: trained.append(config.training.seed))
     monkeypatch.setattr(study, "evaluate_run", lambda *args, **kwargs: None)
-    monkeypatch.setattr(study, "_eval_is_current", lambda run_dir: True)
-    monkeypatch.setattr(study, "summarize", lambda results, pairs: results)
+    monkeypatch.setattr(study, "_eval_is_current", lambda run_dir, split: True)
+    monkeypatch.setattr(study, "summarize", lambda results, pairs, split: results)
     monkeypatch.setattr(study, "write_study", lambda *args: None)
     monkeypatch.setattr(study.rundir, "eval_metrics", lambda *args: None)
-    results = study.run_study("out", ["trial1"], 2, base=tiny_model_dir, overrides=common[2:])
+    results = study.run_study("out", ["trial1"], [0, 1], base=tiny_model_dir, overrides=common[2:])
     assert [r["run_dir"] for r in results["trial1"]] == ["outputs/demo/trial1", "out/trial1/seed1"]
     assert trained == [1], "seed 1 trained, seed 0 reused"
     assert (demo_run / "adapter_model.safetensors").read_bytes() == adapter
@@ -187,6 +187,21 @@ def test_study_counts_its_runs_and_reuses_the_demo_run_of_the_same_trial_and_see
     assert "== run 1 of 2: trial1 seed 0 (about 40 s on an idle 2-core machine) ==" in out
     assert "== run 2 of 2: trial1 seed 1 (about 40 s on an idle 2-core machine; " in out
     assert "reusing the finished run in outputs/demo/trial1: the same recipe, data, base and seed" in out
+
+
+def test_an_eval_with_per_caption_meteor_is_evaluated_again(tmp_path):
+    """A resumed study re-evaluates a seed run whose eval kept per-caption METEOR scores (before METEOR's
+    per-image statistics), else its METEOR comparisons would silently vanish."""
+    run_dir = tmp_path / "trial1" / "seed0"
+    eval_dir = run_dir / "eval" / "test"
+    eval_dir.mkdir(parents=True)
+    (run_dir / "all_results.json").write_text("{}")
+    os.utime(run_dir / "all_results.json", ns=(10**9, 10**9))  # trained long before the eval
+    statistics = [9.0, 9.0, 3.0, 3.0, *[0.0] * 16, 1.0, 9.0, 9.0]
+    for meteor, current in (({"1": 0.5}, False), ({"1": statistics}, True)):
+        (eval_dir / "per_image.json").write_text(json.dumps({"CIDEr": {"1": 1.0}, "METEOR": meteor}))
+        (eval_dir / "metrics.json").write_text(json.dumps({"METEOR": 0.5, "CIDEr": 1.0, "split": "test"}))
+        assert study._eval_is_current(run_dir, "test") is current
 
 
 def test_study_names_unknown_trials_and_bad_seed_counts(tmp_path, capsys):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import fashioncap.trainer as trainer_module
 from fashioncap.configs import FashionCapTrainingArguments, load_config
 from fashioncap.data.collator import IGNORE_INDEX, CaptionCollator
 from fashioncap.modeling import DECODER_TARGETS, apply_lora, build_tiny_blip, lora_target_regex
@@ -371,6 +372,28 @@ def test_rl_start_trains_mle_alone_first(tmp_path):
         FashionCapTrainingArguments(
             output_dir=str(tmp_path), reward_funcs=["als"], rl_weight=1.0, rl_start=1.0
         )
+
+
+def test_rollout_under_zero3_decodes_in_step_and_without_cuda_graphs(tmp_path, monkeypatch):
+    """Under ZeRO-3 every decoding step gathers the decoder's partitioned weights through collective hooks: each
+    decode of the rollout (the samples and the greedy baseline) runs synced (all ranks take every step) and is
+    never captured as a CUDA graph (a replay would skip the hooks)."""
+    rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6, baseline="greedy")
+    trainer = _trainer(tmp_path, "decoder", rl)
+    monkeypatch.setattr(trainer, "_is_zero3", lambda: True)
+    calls = []
+    original = trainer_module.decode
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "decode", recording)
+    _grads_after_one_loss(trainer)
+    assert len(calls) == 2  # samples, greedy
+    assert all(
+        kwargs.get("synced_gpus") is True and kwargs.get("cuda_graphs") is not True for kwargs in calls
+    )
 
 
 def test_samples_are_scored_by_the_policy_that_drew_them(tmp_path, monkeypatch):
