@@ -14,7 +14,8 @@ import sys
 from fashioncap import __version__
 from fashioncap.errors import DEBUG_ENV, run_command
 
-COMMANDS = ("data", "train", "eval", "score", "caption", "report", "export", "push", "app", "demo", "study", "metrics")
+COMMANDS = ("data", "train", "eval", "score", "caption", "report", "export", "push", "app", "demo", "study",
+            "metrics")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -85,7 +85,7 @@ def test_the_page_in_a_headless_browser(page_run, synthetic_dir, tmp_path, capsy
     assert main(["caption", "--model-dir", run, *map(str, photos)]) == 0
     expected = [json.loads(line)["caption"] for line in capsys.readouterr().out.splitlines()]
     page, url = launch(run, block=False)
-    browser = Chromium(chromium)
+    browser = Chromium(chromium, width=1100, height=620)
     try:
         browser.navigate(url)
         browser.wait_for("document.querySelector('#photos input[type=file]') !== null")

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from fashioncap.export import export_run
 
     out = export_run(args.model_dir, args.out, merge=args.merge, overwrite=args.overwrite)
-    what = "merged model" if args.merge else "adapter"
+    what = "merged model" if args.merge else "weights (adapter or model)"
     print(f"fashioncap export: wrote the {what} of {args.model_dir} to {out} (its README.md says how to load it)",
           file=sys.stderr)  # fmt: skip
     return 0
