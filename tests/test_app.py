@@ -107,3 +107,18 @@ def test_the_page_in_a_headless_browser(page_run, synthetic_dir, tmp_path, capsy
     assert (tmp_path / "app.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("FASHIONCAP_SCREENSHOT"):
         shutil.copy(tmp_path / "app.png", os.environ["FASHIONCAP_SCREENSHOT"])
+
+
+def test_without_gradio_the_app_command_says_how_to_get_it(page_run, monkeypatch, capsys):
+    import sys
+
+    from fashioncap.cli import main
+
+    monkeypatch.setitem(
+        sys.modules, "gradio", None
+    )  # as if not installed: `import gradio` raises ImportError
+    assert main(["app", "--model-dir", str(page_run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.count("\n") == 0 and err.startswith("fashioncap app: error:") and "pip install -e '.[app]'" in err
+    )

@@ -75,6 +75,12 @@ def test_merged_export_captions_like_the_run_through_from_pretrained_and_pipelin
 
     model = BlipForConditionalGeneration.from_pretrained(out)
     processor = BlipProcessor.from_pretrained(out)
+    base = BlipForConditionalGeneration.from_pretrained(tiny_model_dir)
+    layers = (model.vision_model.encoder.layers, base.vision_model.encoder.layers)
+    assert not torch.equal(layers[0][-1].self_attn.qkv.weight, layers[1][-1].self_attn.qkv.weight), (
+        "vision LoRA"
+    )
+    assert torch.equal(layers[0][0].self_attn.qkv.weight, layers[1][0].self_attn.qkv.weight), "no LoRA there"
     ids = model.generate(**processor(images=images, return_tensors="pt"), **GENERATION)
     assert processor.batch_decode(ids, skip_special_tokens=True) == expected
 
