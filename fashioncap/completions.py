@@ -3,8 +3,8 @@
 Every `log_completions_steps` optimizer steps of the REINFORCE term (its first step included), the rollout of
 the main process hands its samples here: for the first `IMAGES_PER_TABLE` images of its batch, the H sampled
 captions with each reward, the total, the baseline and the advantage, beside the reference caption. One JSON line per table is appended to
-RUN/completions.jsonl; the table also goes to TensorBoard as text when the run reports there. `fashioncap
-report` shows a run's first and last tables side by side.
+RUN/completions.jsonl; the table also goes to TensorBoard (as text) and Trackio (as a table) when the run
+reports there. `fashioncap report` shows a run's first and last tables side by side.
 """
 
 from __future__ import annotations
@@ -68,14 +68,22 @@ def table_markdown(table: dict) -> str:
     return "\n".join("| " + " | ".join(c.replace("|", "/") for c in line) + " |" for line in lines) + "\n"
 
 
-def write_completions(output_dir: str | Path, table: dict, tensorboard=None) -> None:
-    """Append the table to RUN/completions.jsonl and, given TensorBoard's writer, log it there as text."""
+def write_completions(
+    output_dir: str | Path, table: dict, tensorboard=None, to_trackio: bool = False
+) -> None:
+    """Append the table to RUN/completions.jsonl; log it to TensorBoard (given its writer) as text, and to the
+    current Trackio run (`to_trackio`) as a table."""
     path = Path(output_dir) / COMPLETIONS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(table, ensure_ascii=False) + "\n")
     if tensorboard is not None:
         tensorboard.add_text("completions", table_markdown(table), table["step"])
+    if to_trackio:
+        import trackio
+
+        header, rows = table_rows(table)
+        trackio.log({"completions": trackio.Table(columns=header, data=rows)}, step=table["step"])
 
 
 def read_completions(run_dir: str | Path) -> list[dict]:

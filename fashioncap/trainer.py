@@ -350,7 +350,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     def _log_completions(self, samples, rewards, total, baseline, columns) -> None:
         """Every `log_completions_steps` RL steps (the first included), a table of the main process's sampled
-        captions to RUN/completions.jsonl and TensorBoard (fashioncap.completions)."""
+        captions to RUN/completions.jsonl and the trackers (fashioncap.completions)."""
         step, every, last = self.state.global_step, self.args.log_completions_steps, self._completions_step
         if not every or not self.is_world_process_zero() or (last is not None and step - last < every):
             return
@@ -361,7 +361,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         table = completions_table(
             step, columns["image_id"], columns["caption"], self._decode(samples), rewards, total, baseline
         )
-        write_completions(self.args.output_dir, table, tensorboard)
+        write_completions(self.args.output_dir, table, tensorboard, "trackio" in self.args.report_to)
 
     def _log_metric(self, name: str, value, weight=1) -> None:
         """Accumulate a weighted value: `loss/mle` is weighted by its token count, so the logged mean is exact."""

@@ -88,3 +88,26 @@ def test_rl_training_writes_completion_tables_and_tensorboard_offline(synthetic_
     first, last = section.split("last table (step 4)", 1)[1].split('<td class="completions">')[1:3]
     assert html.escape(tables[0]["images"][0]["samples"][0]["caption"]) in first
     assert html.escape(tables[-1]["images"][0]["samples"][0]["caption"]) in last
+
+
+def test_report_to_trackio_logs_offline_with_the_tables(synthetic_dir, tmp_path, monkeypatch):
+    """Trackio keeps its runs in a local SQLite database (TRACKIO_DIR): nothing goes to the Hub."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+    import trackio.utils
+
+    monkeypatch.setattr(trackio.utils, "TRACKIO_DIR", tmp_path / "trackio")
+    run = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    text = RECIPE.format(data_dir=synthetic_dir, output_dir=run)
+    text = text.replace("report_to: tensorboard", "report_to: trackio").replace(
+        "max_steps: 5", "max_steps: 3"
+    )
+    recipe.write_text(text + "project: fashioncap-test\n")
+    assert main(["train", "--config", str(recipe)]) == 0
+    tables = read_completions(run)
+    assert [t["step"] for t in tables] == [0, 2]
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "trackio").rglob("*") if p.is_file())
+    assert b"train/reward/total" in stored
+    sampled = {s["caption"] for t in tables for i in t["images"] for s in i["samples"]}
+    assert any(caption.encode() in stored for caption in sampled), "the tables reach Trackio"
