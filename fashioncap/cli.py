@@ -15,7 +15,8 @@ from fashioncap import __version__
 from fashioncap.errors import DEBUG_ENV, run_command, take_debug_flag
 from fashioncap.noise import hide_known_harmless
 
-COMMANDS = ("data", "train", "eval", "score", "caption", "report", "push", "demo", "study", "metrics")
+COMMANDS = ("data", "train", "eval", "score", "caption", "report", "export", "push", "app", "demo", "study",
+            "metrics")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

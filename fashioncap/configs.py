@@ -237,6 +237,10 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
     kl_weight: float = _help(
         0.0, "weight of a KL penalty to the base model (the adapter disabled), logged as kl"
     )
+    log_completions_steps: int = _help(
+        50,
+        "every N RL steps, a table of sampled captions and their rewards to RUN/completions.jsonl (0: never)",
+    )
     cuda_graphs: bool = _help(
         True, "on CUDA, replay each decoding step as a CUDA graph (sampling and eval captions); off elsewhere"
     )
@@ -275,6 +279,10 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
                 f"sample_top_k={self.sample_top_k}: REINFORCE needs the log-probabilities of the distribution the "
                 "captions were drawn from, and top-k sampling changes it; use sample_top_k: 0 (and "
                 "sample_temperature to sharpen)"
+            )
+        if self.log_completions_steps < 0:
+            raise ValueError(
+                f"log_completions_steps must be >= 0 (0: never), not {self.log_completions_steps}"
             )
         if self.scale_rewards not in ("none", "group"):
             raise ValueError(f"scale_rewards must be none or group, not {self.scale_rewards!r}")

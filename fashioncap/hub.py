@@ -1,7 +1,7 @@
 """Model cards, and pushing a trained run to the Hugging Face Hub.
 
-Only the weights (the adapter, or the model of a full fine-tune), the processor files and the card go up unless
-asked otherwise (`--include`): a run dir also holds checkpoints, optimizer states and `training_args.bin`, which
+Only the weights (the adapter, or the model of a full fine-tune; with `--merged`, the model with the LoRA folded
+in, as `fashioncap export --merge` writes it), the processor files and the card go up unless asked otherwise (`--include`): a run dir also holds checkpoints, optimizer states and `training_args.bin`, which
 can carry a Hub token. The token is read by huggingface_hub from its usual places (HF_TOKEN, `hf auth login`)
 and never printed, logged or written; an upload whose files contain it is refused. Data is never uploaded: the
 card names the training data and its terms of use as the data dir's build_report.json records them.
@@ -18,6 +18,7 @@ from huggingface_hub import HfApi, get_token
 from fashioncap import rundir
 from fashioncap.errors import MissingPathError, UserError, missing_path
 from fashioncap.io_utils import write_text_atomic
+from fashioncap.recipe_keys import GENERATION_DEFAULTS
 from fashioncap.scoretable import HEADLINE_METRICS, score_table
 
 CARD = "README.md"
@@ -74,11 +75,9 @@ def data_terms(data: dict) -> str:
     return report.get("terms") or "not recorded in the data dir's build_report.json (see where it came from)"
 
 
-def _card_metadata(config: dict, scores: dict, name: str, dataset: str, split: str) -> dict:
+def _card_metadata(config: dict, scores: dict, name: str, dataset: str, split: str, is_adapter: bool) -> dict:
     """The card's YAML header: what the Hub indexes (library, base model, tags, data set, model-index)."""
-    model = config["model"]
-    is_adapter = model.get("lora_preset", "none") != "none"
-    base = model["model_name_or_path"]
+    base = config["model"]["model_name_or_path"]
     meta = {
         "library_name": "peft" if is_adapter else "transformers",
         **({"base_model": base} if is_hub_id(base) else {}),  # the Hub rejects a base_model that is not an id
@@ -129,50 +128,83 @@ def _describe_lora(model: dict) -> str:
     )
 
 
-def _usage(base: str, target: str, is_adapter: bool) -> str:
+def how_to_use(base: str, target: str, is_adapter: bool, generation: dict) -> str:
+    """The card's "How to use": Python blocks that load `target` as it is (an adapter through PEFT; merged
+    weights with `pipeline` or `from_pretrained`) and caption product.jpg with the run's generation settings.
+
+    BLIP's `generate` does not read generation_config.json (its text decoder has its own generation config), so
+    the settings are passed explicitly. tests/test_export.py runs these blocks against local exports."""
+    settings = ", ".join(f"{k}={v}" for k, v in generation.items())
+    image = 'image = Image.open("product.jpg").convert("RGB")\n'
+    generate = (
+        f'ids = model.generate(**processor(images=image, return_tensors="pt"), {settings})\n'
+        "print(processor.decode(ids[0], skip_special_tokens=True))"
+    )
     if is_adapter:
-        return (
-            "from peft import PeftModel\n"
+        peft = (
+            "from peft import PeftModel\nfrom PIL import Image\n"
             "from transformers import BlipForConditionalGeneration, BlipProcessor\n\n"
             f'base = BlipForConditionalGeneration.from_pretrained("{base}")\n'
             f'model = PeftModel.from_pretrained(base, "{target}").merge_and_unload()\n'
-            f'processor = BlipProcessor.from_pretrained("{target}")'
+            f'processor = BlipProcessor.from_pretrained("{target}")\n{image}{generate}'
         )
-    return (
-        "from transformers import BlipForConditionalGeneration, BlipProcessor\n\n"
+        return (
+            f"The LoRA adapter, loaded onto its base with PEFT:\n```python\n{peft}\n```\n"
+            "For weights that load without PEFT (`pipeline`, `from_pretrained`), export the run merged: "
+            "`fashioncap export --model-dir RUN --out DIR --merge`, or `fashioncap push --merged`.\n"
+        )
+    pipe = (
+        "from PIL import Image\nfrom transformers import pipeline\n\n"
+        f'captioner = pipeline("image-text-to-text", model="{target}")  # transformers 4: "image-to-text"\n'
+        f"{image}"
+        f'print(captioner(images=image, text="", generate_kwargs=dict({settings}))[0]["generated_text"])'
+    )
+    direct = (
+        "from PIL import Image\nfrom transformers import BlipForConditionalGeneration, BlipProcessor\n\n"
         f'model = BlipForConditionalGeneration.from_pretrained("{target}")\n'
-        f'processor = BlipProcessor.from_pretrained("{target}")'
+        f'processor = BlipProcessor.from_pretrained("{target}")\n{image}{generate}'
+    )
+    return (
+        f"With a pipeline:\n```python\n{pipe}\n```\n"
+        f"With the model and its processor:\n```python\n{direct}\n```\n"
     )
 
 
 def model_card(
-    config: dict, metrics: dict | None = None, repo_id: str | None = None, checkpoint: str | None = None
+    config: dict,
+    metrics: dict | None = None,
+    repo_id: str | None = None,
+    checkpoint: str | None = None,
+    merged: bool = False,
+    location: str | None = None,
 ) -> str:
     """A model card with Hub metadata (base_model, library_name: peft, model-index) and the trial's settings;
-    `checkpoint` says which weights these are ('final (step N)' or 'best by eval_CIDEr (step N)')."""
+    `checkpoint` says which weights these are ('final (step N)' or 'best by eval_CIDEr (step N)'). `merged`:
+    the LoRA is folded into the weights; `location`: where the snippets load from (default: `repo_id`)."""
     model, data, training = config["model"], config["data"], config["training"]
-    is_adapter = model.get("lora_preset", "none") != "none"
+    is_adapter = model.get("lora_preset", "none") != "none" and not merged
     base = model["model_name_or_path"]
     dataset = data["data_dir"] if data.get("data_from_hub") else Path(data["data_dir"]).name
     scores = card_scores(metrics)
     name = repo_id or Path(training["output_dir"]).name
     split = (metrics or {}).get("split") or data.get("test_split", rundir.DEFAULT_SPLIT)  # the split scored
-    meta = _card_metadata(config, scores, name, dataset, split)
+    meta = _card_metadata(config, scores, name, dataset, split, is_adapter)
     # transformers 5 takes the warmup ratio as a float warmup_steps in [0, 1)
     warmup = training.get("warmup_ratio") or training.get("warmup_steps")
     table = score_table({name: scores}, list(scores), label="model") if scores else "(not evaluated)\n"
     scored = f"Checkpoint: {checkpoint}.\n\n" if checkpoint else ""
     global_batch = training.get("global_batch_size")
     global_batch = f" ({global_batch} per optimizer step)" if global_batch else ""
-    target = repo_id or "<this repo>"
+    target = location or repo_id or "<this repo>"
+    generation = config.get("generation") or GENERATION_DEFAULTS
     local_base = (
-        ""
-        if is_hub_id(base)
-        else " (a local model, not on the Hub: push it too, or the adapter cannot be loaded)"
+        " (a local model, not on the Hub: push it too, or the adapter cannot be loaded)"
+        if is_adapter and not is_hub_id(base)
+        else ""
     )
     body = f"""# {name}
 
-BLIP fine-tuned for fashion image captioning with fashioncap{" (LoRA adapter)" if is_adapter else ""}.
+BLIP fine-tuned for fashion image captioning with fashioncap{" (LoRA adapter)" if is_adapter else " (LoRA merged into the weights)" if merged else ""}.
 
 ## Training
 - base model: `{base}`{local_base}
@@ -185,10 +217,8 @@ BLIP fine-tuned for fashion image captioning with fashioncap{" (LoRA adapter)" i
 {scored}{table}
 Metrics on the pycocoevalcap scale (0-1; CIDEr 0-10); n/a: the metric could not run where it was evaluated.
 
-## Use
-```python
-{_usage(base, target, is_adapter)}
-```
+## How to use
+{how_to_use(base, target, is_adapter, generation)}
 Or, with fashioncap: `fashioncap caption --model-dir {target} IMAGE_OR_DIR`.
 """
     return f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n{body}"
@@ -200,8 +230,12 @@ def write_model_card(
     metrics: dict | None = None,
     repo_id: str | None = None,
     checkpoint: str | None = None,
+    merged: bool = False,
+    location: str | None = None,
 ):
-    write_text_atomic(Path(output_dir) / CARD, model_card(config, metrics, repo_id, checkpoint))
+    write_text_atomic(
+        Path(output_dir) / CARD, model_card(config, metrics, repo_id, checkpoint, merged, location)
+    )
 
 
 def files_to_upload(run_dir: Path, extra: list[str] | None = None) -> list[str]:
@@ -236,18 +270,28 @@ def card_metrics(run_dir: Path) -> dict | None:
 
 
 def prepare_upload(
-    run_dir: str | Path, repo_id: str, extra: list[str] | None = None
+    run_dir: str | Path, repo_id: str, extra: list[str] | None = None, merged_dir: str | Path | None = None
 ) -> tuple[list[str], str]:
-    """(files to upload relative to the run dir, card text); checks that no file carries the Hub token."""
+    """(files to upload, relative to the folder uploaded, card text); checks that no file carries the Hub token.
+
+    The folder is the run dir, or `merged_dir`: the run exported merged (`fashioncap.export`), whose card then
+    says so; the card's scores and settings come from the run either way."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise missing_path("run dir", run_dir)
     config = rundir.run_config(run_dir)
     if config is None:
         raise MissingPathError(f"{run_dir} is not a fashioncap run (no {rundir.RUN_CONFIG})")
-    card = model_card(config, card_metrics(run_dir), repo_id, rundir.scored_checkpoint(run_dir))
-    files = files_to_upload(run_dir, extra)
-    _refuse_token_leak(run_dir, files, card)
+    folder = Path(merged_dir) if merged_dir else run_dir
+    card = model_card(
+        config,
+        card_metrics(run_dir),
+        repo_id,
+        rundir.scored_checkpoint(run_dir),
+        merged=merged_dir is not None,
+    )
+    files = files_to_upload(folder, extra)
+    _refuse_token_leak(folder, files, card)
     return files, card
 
 
@@ -257,23 +301,26 @@ def push(
     private: bool = False,
     dry_run: bool = False,
     extra: list[str] | None = None,
+    merged_dir: str | Path | None = None,
 ) -> list[str]:
-    """Write the card for `repo_id` into the run and upload the run's files; returns them (relative paths).
+    """Write the card for `repo_id` into the folder uploaded (the run, or `merged_dir`: the run exported merged)
+    and upload its files; returns them (relative paths).
 
     `dry_run` only works out the files and the card: nothing is written or uploaded (and no token is needed).
     """
     if not dry_run:
         require_token()
-    files, card = prepare_upload(run_dir, repo_id, extra)
+    files, card = prepare_upload(run_dir, repo_id, extra, merged_dir)
     if dry_run:
         return files
-    write_text_atomic(Path(run_dir) / CARD, card)
+    folder = Path(merged_dir) if merged_dir else Path(run_dir)
+    write_text_atomic(folder / CARD, card)
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
     api.upload_folder(
         repo_id=repo_id,
-        folder_path=str(run_dir),
+        folder_path=str(folder),
         allow_patterns=files,
-        commit_message="Upload fashioncap run",
+        commit_message="Upload fashioncap run" + (" (merged)" if merged_dir else ""),
     )
     return files

@@ -24,7 +24,7 @@ RECIPE_KEYS = {
     "reward": (
         "reward_funcs", "reward_weights", "mle_weight", "rl_weight", "num_samples", "baseline", "rl_start",
         "sample_temperature", "sample_top_k", "max_sample_tokens", "mask_truncated_completions", "scale_rewards",
-        "kl_weight",
+        "kl_weight", "log_completions_steps",
     ),
     "generation": tuple(GENERATION_DEFAULTS),
     "run": ("overwrite_output_dir", "global_batch_size", "cuda_graphs"),

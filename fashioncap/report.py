@@ -3,6 +3,7 @@
 OUT/comparison.md      the seed-style table (BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE, ALS, SLS) per run
 OUT/report.html        one self-contained page: the table, sample test images (embedded) with the reference
                        and each run's caption side by side (the seed's "human evaluation" view), the curves
+                       and each RL run's first and last table of sampled captions (RUN/completions.jsonl)
 OUT/curves/<run>.png   training curves (losses, rewards) from RUN/trainer_state.json
 OUT/summary.json       {"runs": {run name: RUN/eval/<split>/metrics.json},
                         "comparisons": [{"a", "b", "metric", "delta", "ci95"}, ...]}: paired differences of
@@ -22,6 +23,7 @@ from pathlib import Path
 from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
 from fashioncap import rundir
+from fashioncap.completions import read_completions, table_rows
 from fashioncap.data.coco import references_file
 from fashioncap.data.images import ImageProblem, open_rgb
 from fashioncap.errors import ConfigError, missing_path
@@ -302,6 +304,7 @@ img.sample { max-width: 160px; }
 img.curves { max-width: 100%; display: block; margin-bottom: 1em; }
 span.ci { color: #666; font-size: 0.85em; }
 span.mark { color: #a40; font-size: 0.85em; }
+td.completions { vertical-align: top; }
 """
 
 
@@ -326,6 +329,7 @@ def render_html(
     comparisons: list[dict] = (),
     notes: list[str] = (),
     base: str | None = None,
+    completions: str = "",
 ) -> str:
     esc = html.escape
     names = list(metrics)
@@ -366,6 +370,7 @@ def render_html(
             caps = "".join(f'<td class="cap">{esc(row["captions"][n] or "—")}</td>' for n in names)
             parts.append(f'<tr><td>{image}<br>#{row["image_id"]}</td><td class="ref">{refs}</td>{caps}</tr>')
         parts.append("</table>")
+    parts.append(completions)
     parts.append("<h2>Training curves</h2>")
     for name, png in curves.items():
         body = (
@@ -376,6 +381,30 @@ def render_html(
         parts.append(f"<h3>{esc(name)}</h3>{body}")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def completions_html(run_dirs: dict[str, Path]) -> str:
+    """Each RL run's first and last table of sampled captions (RUN/completions.jsonl) side by side: what the
+    rewards did to the captions. Empty when no run logged any."""
+    esc = html.escape
+    parts = []
+    for name, run_dir in run_dirs.items():
+        tables = read_completions(run_dir)
+        if not tables:
+            continue
+        shown = [tables[0], tables[-1]] if len(tables) > 1 else tables
+        heads = "".join(
+            f"<th>{'first' if t is shown[0] else 'last'} table (step {t['step']})</th>" for t in shown
+        )
+        cells = "".join(f'<td class="completions">{_html_table(*table_rows(t))}</td>' for t in shown)
+        parts.append(f"<h3>{esc(name)}</h3><table><tr>{heads}</tr><tr>{cells}</tr></table>")
+    if not parts:
+        return ""
+    return (
+        "<h2>Sampled captions during RL (first and last logged tables)</h2>"
+        "<p>Each image's H sampled captions with each reward, the total, the baseline and the advantage "
+        "(RUN/completions.jsonl, every log_completions_steps steps).</p>" + "".join(parts)
+    )
 
 
 def _data_dir_of(run_dirs: dict[str, Path]) -> Path | None:
@@ -427,7 +456,9 @@ def write_report(
             write_bytes_atomic(files[-1], curves[name])
     outputs = {
         "comparison.md": f"# Scores on the {split} split\n\n" + table + sections,
-        "report.html": render_html(metrics, rows, curves, split, comparisons, notes, base),
+        "report.html": render_html(
+            metrics, rows, curves, split, comparisons, notes, base, completions_html(run_dirs)
+        ),
     }
     for file_name, text in outputs.items():
         write_text_atomic(out_dir / file_name, text)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from accelerate.utils import gather_object
 from transformers import Seq2SeqTrainer
 
+from fashioncap.completions import completions_table, write_completions
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.collator import IGNORE_INDEX, MODEL_INPUTS, CaptionCollator
 from fashioncap.decoding import decode, decoder_logits, dropout_disabled, image_memory
@@ -175,6 +176,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._nonfinite_in_a_row = 0
         self._skip_optimizer_step = False
+        self._completions_step: int | None = None
 
     # --- plumbing ---
 
@@ -347,6 +349,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         rl_scale = 1.0 if num_items_in_batch is None else 1.0 / self.current_gradient_accumulation_steps
         keep = ~truncated if args.mask_truncated_completions else None
         rl_loss = reinforce_loss(logprobs, total, baseline, keep)
+        self._log_completions(samples, rewards, total, baseline, columns)
         loss = loss + args.rl_weight * rl_loss * rl_scale
         if args.kl_weight:
             kl = self._kl_to_base(model, blip, pixel_values, samples, sample_mask, sample_token_logprobs)
@@ -373,6 +376,21 @@ class FashionCapTrainer(Seq2SeqTrainer):
         return (token_kl(policy_logprobs, base) * mask).sum() / mask.sum().clamp(min=1)
 
     # --- logging ---
+
+    def _log_completions(self, samples, rewards, total, baseline, columns) -> None:
+        """Every `log_completions_steps` RL steps (the first included), a table of the main process's sampled
+        captions to RUN/completions.jsonl and the trackers (fashioncap.completions)."""
+        step, every, last = self.state.global_step, self.args.log_completions_steps, self._completions_step
+        if not every or not self.is_world_process_zero() or (last is not None and step - last < every):
+            return
+        self._completions_step = step
+        tensorboard = next(
+            (c.tb_writer for c in self.callback_handler.callbacks if getattr(c, "tb_writer", None)), None
+        )
+        table = completions_table(
+            step, columns["image_id"], columns["caption"], self._decode(samples), rewards, total, baseline
+        )
+        write_completions(self.args.output_dir, table, tensorboard, "trackio" in self.args.report_to)
 
     def _log_metric(self, name: str, value, weight=1) -> None:
         """Accumulate a weighted value: `loss/mle` is weighted by its token count, so the logged mean is exact."""

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from fashioncap.data import facad
+from fashioncap.data.check import check_data_dir
 from fashioncap.data.facad import (
     build_facad,
     category_forms,
@@ -27,6 +28,7 @@ from fashioncap.text import normalize_text
 
 CATEGORY_IDS = {"dress": 1, "tee": 2, "jeans": 3, "sweater": 4, "skirt": 5, "top": 6, "blazer": 7, "gown": 8}
 COLOURS = ["Black", "Navy/ White", "Pale Pink", "Red Multi"]
+SPLIT = ("train", "val", "test")
 
 
 def _jpeg(rgb=(200, 40, 40), size=(60, 90)) -> bytes:
@@ -373,3 +375,80 @@ def test_cli_then_check(facad_raw, tmp_path, capsys):
     assert summary["max_shared_description"] == 5
     assert main(["data", "check", str(out)]) == 0
     assert "usable" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def multiview_raw(tmp_path_factory, facad_descriptions):
+    """12 hand-made records whose first colour has 1 to 4 views ("0".."3", as FACAD's meta lists them); the
+    second colour's views must never be used, and one listed view (item 3's "2") has no file."""
+    root = tmp_path_factory.mktemp("multiview_raw")
+    records = []
+    for i, rec in enumerate(facad_descriptions[:12]):
+        record = _record(rec, "Black", "dress")
+        views = 1 + i % 4
+        record["images"][0].update(
+            {str(v): f"https://n.example.com/{rec['id']}_{v}.jpeg" for v in range(views)}
+        )
+        record["images"][1].update({"1": "https://n.example.com/other_1.jpeg"})
+        for colour, count in (("Black", views), ("Other", 2)):
+            folder = root / "images" / str(rec["id"]) / colour
+            folder.mkdir(parents=True)
+            for v in range(count):
+                (folder / f"{v}.jpeg").write_bytes(_jpeg((i * 20 % 255, 40 * v, 160), size=(60 + 10 * v, 90)))
+        records.append(record)
+    (root / "images" / str(records[3]["id"]) / "Black" / "2.jpeg").unlink()
+    (root / "meta.json").write_text(json.dumps(records))
+    return {"meta": root / "meta.json", "images": root / "images", "records": records}
+
+
+def test_all_views_are_training_images_and_val_test_stay_front(multiview_raw, tmp_path):
+    out = build_facad(multiview_raw["meta"], multiview_raw["images"], tmp_path / "all", train=6, val=3, test=3,
+                      image_size=32, views="all", split_strategy="order", workers=2, progress=False)  # fmt: skip
+    report = json.loads((out / "build_report.json").read_text())
+    records = {r["id"]: r for r in multiview_raw["records"]}
+    views_listed = {i: len([k for k in r["images"][0] if k.isdigit()]) for i, r in records.items()}
+    missing = multiview_raw["records"][3]["id"]
+    items = {
+        split: [int(x) for x in (out / "splits" / f"{split}.txt").read_text().split()] for split in SPLIT
+    }
+    assert sum(map(len, items.values())) == 12 and len(set().union(*map(set, items.values()))) == 12
+    for split in ("val", "test"):
+        coco = _coco(out, split)
+        assert [im["id"] for im in coco["images"]] == items[split], "one front image per item"
+        assert all(im["file_name"] == f"{im['id']}.jpg" for im in coco["images"])
+    train = _coco(out, "train")
+    stride = 10 ** len(str(max(records)))
+    expected_views = {i: views_listed[i] - (i == missing) for i in items["train"]}
+    per_item: dict[int, list] = {}
+    for image, ann in zip(train["images"], train["annotations"], strict=True):
+        item, view = image["id"] % stride, image["id"] // stride
+        assert item in items["train"] and ann["image_id"] == image["id"]
+        assert image["file_name"] == (f"{item}.jpg" if view == 0 else f"{item}_{view}.jpg")
+        assert (
+            ann["caption"] == records[item]["description"] and ann["category"] == records[item]["categoryid"]
+        )
+        with Image.open(out / "images" / image["file_name"]) as im:
+            assert im.size == (image["width"], image["height"])
+            green = np.asarray(im)[..., 1].mean()
+        assert abs(green - 40 * view) < 6, "that view's own file (its green level is 40 x view)"
+        per_item.setdefault(item, []).append(view)
+    assert {i: len(v) for i, v in per_item.items()} == expected_views
+    assert report["views"] == "all" and report["counts"] == {"train": 6, "val": 3, "test": 3}
+    assert report["images"] == {"train": sum(expected_views.values()), "val": 3, "test": 3}
+    assert report["views_per_item"]["train"] == {
+        str(n): c for n, c in sorted(Counter(expected_views.values()).items())
+    } and report["views_per_item"]["val"] == {"1": 3}
+    assert missing in items["train"] and [(s["record"], s["view"]) for s in report["skipped_views"]] == [
+        (missing, 2)
+    ]
+    assert check_data_dir(out).ok
+
+
+def test_front_view_is_the_default(multiview_raw, tmp_path):
+    out = build_facad(multiview_raw["meta"], multiview_raw["images"], tmp_path / "front", train=6, val=3, test=3,
+                      image_size=32, workers=2, progress=False)  # fmt: skip
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["views"] == "front" and report["images"] == {"train": 6, "val": 3, "test": 3}
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(
+        f"{i}.jpg" for split in SPLIT for i in (out / "splits" / f"{split}.txt").read_text().split()
+    )

@@ -63,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a description shared by more items is boilerplate and those items are skipped; fewer share a split "
         "(default: 3)",
     )
+    p.add_argument(
+        "--views",
+        choices=("front", "all"),
+        default="front",
+        help="front: one image per item; all: every view of a training item's first colour (val/test stay "
+        "front) (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random split (--split-strategy random)")
     p.add_argument("--workers", type=int, default=16, help="threads for downloading and re-encoding images")
     p.add_argument("--timeout", type=float, default=30.0, help="download timeout per request, seconds")
@@ -116,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             image_size=args.image_size,
             max_words=args.max_words,
             max_shared_description=args.max_shared_description,
+            views=args.views,
             seed=args.seed,
             workers=args.workers,
             timeout=args.timeout,

@@ -1,8 +1,10 @@
-"""`fashioncap push --model-dir RUN --repo-id USER/NAME`: the adapter, its processor and model card to the Hub."""
+"""`fashioncap push --model-dir RUN --repo-id USER/NAME [--merged]`: the adapter (or, with --merged, the model with
+the LoRA folded in), its processor and model card to the Hub."""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 HELP = "push an adapter, its processor and model card to the Hugging Face Hub"
@@ -16,6 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="print the files and the card; upload nothing (needs no token)"
     )
     parser.add_argument(
+        "--merged",
+        action="store_true",
+        help="push the model with the LoRA merged in (loads without PEFT, e.g. in `pipeline`) instead of the adapter",
+    )
+    parser.add_argument(
         "--include",
         nargs="*",
         default=[],
@@ -24,17 +31,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fashioncap.hub import CARD, prepare_upload, push
+    from fashioncap.hub import require_token
 
     run_dir = Path(args.model_dir)
+    if not args.merged:
+        return _push(args, run_dir, None)
+    if not args.dry_run:
+        require_token()  # before the merge, not after
+    from fashioncap.export import export_run
+
+    with tempfile.TemporaryDirectory(prefix="fashioncap-merged-") as tmp:
+        return _push(args, run_dir, export_run(run_dir, Path(tmp) / "merged", merge=True))
+
+
+def _push(args: argparse.Namespace, run_dir: Path, merged_dir: Path | None) -> int:
+    from fashioncap.hub import CARD, prepare_upload, push
+
+    folder = merged_dir or run_dir
     if args.dry_run:
-        files, card = prepare_upload(run_dir, args.repo_id, args.include)
+        files, card = prepare_upload(run_dir, args.repo_id, args.include, merged_dir)
     else:
-        files = push(run_dir, args.repo_id, private=args.private, extra=args.include)
+        files = push(run_dir, args.repo_id, private=args.private, extra=args.include, merged_dir=merged_dir)
     verb = "would upload" if args.dry_run else "uploaded"
-    print(f"{verb} {len(files)} files to {args.repo_id} ({'private' if args.private else 'public'}):")
+    what = "the merged model" if merged_dir else "the run"
+    print(
+        f"{verb} {len(files)} files of {what} to {args.repo_id} ({'private' if args.private else 'public'}):"
+    )
     for f in files:
-        print(f"  {f}  " + ("(model card)" if f == CARD else f"({(run_dir / f).stat().st_size:,} bytes)"))
+        print(f"  {f}  " + ("(model card)" if f == CARD else f"({(folder / f).stat().st_size:,} bytes)"))
     if args.dry_run:
         print(f"\n--- {CARD} ---\n{card}")
     return 0

@@ -1,13 +1,20 @@
 """Build a data dir from FACAD (Yang et al., ECCV 2020): one front image per item, its description, attributes
 and category, split reproducibly. Every record left out is listed in build_report.json with its reason.
 
+With `views="all"`, every view of a training item's first colour becomes a training image with the item's
+caption (more pixels per caption, as the FACAD authors trained); val and test keep the front view, one image per
+item, and since views are only added to items already in train, no item's views cross splits. A view that fails
+to download or decode is left out (build_report.json, "skipped_views"); its item keeps its other views.
+
 Items whose normalised descriptions are identical stay in one split, so a test caption is never also a train
 caption. A description shared by more than `max_shared_description` items is boilerplate ("this wedding gown
 can't be purchased online..."), not a description, and those items are skipped. The ids of each split are
 written to `splits/<split>.txt`, one per line, so the scores of two builds can be checked for comparability.
 
 Record format: docs/data.md ("FACAD"). Images follow the FACAD authors' layout,
-`<IMG_ROOT>/<id>/<colour words joined by "_", "/" removed>/0.jpeg`; only the first colour's view "0" is used.
+`<IMG_ROOT>/<id>/<colour words joined by "_", "/" removed>/<view>.jpeg`; only the first colour is used, and
+only its front view "0" unless `views="all"`. View v > 0 of item i is image `i_v.jpg` with image id
+`i + v * stride`, the stride a power of ten above every item id (build_report.json records it).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from fashioncap.io_utils import atomic_directory, safe_join, write_json_atomic, 
 from fashioncap.text import normalize_text, plural
 
 SPLIT_ORDER = ("train", "val", "test")
+VIEWS = ("front", "all")
 JPEG_QUALITY = 90
 TERMS = "FACAD: research use only, redistribution restricted by its authors"  # quoted by model cards
 DETAILS_HEADING = re.compile(r"^\s*details\s*&\s*care\s*", re.IGNORECASE)
@@ -45,10 +53,17 @@ class FacadItem:
     category_name: str
     source: Path  # the front image under IMG_ROOT
     url: str | None
+    extra_views: tuple[tuple[int, str | None], ...] = ()  # the first colour's other views: (view, its URL)
+
+    def view_source(self, view: int) -> Path:
+        return self.source.with_name(f"{view}.jpeg")
 
 
 Unit = list[FacadItem]  # items that share a normalised description (most units hold one item)
 Encoded = tuple[FacadItem, tuple[int, int]]  # an item and its encoded image's (width, height)
+ExtraViews = dict[
+    int, list[tuple[int, tuple[int, int]]]
+]  # item id -> [(view, encoded size)] beyond the front
 
 
 @dataclass
@@ -141,6 +156,11 @@ def parse_record(record, image_root: Path, max_words: int) -> FacadItem:
         raise Skip("categoryid", "missing or not an integer")
     if not isinstance(name, str) or not name.strip():
         raise Skip("category", f"unknown category: id {category} has no name")
+    extra_views = sorted(
+        (int(key), full_resolution_url(url) if isinstance(url, str) and url else None)
+        for key, url in images[0].items()
+        if key.isdigit() and key != "0"
+    )
     return FacadItem(
         id=item_id,
         caption=caption,
@@ -150,6 +170,7 @@ def parse_record(record, image_root: Path, max_words: int) -> FacadItem:
         category_name=" ".join(name.lower().split()),
         source=source,
         url=full_resolution_url(url) if isinstance(url, str) and url else None,
+        extra_views=tuple(extra_views),
     )
 
 
@@ -278,6 +299,62 @@ def select_and_encode(
     return Selection(splits=splits, examined=examined, download_failures=download_failures, skipped=skipped)
 
 
+def encode_extra_views(
+    train: list[Encoded],
+    images_dir: Path,
+    *,
+    download: bool,
+    image_size: int,
+    workers: int,
+    timeout: float,
+    retries: int,
+    progress: bool,
+) -> tuple[ExtraViews, list[dict]]:
+    """Download (if asked) and encode every view but the front of the training items' first colour; returns
+    the encoded views per item and the views left out, with their reasons."""
+    wanted = [(item, view, url) for item, _ in train for view, url in item.extra_views]
+    failed: dict[object, str] = {}
+    if download:
+        jobs = [DownloadJob((it.id, view), url, it.view_source(view)) for it, view, url in wanted if url]
+        failed = download_images(jobs, workers, timeout, retries, progress=progress)
+        failed.update(
+            {(it.id, view): "no image URL in the record" for it, view, url in wanted
+             if not url and not it.view_source(view).is_file()}
+        )  # fmt: skip
+
+    def encode(entry) -> tuple[int, int] | Skip:
+        item, view, _ = entry
+        if (item.id, view) in failed:
+            return Skip(f"images.{view}", f"download failed: {failed[item.id, view]}")
+        try:
+            return encode_image(
+                item.view_source(view), images_dir / view_file_name(item.id, view), image_size
+            )
+        except ImageProblem as e:
+            return Skip("image", f"{item.view_source(view)}: {e}")
+
+    views: ExtraViews = {}
+    skipped = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for (item, view, _), result in zip(wanted, pool.map(encode, wanted), strict=True):
+            if isinstance(result, Skip):
+                skipped.append(
+                    {"record": item.id, "view": view, "field": result.field, "reason": result.reason}
+                )
+            else:
+                views.setdefault(item.id, []).append((view, result))
+    return views, skipped
+
+
+def view_file_name(item_id: int, view: int) -> str:
+    return f"{item_id}.jpg" if view == 0 else f"{item_id}_{view}.jpg"
+
+
+def view_stride(items: list[FacadItem]) -> int:
+    """A power of ten above every item id: view v > 0 of item i is image id i + v * stride, unique."""
+    return 10 ** len(str(max((abs(item.id) for item in items), default=0)))
+
+
 def _next_units(units: list[Unit], position: int, wanted: int) -> list[Unit]:
     """The units from `position` on that hold at least `wanted` items (fewer at the end of the list)."""
     batch, count = [], 0
@@ -293,11 +370,31 @@ def _encoded(unit: Unit, results: dict[int, tuple[int, int] | Skip]) -> list[Enc
     return [(item, results[item.id]) for item in unit if not isinstance(results[item.id], Skip)]
 
 
-def write_splits(out: Path, splits: dict[str, list[Encoded]], seed: int, split_strategy: str) -> None:
-    """annotations/<split>.json (COCO captions) and splits/<split>.txt (the ids, to compare builds by)."""
+def split_images(
+    splits: dict[str, list[Encoded]], extra_views: ExtraViews, stride: int
+) -> dict[str, list[tuple[FacadItem, int, int, tuple[int, int]]]]:
+    """Each split's images as (item, view, image id, size): every item's front, then its extra views (train)."""
+    return {
+        split: [
+            entry
+            for item, size in chosen
+            for entry in [
+                (item, 0, item.id, size),
+                *((item, v, item.id + v * stride, s) for v, s in extra_views.get(item.id, [])),
+            ]
+        ]
+        for split, chosen in splits.items()
+    }
+
+
+def write_splits(
+    out: Path, splits: dict[str, list[Encoded]], images: dict[str, list], seed: int, split_strategy: str
+) -> None:
+    """annotations/<split>.json (COCO captions, one per image) and splits/<split>.txt (the item ids, to compare
+    builds by)."""
     for split in SPLIT_ORDER:
         write_json_atomic(
-            out / "annotations" / f"{split}.json", _coco(splits[split], split, seed, split_strategy), None
+            out / "annotations" / f"{split}.json", _coco(images[split], split, seed, split_strategy), None
         )
         write_text_atomic(
             out / "splits" / f"{split}.txt", "".join(f"{item.id}\n" for item, _ in splits[split])
@@ -315,11 +412,14 @@ def build_report(
     units: list[Unit],
     boilerplate: list[Unit],
     selection: Selection,
+    images: dict[str, list],
+    skipped_views: list[dict],
     seconds: float,
 ) -> dict:
-    """build_report.json: the settings, the counts and every skipped record with its field and reason."""
+    """build_report.json: the settings, the counts (items and images per split, views per item) and every
+    skipped record (and view) with its field and reason."""
     shared = [unit for unit in units if len(unit) > 1]
-    kept = sum(map(len, selection.splits.values()))
+    kept = sum(map(len, images.values()))
     boilerplate_skips = [
         {
             "record": item.id,
@@ -337,6 +437,8 @@ def build_report(
         "resize": f"fit into {settings['image_size']}x{settings['image_size']}, aspect kept, never upscaled; "
         f"RGB JPEG q{JPEG_QUALITY}",
         "counts": {split: len(selection.splits[split]) for split in SPLIT_ORDER},
+        "images": {split: len(images[split]) for split in SPLIT_ORDER},
+        "views_per_item": {split: _views_per_item(images[split]) for split in SPLIT_ORDER},
         "records": candidates.records,
         "candidates": len(candidates.items),
         "duplicate_description_groups": {"groups": len(shared), "items": sum(map(len, shared))},
@@ -346,7 +448,19 @@ def build_report(
         "seconds": round(seconds, 3),
         "images_per_second": round(kept / seconds, 1) if seconds > 0 else None,
         "skipped": candidates.skipped + boilerplate_skips + selection.skipped,
+        "skipped_views": skipped_views,
     }
+
+
+def _views_per_item(images: list) -> dict[str, int]:
+    """{number of views: items with that many} over a split's images."""
+    per_item: dict[int, int] = {}
+    for item, *_ in images:
+        per_item[item.id] = per_item.get(item.id, 0) + 1
+    histogram: dict[str, int] = {}
+    for count in sorted(per_item.values()):
+        histogram[str(count)] = histogram.get(str(count), 0) + 1
+    return histogram
 
 
 def build_facad(
@@ -362,6 +476,7 @@ def build_facad(
     image_size: int = 384,
     max_words: int = 50,
     max_shared_description: int = 3,
+    views: str = "front",
     seed: int = 0,
     workers: int = 16,
     timeout: float = 30.0,
@@ -374,8 +489,11 @@ def build_facad(
     Items sharing a normalised description form a unit; units of more than `max_shared_description` items
     (boilerplate) are skipped. Units are ordered by `split_strategy` (`random`: shuffled with `seed`; `order`:
     meta-file order) and walked in that order until enough usable items are found, so only the images that end
-    up in the splits are downloaded and re-encoded. Whole units fill train, then val, then test.
+    up in the splits are downloaded and re-encoded. Whole units fill train, then val, then test. `views`:
+    "front" (one image per item) or "all" (every view of a training item's first colour, see the module doc).
     """
+    if views not in VIEWS:
+        raise ConfigError(f"views must be one of {', '.join(VIEWS)} (got {views!r})")
     if split_strategy not in ("random", "order"):
         raise ConfigError(f"split_strategy must be 'random' or 'order' (got {split_strategy!r})")
     requested = {"train": train, "val": val, "test": test}
@@ -403,7 +521,15 @@ def build_facad(
             retries=retries,
             progress=progress,
         )
-        write_splits(tmp, selection.splits, seed, split_strategy)
+        extra_views, skipped_views = ({}, [])
+        if views == "all":
+            extra_views, skipped_views = encode_extra_views(
+                selection.splits["train"], tmp / "images", download=download, image_size=image_size,
+                workers=workers, timeout=timeout, retries=retries, progress=progress,
+            )  # fmt: skip
+        stride = view_stride(candidates.items)
+        images = split_images(selection.splits, extra_views, stride)
+        write_splits(tmp, selection.splits, images, seed, split_strategy)
         write_json_atomic(tmp / "categories.json", category_forms(candidates.category_names))
         settings = {
             "meta": str(meta),
@@ -413,11 +539,14 @@ def build_facad(
             "image_size": image_size,
             "max_words": max_words,
             "max_shared_description": max_shared_description,
+            "views": views,
+            "view_image_id": f"item id + view x {stride} (view 0, the front: the item id)",
             "requested": requested,
         }
         report = build_report(
-            settings, candidates, units, boilerplate, selection, time.perf_counter() - start
-        )
+            settings, candidates, units, boilerplate, selection, images, skipped_views,
+            time.perf_counter() - start,
+        )  # fmt: skip
         write_json_atomic(tmp / "build_report.json", report)
     return Path(out_dir)
 
@@ -431,18 +560,23 @@ def _encode_item(item: FacadItem, failed: dict, out: Path, size: int) -> tuple[i
         return Skip("image", f"{item.source}: {e}")
 
 
-def _coco(chosen: list[Encoded], split: str, seed: int, strategy: str) -> dict:
+def _coco(
+    chosen: list[tuple[FacadItem, int, int, tuple[int, int]]], split: str, seed: int, strategy: str
+) -> dict:
     info = {"description": "FACAD (Yang et al., ECCV 2020), built by fashioncap", "split": split}
     info.update(seed=seed, split_strategy=strategy)
-    images = [{"id": it.id, "file_name": f"{it.id}.jpg", "width": w, "height": h} for it, (w, h) in chosen]
+    images = [
+        {"id": image_id, "file_name": view_file_name(it.id, view), "width": w, "height": h}
+        for it, view, image_id, (w, h) in chosen
+    ]
     annotations = [
         {
-            "id": it.id,
-            "image_id": it.id,
+            "id": image_id,
+            "image_id": image_id,
             "caption": it.caption,
             "attributes": it.attributes,
             "category": it.category,
         }
-        for it, _ in chosen
+        for it, _, image_id, _ in chosen
     ]
     return {"info": info, "licenses": [], "images": images, "annotations": annotations}
