@@ -26,11 +26,10 @@ from fashioncap.train import train
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 BASE = "base"
 
-# Expected seconds per stage on this project's 2-core machine with nothing else running, from BENCHMARKS.md:
-# "make demo" 2026-11-26 (the base 4.9 min for its 3,780 steps, trials 1-4 3.4 min with an RL trial 70-75 s at
-# rl_start 0.5, so an MLE trial ~30 s), "make study" 2026-11-27 (an evaluation ~10 s); the synthetic set ~3 s
-# (README). Other CPU-heavy work on the machine slows torch several-fold.
-EXPECTED_SECONDS = {"data": 3, "base": 295, "mle": 30, "rl": 75, "eval": 10, "report": 5}
+# Expected seconds per stage on this project's 2-core machine with nothing else running, from BENCHMARKS.md,
+# "make demo" 2026-12-06 (synthetic v4): the base 5.8 min for its 3,780 steps, MLE trials 36-48 s, RL trials
+# 72-102 s, an evaluation 3-12 s, the synthetic set ~3 s. Other CPU-heavy work slows torch several-fold.
+EXPECTED_SECONDS = {"data": 3, "base": 345, "mle": 42, "rl": 86, "eval": 5, "report": 5}
 IDLE_MACHINE = " on an idle 2-core machine"
 
 

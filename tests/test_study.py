@@ -184,8 +184,8 @@ def test_study_counts_its_runs_and_reuses_the_demo_run_of_the_same_trial_and_see
     assert trained == [1], "seed 1 trained, seed 0 reused"
     assert (demo_run / "adapter_model.safetensors").read_bytes() == adapter
     out = capsys.readouterr().out
-    assert "== run 1 of 2: trial1 seed 0 (about 40 s on an idle 2-core machine) ==" in out
-    assert "== run 2 of 2: trial1 seed 1 (about 40 s on an idle 2-core machine; " in out
+    assert "== run 1 of 2: trial1 seed 0 (about 47 s on an idle 2-core machine) ==" in out
+    assert "== run 2 of 2: trial1 seed 1 (about 47 s on an idle 2-core machine; " in out
     assert "reusing the finished run in outputs/demo/trial1: the same recipe, data, base and seed" in out
 
 
