@@ -256,8 +256,10 @@ def continue_from_run(peft_model, run_dir: str | Path) -> None:
         )
     base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     own = peft_model.peft_config["default"].base_model_name_or_path
-    if base and own and Path(base).resolve() != Path(own).resolve() and base != own:
-        raise ModelLoadError(f"init_from_run {run_dir} was trained on {base}, this recipe's model is {own}")
+    if base and own and Path(base).resolve() != Path(own).resolve():  # a Hub id resolves alike both times
+        raise ModelLoadError(
+            f"init_from_run {run_dir} was trained on {base}, this recipe's model is {own}: continue it on its base"
+        )
     try:
         result = set_peft_model_state_dict(peft_model, load_file(weights))
     except RuntimeError as err:  # a tensor of another shape: another lora_r or model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,18 @@ def test_an_adapter_of_other_settings_is_refused(
 ):
     with pytest.raises(ModelLoadError, match=message):
         _model(tiny_model_dir, synthetic_dir, "--init_from_run", str(finished_run), *overrides)
+
+
+def test_an_adapter_of_another_base_is_refused(finished_run, tiny_model_dir, synthetic_dir, tmp_path):
+    other_base = tmp_path / "other_base"
+    shutil.copytree(tiny_model_dir, other_base)
+    config = load_config(
+        TRIAL1,
+        ["--model_name_or_path", str(other_base), "--data_dir", str(synthetic_dir), "--init_from_run",
+         str(finished_run)],
+    )  # fmt: skip
+    with pytest.raises(ModelLoadError, match="was trained on .*continue it on its base"):
+        build_model(config, load_captions(synthetic_dir))
 
 
 def test_without_lora_or_without_a_finished_run_it_is_an_error(tiny_model_dir, synthetic_dir, tmp_path):
