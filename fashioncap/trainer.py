@@ -23,14 +23,15 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 from accelerate.utils import gather_object
-from transformers import Seq2SeqTrainer
+from transformers import Seq2SeqTrainer, TrainerCallback
 
 from fashioncap.completions import completions_table, write_completions
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.collator import IGNORE_INDEX, MODEL_INPUTS, CaptionCollator
-from fashioncap.decoding import decode, decoder_logits, dropout_disabled, image_memory
+from fashioncap.decoding import decode, decoder_logits, dropout_disabled, image_memory, text_decoder
 from fashioncap.rewards import get_reward_funcs, prepare_rewards
 from fashioncap.text import decode_captions
+from fashioncap.zero3 import gathered_without_hooks
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,17 @@ def eval_mode(module: torch.nn.Module):
         module.train(was_training)
 
 
+class SkipFlagReset(TrainerCallback):
+    """Clears the trainer's skip-the-optimizer-step flag once the step is over (after every parameter group's
+    step() call, however many the optimizer wrapper makes), so the next step runs."""
+
+    def __init__(self, trainer: FashionCapTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._skip_optimizer_step = False
+
+
 class FashionCapTrainer(Seq2SeqTrainer):
     # compute_loss normalises MLE by the token count of the whole accumulated, all-rank batch and divides the RL
     # term by the accumulation steps itself, so the Trainer must not divide again.
@@ -177,6 +189,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         self._nonfinite_in_a_row = 0
         self._skip_optimizer_step = False
         self._completions_step: int | None = None
+        self.add_callback(SkipFlagReset(self))
 
     # --- plumbing ---
 
@@ -195,15 +208,23 @@ class FashionCapTrainer(Seq2SeqTrainer):
         that already writes the captions' style (every rank sees the same global step, so all agree)."""
         return self.state.global_step >= self.args.rl_start * self.state.max_steps
 
-    @property
-    def _cuda_graphs(self) -> bool | None:
-        """None lets `decode` capture CUDA graphs where it can (CUDA, not `synced_gpus`: under ZeRO-3 the
-        parameter-gathering hooks must run at every step, which a graph replay would skip); False never."""
-        return None if self.args.cuda_graphs else False
-
     def _is_zero3(self) -> bool:
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         return plugin is not None and plugin.zero_stage == 3
+
+    def _decoder_gathered(self, blip):
+        """Under ZeRO-3 (with `zero3_gathered_decoding`): the decoder's weights gathered once for the block and
+        DeepSpeed's per-module hooks lifted (fashioncap.zero3); elsewhere nothing."""
+        gathered = self._is_zero3() and self.args.zero3_gathered_decoding
+        return gathered_without_hooks(text_decoder(blip), enabled=gathered)
+
+    @property
+    def _decode_kwargs(self) -> dict:
+        """`synced_gpus` where DeepSpeed's hooks gather weights at every decoding step (ZeRO-3 without the gathered
+        decoder: every rank must take every step, and a CUDA graph replay would skip the hooks); `cuda_graphs`
+        None lets `decode` capture graphs where it can (CUDA, not synced), False never."""
+        synced = self._is_zero3() and not self.args.zero3_gathered_decoding
+        return dict(synced_gpus=synced, cuda_graphs=None if self.args.cuda_graphs else False)
 
     def _decode(self, sequences: torch.Tensor) -> list[str]:
         return decode_captions(self.processing_class, sequences)
@@ -227,16 +248,14 @@ class FashionCapTrainer(Seq2SeqTrainer):
     def rollout(self, blip, image_embeds: torch.Tensor, columns: dict):
         """H sampled captions per image and their rewards; the baseline (and, for `greedy`, its captions).
 
-        Under ZeRO-3 each decoding step gathers the decoder's partitioned weights through DeepSpeed's module
-        hooks, a collective: every decode runs `synced_gpus` (all ranks take all max_sample_tokens steps, though
-        one rank's samples end sooner) and never as a CUDA graph."""
+        Under ZeRO-3 the decoder's partitioned weights are gathered once for the samples and the greedy baseline
+        together (`_decoder_gathered`); with `zero3_gathered_decoding: false` each decoding step gathers them
+        through DeepSpeed's module hooks instead, a collective, so every decode runs `synced_gpus`."""
         args = self.args
         h = args.num_samples
         repeated = {k: _repeat_each(v, h) for k, v in columns.items()}
-        decoding = dict(
-            max_new_tokens=args.max_sample_tokens, synced_gpus=self._is_zero3(), cuda_graphs=self._cuda_graphs
-        )
-        with eval_mode(blip):
+        decoding = dict(max_new_tokens=args.max_sample_tokens, **self._decode_kwargs)
+        with eval_mode(blip), self._decoder_gathered(blip):
             memory = image_memory(blip, image_embeds)  # each image's cross-attention K/V, for all its samples
             samples = decode(
                 blip, memory, do_sample=True, num_return_sequences=h, temperature=args.sample_temperature,
@@ -295,8 +314,8 @@ class FashionCapTrainer(Seq2SeqTrainer):
         unguarded = optimizer.step
 
         def step(*step_args, **step_kwargs):
+            # Not cleared here: DeepSpeed calls step() once per parameter group; `SkipFlagReset` clears it.
             if self._skip_optimizer_step:
-                self._skip_optimizer_step = False
                 return None
             return unguarded(*step_args, **step_kwargs)
 
@@ -427,10 +446,8 @@ class FashionCapTrainer(Seq2SeqTrainer):
         blip = self._blip(model)
         with torch.no_grad(), eval_mode(blip):
             image_embeds = blip.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
-            generated = decode(
-                blip, image_embeds, synced_gpus=self._is_zero3(), cuda_graphs=self._cuda_graphs,
-                **self.args.generate_kwargs(),
-            )  # fmt: skip
+            with self._decoder_gathered(blip):
+                generated = decode(blip, image_embeds, **self._decode_kwargs, **self.args.generate_kwargs())
         return None, generated, image_ids
 
 

@@ -20,6 +20,7 @@ import os
 import random
 import signal
 import sys
+import time
 from pathlib import Path
 
 import deepspeed
@@ -78,11 +79,15 @@ def build_dataset() -> Dataset:
     )
 
 
-def build_model():
-    """Tiny BLIP + LoRA on decoder and vision, with lora_B made non-zero so the gradient reaches lora_A too."""
+def build_model(second_group: bool = False):
+    """Tiny BLIP + LoRA on decoder and vision, with lora_B made non-zero so the gradient reaches lora_A too.
+    `second_group`: the decoder's embedding LayerNorm trained too, which the Trainer puts in a second optimizer
+    parameter group (no weight decay)."""
     model, processor = build_tiny_blip(caption_vocabulary(CAPTIONS), seed=SEED)
     target = lora_target_regex("decoder+vision", model.config.vision_config.num_hidden_layers, 2)
     model = apply_lora(model, target, r=4, alpha=8, dropout=0.0)
+    if second_group:
+        model.get_base_model().text_decoder.bert.embeddings.LayerNorm.requires_grad_(True)
     generator = torch.Generator().manual_seed(SEED)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -172,6 +177,20 @@ def rl_settings(mode: str) -> dict:
     return {}
 
 
+class StepTimes(TrainerCallback):
+    """Wall seconds of every optimizer step (bench/bench_zero3.py reads them)."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(round(time.perf_counter() - self._started, 4))
+
+
 class StepDigests(TrainerCallback):
     """`trainable_digest` after every optimizer step (every rank computes it: a collective under ZeRO-3)."""
 
@@ -226,8 +245,10 @@ def train_one(
     real_rollout: bool = False,
     fault: Fault | None = None,
     forced_lengths: bool = False,
+    second_group: bool = False,
+    synced_decoding: bool = False,
 ) -> tuple[dict, torch.Tensor | None, dict]:
-    model, processor = build_model()
+    model, processor = build_model(second_group)
     args = FashionCapTrainingArguments(
         output_dir=str(out / f"trainer_{mode}"),
         per_device_train_batch_size=batch,
@@ -247,9 +268,11 @@ def train_one(
         # Without it, ranks started by accelerate's multi-GPU launcher on a CPU machine each train alone
         # (PartialState(cpu=False) finds no GPU: DistributedType.NO, world_size 1, half the data each).
         use_cpu=not torch.cuda.is_available(),
+        zero3_gathered_decoding=not synced_decoding,
         **rl_settings(mode),
     )
     capture = GradCapture()
+    step_times = StepTimes()
     trainer = build_trainer(
         model,
         processor,
@@ -262,7 +285,7 @@ def train_one(
         else FashionCapTrainer
         if real_rollout
         else FixedRolloutTrainer,
-        callbacks=[capture],
+        callbacks=[capture, step_times],
     )
     steps_digests = StepDigests()
     if fault is not None:
@@ -286,6 +309,8 @@ def train_one(
         "digests": gather_object([trainable_digest(trainer.model)]),
         "step_digests": steps_digests.digests,
         "checkpoints": sorted(p.name for p in Path(args.output_dir).glob("checkpoint-*")),
+        "param_groups": sum(bool(group["params"]) for group in trainer.optimizer.param_groups),
+        "step_seconds": step_times.seconds,
     }
     env = {
         "world_size": trainer.args.world_size,
@@ -338,6 +363,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--forced-lengths", action="store_true", help="the real rollout, samples forced to per-image lengths"
     )
+    parser.add_argument(
+        "--second-group",
+        action="store_true",
+        help="train a LayerNorm too: a second optimizer parameter group",
+    )
+    parser.add_argument(
+        "--synced-decoding",
+        action="store_true",
+        help="zero3_gathered_decoding false: under ZeRO-3, DeepSpeed's hooks gather weights at every token",
+    )
     parser.add_argument("--fault", nargs=3, metavar=("KIND", "RANK", "STEP"), help="nan|sigterm on one rank")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # CPU ranks share 2 cores: more threads per rank is much slower
@@ -352,8 +387,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             fault = Fault(args.fault[0], int(args.fault[1]), int(args.fault[2])) if args.fault else None
             run, grads[mode], env = train_one(
-                mode, args.batch, args.ga, args.steps, args.out, args.real_rollout, fault, args.forced_lengths
-            )
+                mode, args.batch, args.ga, args.steps, args.out, args.real_rollout, fault, args.forced_lengths,
+                args.second_group, args.synced_decoding,
+            )  # fmt: skip
         result.update(env)
         result["runs"][mode] = run
     if not dist.is_initialized() or dist.get_rank() == 0:

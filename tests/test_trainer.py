@@ -374,25 +374,36 @@ def test_rl_start_trains_mle_alone_first(tmp_path):
         )
 
 
-def test_rollout_under_zero3_decodes_in_step_and_without_cuda_graphs(tmp_path, monkeypatch):
-    """Under ZeRO-3 every decoding step gathers the decoder's partitioned weights through collective hooks: each
-    decode of the rollout (the samples and the greedy baseline) runs synced (all ranks take every step) and is
-    never captured as a CUDA graph (a replay would skip the hooks)."""
+@pytest.mark.parametrize("gathered", [True, False], ids=["gathered", "synced"])
+def test_rollout_under_zero3_gathers_the_decoder_once_or_decodes_in_step(tmp_path, monkeypatch, gathered):
+    """Under ZeRO-3 each decode of the rollout (the samples and the greedy baseline) runs with the decoder's
+    forward hooks (DeepSpeed's per-module gathering) lifted, once for both, and restored for the scoring pass:
+    then ranks need not decode in step and CUDA graphs may be captured. With `zero3_gathered_decoding: false`
+    the hooks gather at every token: every decode runs synced (all ranks take every step), never as a graph."""
     rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6, baseline="greedy")
-    trainer = _trainer(tmp_path, "decoder", rl)
+    trainer = _trainer(tmp_path, "decoder", {**rl, "zero3_gathered_decoding": gathered})
     monkeypatch.setattr(trainer, "_is_zero3", lambda: True)
+    head = trainer._blip(trainer.model).text_decoder.cls
+    hook_calls = []
+    head.register_forward_pre_hook(lambda module, args: hook_calls.append(args[0].shape))
     calls = []
     original = trainer_module.decode
 
     def recording(*args, **kwargs):
-        calls.append(kwargs)
+        calls.append({**kwargs, "hooks": len(head._forward_pre_hooks), "hook_calls": len(hook_calls)})
         return original(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "decode", recording)
     _grads_after_one_loss(trainer)
     assert len(calls) == 2  # samples, greedy
-    assert all(
-        kwargs.get("synced_gpus") is True and kwargs.get("cuda_graphs") is not True for kwargs in calls
+    assert all(kwargs["synced_gpus"] is not gathered and kwargs["cuda_graphs"] is None for kwargs in calls)
+    if gathered:  # `decode` may capture graphs (on CUDA): None
+        assert [kwargs["hooks"] for kwargs in calls] == [0, 0], "the decoder's hooks were on while decoding"
+        assert calls[1]["hook_calls"] == calls[0]["hook_calls"], "the hooks came back between the decodes"
+    else:  # `decode` never captures a graph under synced_gpus
+        assert [kwargs["hooks"] for kwargs in calls] == [1, 1]
+    assert len(head._forward_pre_hooks) == 1 and len(hook_calls) > calls[-1]["hook_calls"], (
+        "hooks not restored"
     )
 
 
