@@ -5,6 +5,8 @@ FashionCapTrainer, H=2 sampled captions of up to 8 tokens per image, batch 2 per
 step; the figure per variant is the median step after the warm-up steps, pooled over rounds. Variants:
 ZeRO-2; ZeRO-3 with the decoder gathered once per decode (the default, `zero3_gathered_decoding: true`); ZeRO-3
 with DeepSpeed's hooks gathering per module and token (`false`, every rank decoding in step: the path before).
+The MLE step under both stages (`--modes mle`, no decoding) gives the floor: what ZeRO-3's per-module gathers in
+the forward and backward passes cost without any rollout.
 Rounds run the variants in alternating order (A B C, then C B A) so that load on the shared cores drifts
 across all of them alike.
 
@@ -24,10 +26,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
-VARIANTS = {  # name: (accelerate config, worker flags)
-    "zero2": ("zero2", ()),
-    "zero3": ("zero3", ()),
-    "zero3_synced": ("zero3", ("--synced-decoding",)),
+VARIANTS = {  # name: (accelerate config, training mode, worker flags)
+    "zero2": ("zero2", "rl", ()),
+    "zero3": ("zero3", "rl", ()),
+    "zero3_synced": ("zero3", "rl", ("--synced-decoding",)),
+    "zero2_mle": ("zero2", "mle", ()),
+    "zero3_mle": ("zero3", "mle", ()),
 }
 LAUNCH_TIMEOUT_S = 900
 
@@ -40,13 +44,13 @@ def _free_port() -> int:
 
 def step_seconds(variant: str, steps: int) -> list[float]:
     """Every optimizer step's wall seconds (rank 0) of one 2-rank launch of the worker."""
-    config, flags = VARIANTS[variant]
+    config, mode, flags = VARIANTS[variant]
     accelerate = Path(sys.executable).with_name("accelerate")
     with tempfile.TemporaryDirectory() as out:
         cmd = [
             str(accelerate), "launch", "--config_file", str(ROOT / "accelerate_configs" / f"{config}.yaml"),
             "--num_processes", "2", "--main_process_port", str(_free_port()), str(WORKER), "--out", out,
-            "--batch", "2", "--steps", str(steps), "--modes", "rl", "--real-rollout", *flags,
+            "--batch", "2", "--steps", str(steps), "--modes", mode, "--real-rollout", *flags,
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -55,7 +59,7 @@ def step_seconds(variant: str, steps: int) -> list[float]:
         )
         if done.returncode:
             raise RuntimeError(f"{variant}: exit {done.returncode}: {done.stderr[-2000:]}")
-        return json.loads((Path(out) / "result.json").read_text())["runs"]["rl"]["step_seconds"]
+        return json.loads((Path(out) / "result.json").read_text())["runs"][mode]["step_seconds"]
 
 
 def run(rounds: int = 2, steps: int = 22, warmup: int = 2) -> dict:
@@ -70,8 +74,9 @@ def run(rounds: int = 2, steps: int = 22, warmup: int = 2) -> dict:
         "rounds": rounds,
         "steps": steps,
         "warmup_steps": warmup,
-        **{f"{name}_rl_step_s": value for name, value in median.items()},
+        **{f"{name}_step_s": value for name, value in median.items()},
         "zero3_rl_over_zero2_rl": round(median["zero3"] / median["zero2"], 3),
         "zero3_synced_rl_over_zero2_rl": round(median["zero3_synced"] / median["zero2"], 3),
+        "zero3_mle_over_zero2_mle": round(median["zero3_mle"] / median["zero2_mle"], 3),
         "all_step_s": measured,
     }

@@ -75,6 +75,8 @@ FIGURES = [
      "RL step, ZeRO-3 / ZeRO-2, 2 CPU ranks (decoder gathered once per decode)", f"<= {ZERO3_GOAL}"),
     ("zero3_synced_rl_over_zero2_rl", "zero3", ("zero3_synced_rl_over_zero2_rl",),
      "the same with `zero3_gathered_decoding: false` (per-module gathers every token, the path before)", ""),
+    ("zero3_mle_over_zero2_mle", "zero3", ("zero3_mle_over_zero2_mle",),
+     "MLE step, ZeRO-3 / ZeRO-2: the floor, no decoding", ""),
 ]  # fmt: skip
 GOALS = {"rl_h4_over_mle": RL_H4_GOAL, "rl_h1_over_seed": RL_H1_GOAL}
 TINY_GOALS = {"zero3_rl_over_zero2_rl": ZERO3_GOAL}  # goals that apply to `make bench`'s tiny model

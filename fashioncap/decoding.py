@@ -84,6 +84,9 @@ class ImageMemory:
     def num_images(self) -> int:
         return self.keys[0].size(0)
 
+    def detach(self) -> ImageMemory:
+        return ImageMemory(tuple(k.detach() for k in self.keys), tuple(v.detach() for v in self.values))
+
 
 def image_memory(model: torch.nn.Module, image_embeds: torch.Tensor) -> ImageMemory:
     """Project image embeddings [images, tokens, width] to every layer's cross-attention K/V (LoRA included).

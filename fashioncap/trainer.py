@@ -28,7 +28,14 @@ from transformers import Seq2SeqTrainer, TrainerCallback
 from fashioncap.completions import completions_table, write_completions
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.collator import IGNORE_INDEX, MODEL_INPUTS, CaptionCollator
-from fashioncap.decoding import decode, decoder_logits, dropout_disabled, image_memory, text_decoder
+from fashioncap.decoding import (
+    ImageMemory,
+    decode,
+    decoder_logits,
+    dropout_disabled,
+    image_memory,
+    text_decoder,
+)
 from fashioncap.rewards import get_reward_funcs, prepare_rewards
 from fashioncap.text import decode_captions
 from fashioncap.zero3 import gathered_without_hooks
@@ -245,8 +252,9 @@ class FashionCapTrainer(Seq2SeqTrainer):
         return sum(w * rewards[name] for name, w in zip(self.reward_funcs, self.args.weights, strict=True))
 
     @torch.no_grad()
-    def rollout(self, blip, image_embeds: torch.Tensor, columns: dict):
+    def rollout(self, blip, image_embeds: torch.Tensor, columns: dict, memory: ImageMemory | None = None):
         """H sampled captions per image and their rewards; the baseline (and, for `greedy`, its captions).
+        `memory`: the images' cross-attention K/V without dropout when the caller has them (else projected here).
 
         Under ZeRO-3 the decoder's partitioned weights are gathered once for the samples and the greedy baseline
         together (`_decoder_gathered`); with `zero3_gathered_decoding: false` each decoding step gathers them
@@ -256,7 +264,8 @@ class FashionCapTrainer(Seq2SeqTrainer):
         repeated = {k: _repeat_each(v, h) for k, v in columns.items()}
         decoding = dict(max_new_tokens=args.max_sample_tokens, **self._decode_kwargs)
         with eval_mode(blip), self._decoder_gathered(blip):
-            memory = image_memory(blip, image_embeds)  # each image's cross-attention K/V, for all its samples
+            if memory is None:  # each image's cross-attention K/V, for all its samples
+                memory = image_memory(blip, image_embeds)
             samples = decode(
                 blip, memory, do_sample=True, num_return_sequences=h, temperature=args.sample_temperature,
                 top_k=args.sample_top_k, **decoding,
@@ -353,12 +362,18 @@ class FashionCapTrainer(Seq2SeqTrainer):
         if not (self._uses_rl and blip.training and self._rl_started):
             return {"loss": loss}
 
-        samples, rewards, total, baseline = self.rollout(blip, image_embeds.detach(), columns)
+        # Each image's cross-attention K/V without dropout, projected once: detached they draw the samples (the
+        # values eval mode gives), with gradient they score them.
+        with dropout_disabled(text_decoder(blip)):
+            memory = image_memory(blip, image_embeds)
+        samples, rewards, total, baseline = self.rollout(
+            blip, image_embeds.detach(), columns, memory.detach()
+        )
         sep = blip.config.text_config.sep_token_id
         sample_mask = completion_mask(samples, sep)
         truncated = truncated_samples(samples, sep)
         # scored by the policy that drew them: no dropout (and none in gradient checkpointing's recomputation)
-        sample_logits = decoder_logits(blip, samples, sample_mask, image_embeds, dropout=False)
+        sample_logits = decoder_logits(blip, samples, sample_mask, memory, dropout=False)
         sample_token_logprobs = token_logprobs(sample_logits, samples, sample_mask, args.sample_temperature)
         logprobs = sample_token_logprobs.sum(dim=1)
         mean_reward = total.mean()  # before any scaling: what the rewards say

@@ -122,7 +122,7 @@ class FixedRolloutTrainer(FashionCapTrainer):
     """The real trainer, with sampling replaced by `fixed_rollout` so runs differ only in how work is split."""
 
     @torch.no_grad()
-    def rollout(self, blip, image_embeds, columns):
+    def rollout(self, blip, image_embeds, columns, memory=None):
         text = blip.config.text_config
         samples, rewards, total, baseline = fixed_rollout(columns["caption"], text, self.args)
         return samples.to(image_embeds.device), rewards, total.to(image_embeds.device), baseline
@@ -134,7 +134,7 @@ class ForcedLengthTrainer(FashionCapTrainer):
     in CAPTIONS). The rollout is then deterministic (a 2-rank run equals one process) and a rank's samples end
     at the length of its longest image: the two ranks' decode loops stop at different steps unless synced."""
 
-    def rollout(self, blip, image_embeds, columns):
+    def rollout(self, blip, image_embeds, columns, memory=None):
         decoder = blip.text_decoder
         plan = [CAPTIONS.index(c) for c in columns["caption"]]
         h, sep, first_word = self.args.num_samples, decoder.config.sep_token_id, len(SPECIAL_TOKENS)
@@ -154,7 +154,7 @@ class ForcedLengthTrainer(FashionCapTrainer):
 
         decoder.cls.forward = forced
         try:
-            return super().rollout(blip, image_embeds, columns)
+            return super().rollout(blip, image_embeds, columns, memory)
         finally:
             del decoder.cls.forward
 

@@ -426,7 +426,7 @@ def test_samples_are_scored_by_the_policy_that_drew_them(tmp_path, monkeypatch):
         captured.setdefault("calls", []).append((logits.detach().clone(), temperature))
         return original(logits, sequences, mask, temperature)
 
-    def fixed_rollout(blip, image_embeds, columns):
+    def fixed_rollout(blip, image_embeds, columns, memory=None):
         total = torch.tensor([1.0, 0.0] * image_embeds.size(0))
         return samples[: 2 * image_embeds.size(0)], {"sls": total}, total, torch.full_like(total, 0.5)
 
@@ -467,3 +467,28 @@ def test_kl_to_the_base_model_is_zero_for_an_untrained_adapter_and_positive_afte
     trainer.compute_loss(trainer.model, dict(batch))
     trainer.log({"loss": 0.0})
     assert trainer.state.log_history[-1]["kl"] > 0
+
+
+def test_the_steps_one_projection_of_the_image_kv_draws_the_rollouts_own_samples(tmp_path):
+    """The step projects each image's cross-attention K/V once (training mode, dropout off, with gradient) to
+    draw the samples (detached) and to score them: the samples are token for token those the rollout draws
+    from the image embeddings itself in eval mode, with LoRA dropout on in the model."""
+    rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=3, max_sample_tokens=8)
+    trainer = _trainer(tmp_path, "decoder+vision", rl)
+    blip = trainer._blip(trainer.model)
+    with torch.no_grad():
+        for name, param in blip.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)  # make the adapter, and its dropout, matter
+    inputs = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+    columns = {k: inputs[k] for k in ("caption", "attributes", "category")} | {"image_id": inputs["image_ids"]}
+    trainer.model.train()
+    image_embeds = blip.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
+    with trainer_module.dropout_disabled(blip.text_decoder):
+        memory = trainer_module.image_memory(blip, image_embeds)
+    assert memory.keys[0].requires_grad
+    torch.manual_seed(0)
+    own = trainer.rollout(blip, image_embeds.detach(), columns)[0]
+    torch.manual_seed(0)
+    shared = trainer.rollout(blip, image_embeds.detach(), columns, memory.detach())[0]
+    assert torch.equal(own, shared) and own.size(1) > 2
