@@ -2,11 +2,11 @@
 
 One training step (docs/design.md, "The training step"):
   1. encode the images once (with gradient: trials 3/4 train vision LoRA);
-  2. sample H captions per image from the detached image embeddings (no gradient, dropout off), each image's
-     cross-attention K/V computed once and shared by its samples and its greedy baseline (fashioncap.decoding);
+  2. sample H captions per image (no gradient, dropout off), each image's cross-attention K/V projected once,
+     without dropout, and shared by its samples, its greedy baseline and their log-prob pass (fashioncap.decoding);
   3. score them with the reward functions, subtract the baseline (optionally scale each image's advantages);
-  4. the decoder over the reference captions (MLE) and, with dropout off as when they were drawn, over the
-     samples (their log-probabilities under the sampling temperature): each image's K/V computed once per pass;
+  4. the decoder over the reference captions (MLE, its own K/V with dropout) and, with dropout off as when they
+     were drawn, over the samples (their log-probabilities under the sampling temperature);
   5. loss = w_mle * L_mle + w_rl * L_rl (+ w_kl * KL to the base policy), L_rl = -mean_ij A_ij * log p(Y'_ij).
 
 Steps 1-5 run inside ONE forward call of the wrapped model: DDP and DeepSpeed arm their gradient hooks in
