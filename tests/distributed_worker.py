@@ -224,6 +224,13 @@ class Fault(TrainerCallback):
         head.forward = forward
 
 
+def trained_param_groups(trainer) -> int:
+    """How many of the Trainer's optimizer parameter groups (weight decay or not) hold trained parameters (read
+    from the names: under ZeRO-3 the optimizer's own groups hold flat partitions)."""
+    decay = set(trainer.get_decay_parameter_names(trainer.model))
+    return len({name in decay for name, p in trainer.model.named_parameters() if p.requires_grad})
+
+
 def trainable_digest(model) -> str:
     """A hash of the trainable weights: equal on every rank while they are kept in step (under ZeRO-3, of the
     whole weights, gathered: every rank calls this)."""
@@ -309,7 +316,7 @@ def train_one(
         "digests": gather_object([trainable_digest(trainer.model)]),
         "step_digests": steps_digests.digests,
         "checkpoints": sorted(p.name for p in Path(args.output_dir).glob("checkpoint-*")),
-        "param_groups": sum(bool(group["params"]) for group in trainer.optimizer.param_groups),
+        "param_groups": trained_param_groups(trainer),
         "step_seconds": step_times.seconds,
     }
     env = {
