@@ -28,7 +28,7 @@ from transformers import Seq2SeqTrainer
 from fashioncap.completions import completions_table, write_completions
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.collator import IGNORE_INDEX, MODEL_INPUTS, CaptionCollator
-from fashioncap.decoding import decode, decoder_logits, dropout_disabled, image_memory
+from fashioncap.decoding import decode, decoder_logits, dropout_disabled, image_memory, truncated_samples
 from fashioncap.rewards import get_reward_funcs, prepare_rewards
 from fashioncap.text import decode_captions
 
@@ -66,12 +66,6 @@ def reinforce_loss(
     if keep is not None:
         advantages = advantages * keep.reshape(-1).to(advantages.dtype)
     return -(advantages * logprobs.reshape(-1)).mean()
-
-
-def truncated_samples(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """True for each sampled caption that reached the length limit without its [SEP]: its reward scores a
-    caption cut short, not one the policy finished."""
-    return ~(sequences[:, 1:] == eos_token_id).any(dim=1)
 
 
 def tied_groups(rewards: torch.Tensor, group: int) -> torch.Tensor:
