@@ -343,7 +343,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         rl_scale = 1.0 if num_items_in_batch is None else 1.0 / self.current_gradient_accumulation_steps
         keep = ~truncated if args.mask_truncated_completions else None
         rl_loss = reinforce_loss(logprobs, total, baseline, keep)
-        self._log_completions(samples, rewards, total, baseline, columns)
+        self._log_completions(samples, rewards, total, baseline, columns, keep)
         loss = loss + args.rl_weight * rl_loss * rl_scale
         if args.kl_weight:
             kl = self._kl_to_base(model, blip, pixel_values, samples, sample_mask, sample_token_logprobs)
@@ -371,7 +371,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     # --- logging ---
 
-    def _log_completions(self, samples, rewards, total, baseline, columns) -> None:
+    def _log_completions(self, samples, rewards, total, baseline, columns, keep=None) -> None:
         """Every `log_completions_steps` RL steps (the first included), a table of the main process's sampled
         captions to RUN/completions.jsonl and the trackers (fashioncap.completions)."""
         step, every, last = self.state.global_step, self.args.log_completions_steps, self._completions_step
@@ -382,7 +382,14 @@ class FashionCapTrainer(Seq2SeqTrainer):
             (c.tb_writer for c in self.callback_handler.callbacks if getattr(c, "tb_writer", None)), None
         )
         table = completions_table(
-            step, columns["image_id"], columns["caption"], self._decode(samples), rewards, total, baseline
+            step,
+            columns["image_id"],
+            columns["caption"],
+            self._decode(samples),
+            rewards,
+            total,
+            baseline,
+            keep,
         )
         write_completions(self.args.output_dir, table, tensorboard, "trackio" in self.args.report_to)
 

@@ -180,7 +180,10 @@ def test_eval_scores_with_the_runs_category_names(tiny_model_dir, tmp_path, monk
     names = tmp_path / "names.json"
     names.write_text(json.dumps({str(c): f"zebra{c}" for c in set(category_of.values())}))
     run = shutil.copytree(tiny_model_dir, tmp_path / "run")
-    recipe = {"data": {"category_names": str(names)}, "reward": {"reward_funcs": ["fashioncap.rewards.sls_reward"]}}
+    recipe = {
+        "data": {"category_names": str(names)},
+        "reward": {"reward_funcs": ["fashioncap.rewards.sls_reward"]},
+    }
     (run / "fashioncap_config.json").write_text(json.dumps(recipe))
     monkeypatch.setattr(
         evaluation,

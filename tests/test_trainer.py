@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import fashioncap.trainer as trainer_module
+from fashioncap.completions import read_completions
 from fashioncap.configs import FashionCapTrainingArguments, load_config
 from fashioncap.data.collator import IGNORE_INDEX, CaptionCollator
 from fashioncap.modeling import DECODER_TARGETS, apply_lora, build_tiny_blip, lora_target_regex
@@ -298,6 +299,12 @@ def test_truncated_samples_are_logged_and_masked_out_of_the_rl_term(tmp_path):
     assert logged[False]["completions/truncated_share"] == logged[True]["completions/truncated_share"] == 1.0
     assert logged[True]["loss/rl"] == 0.0 and gradient[True] == 0.0
     assert logged[False]["loss/rl"] != 0.0 and gradient[False] > 0.0
+    unmasked, masked = (t["images"] for t in read_completions(tmp_path))  # one table per run, in order
+    samples = [[s for image in table for s in image["samples"]] for table in (unmasked, masked)]
+    assert any(s["advantage"] != 0.0 for s in samples[0]) and [s["caption"] for s in samples[0]] == [
+        s["caption"] for s in samples[1]
+    ]
+    assert all(s["advantage"] == 0.0 for s in samples[1]), "the table shows the advantage the RL term used"
     assert 0.0 <= logged[False]["rl/tied_groups"] <= 1.0
 
 
