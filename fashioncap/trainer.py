@@ -455,13 +455,15 @@ def build_trainer(
     **kwargs,
 ) -> FashionCapTrainer:
     """The trainer with its collator (caption tokens up to `max_length`, optional augmentation seeded by the
-    run), its rewards prepared on the training split (`rewards.prepare_rewards`)."""
+    run's seed and rank), its rewards prepared on the training split (`rewards.prepare_rewards`)."""
     trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=CaptionCollator(processor, max_length=max_length, augment=augment, seed=args.seed),
+        data_collator=CaptionCollator(
+            processor, max_length=max_length, augment=augment, seed=args.seed, rank=args.process_index
+        ),
         processing_class=processor,
         category_wordmap=category_wordmap,
         **kwargs,
