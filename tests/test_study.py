@@ -204,11 +204,22 @@ def test_an_eval_with_per_caption_meteor_is_evaluated_again(tmp_path):
         metrics = {"METEOR": 0.5, "CIDEr": 1.0, "split": "test", "data_dir": str(tmp_path / "data")}
         (eval_dir / "metrics.json").write_text(json.dumps(metrics))
         assert study._eval_is_current(run_dir, "test", tmp_path / "data") is current
-    # issue 26: an eval of another data dir (whose images are numbered 1..N too) is not reused
-    assert study._eval_is_current(run_dir, "test", tmp_path / "other") is False
-    assert study._eval_is_current(run_dir, "test", tmp_path / "." / "data") is True, (
-        "the same dir, spelt another way"
-    )
+
+
+def test_an_eval_of_another_data_dir_is_not_reused(tmp_path):
+    """Issue 26: a seed run's eval is reused only when it scored the study's data dir: another data set numbers
+    its images 1..N too, so matching image ids say nothing."""
+    run_dir = tmp_path / "trial1" / "seed0"
+    eval_dir = run_dir / "eval" / "test"
+    eval_dir.mkdir(parents=True)
+    (run_dir / "all_results.json").write_text("{}")
+    os.utime(run_dir / "all_results.json", ns=(10**9, 10**9))  # trained long before the eval
+    (eval_dir / "per_image.json").write_text(json.dumps({"CIDEr": {"1": 1.0}}))
+    metrics = {"CIDEr": 1.0, "METEOR": None, "split": "test", "data_dir": str(tmp_path / "data")}
+    (eval_dir / "metrics.json").write_text(json.dumps(metrics))
+    assert study._eval_is_current(run_dir, "test", tmp_path / "data")
+    assert study._eval_is_current(run_dir, "test", tmp_path / "." / "data"), "the same dir, spelt another way"
+    assert not study._eval_is_current(run_dir, "test", tmp_path / "other")
 
 
 def test_pairs_are_matched_by_seed_not_by_position():
