@@ -145,7 +145,7 @@ class CategoryMatcher:
         return None
 
     def _form_at(self, compounds: list[tuple[str, ...]], start: int) -> tuple[str, int] | None:
-        """The longest form made of whole compounds from `start` on, and the index of the compound after it."""
+        """The longest form made of whole compounds from `start` on, and the index of the compound after."""
         found, words = None, []
         for end in range(start, len(compounds)):
             words.extend(compounds[end])

@@ -6,13 +6,15 @@ evaluates each on the test split (`--split val` to choose settings without looki
 - per pair (each RL trial against its MLE twin, as `report` pairs them, and pairs asked for): the mean over
   seeds of the difference a - b with, as the headline, a 95% t-interval over the per-seed differences, and,
   second, a 95% bootstrap interval over the test images (`paired_seed_differences`). a's run with seed s is
-  paired with b's run with seed s (the same data order and initialisation), and both are scored on the same images. Each seed's
-  difference is that of the two runs' reported scores, computed from per-image scores or statistics as
-  `metrics.STATISTICS` says (corpus BLEU-4 and METEOR from summed statistics, means of the others).
+  paired with b's run with seed s (the same data order and initialisation), both scored on the same images.
+  Each seed's difference is that of the two runs' reported scores, computed from per-image scores or
+  statistics as `metrics.STATISTICS` says (corpus BLEU-4 and METEOR from summed statistics, means of the
+  others).
 
 Resumable: a seed run that finished (all_results.json) with its recipe, data and base unchanged is reused, and
-so is its evaluation when it is of the same data dir and newer than the training. On one machine with the same thread count every run
-repeats exactly; another machine (other CPU kernels) gives other runs: that spread is what the seeds measure.
+so is its evaluation when it is of the same data dir and newer than the training. On one machine with the
+same thread count every run repeats exactly; another machine (other CPU kernels) gives other runs: that
+spread is what the seeds measure.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def seed_run_dir(out_dir: Path, trial: str, seed: int) -> Path:
 
 
 def _eval_is_current(run_dir: Path, split: str, data_dir: str | Path) -> bool:
-    """The run's eval of `split` is of `data_dir` (another data set numbers its images 1..N too), has per-image
+    """The run's eval of `split` is of `data_dir` (other data sets number images 1..N too), has per-image
     scores (METEOR's as the statistics its corpus score sums, unless METEOR could not run: an older eval kept
     per-caption scores) and is newer than its training."""
     metrics = rundir.default_eval_dir(str(run_dir), split) / rundir.METRICS
@@ -219,7 +221,7 @@ def paired_seed_differences(
 
 
 def paired_by_seed(results: Mapping[str, Sequence[dict]], a: str, b: str) -> tuple[list[dict], list[dict]]:
-    """The seed runs of trials a and b, matched by seed (the same data order and initialisation), in a's order;
+    """The seed runs of trials a and b matched by seed (the same data order and initialisation), in a's order;
     trials with different seeds cannot be paired: an error naming both and their seeds."""
     b_by_seed = {r["seed"]: r for r in results[b]}
     a_seeds = [r["seed"] for r in results[a]]

@@ -20,8 +20,8 @@ def normalize_text(text: str) -> str:
 
 
 def compound_words(text: str) -> list[tuple[str, ...]]:
-    """`normalize_text`'s words grouped by hyphenated compound: 'Boot-cut jeans' -> [('boot', 'cut'), ('jeans',)]
-    (a compound spelt as BLIP decodes it, 'boot - cut', too)."""
+    """`normalize_text`'s words grouped by hyphenated compound: 'Boot-cut jeans' -> [('boot', 'cut'),
+    ('jeans',)] (a compound spelt as BLIP decodes it, 'boot - cut', too)."""
     return [tuple(m.group().split("-")) for m in _COMPOUND.finditer(join_spaced_hyphens(text.lower()))]
 
 

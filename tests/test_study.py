@@ -207,8 +207,8 @@ def test_an_eval_with_per_caption_meteor_is_evaluated_again(tmp_path):
 
 
 def test_an_eval_of_another_data_dir_is_not_reused(tmp_path):
-    """Issue 26: a seed run's eval is reused only when it scored the study's data dir: another data set numbers
-    its images 1..N too, so matching image ids say nothing."""
+    """Issue 26: a seed run's eval is reused only when it scored the study's data dir: other data sets number
+    their images 1..N too, so matching image ids say nothing."""
     run_dir = tmp_path / "trial1" / "seed0"
     eval_dir = run_dir / "eval" / "test"
     eval_dir.mkdir(parents=True)

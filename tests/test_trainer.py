@@ -309,7 +309,7 @@ def test_truncated_samples_are_logged_and_masked_out_of_the_rl_term(tmp_path):
 
 
 def test_an_rl_run_with_rl_start_is_its_mle_twin_until_rl_starts(tmp_path):
-    """The study's fair twin: same seed, same data order, same weights until `rl_start`; only then do they part.
+    """The study's fair twin: same seed, same data order, same weights until `rl_start`; then they part.
     rl_start 0.5 of 4 steps: RL starts with step 3, so after step 2 the twins' trainable weights (and the
     optimizer's moments) are compared bit for bit, and again after step 3."""
     from transformers import TrainerCallback
