@@ -59,12 +59,26 @@ def _refuse_existing(out: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{out} is not empty: pass --overwrite to replace it, or pick a new --out")
 
 
+def untie_differing_embeddings(model) -> None:
+    """A run that trained the word embeddings and the LM head apart (`modules_to_save`) merges into different
+    weights (or head biases) where BLIP ties them: its config then says they are not tied, or every load warns
+    that the tied weights differ (and leaves them untied anyway)."""
+    import torch
+
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    tied = model.get_expanded_tied_weights_keys(all_submodels=True).items()
+    if any(not torch.equal(parameters[target], parameters[source]) for target, source in tied):
+        model.config.tie_word_embeddings = False
+        model.config.text_config.tie_word_embeddings = False
+
+
 def _save_merged(run_dir: Path, target: Path) -> None:
     """The merged model, its processor and a generation config carrying the run's generation settings."""
     from fashioncap.inference import generation_settings
     from fashioncap.modeling import load_for_inference
 
     model, processor = load_for_inference(str(run_dir))
+    untie_differing_embeddings(model)
     model.generation_config.update(**generation_settings(run_dir))
     model.generation_config._from_model_config = False  # the run's own settings, not derived from config.json
     model.save_pretrained(target)

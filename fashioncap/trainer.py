@@ -28,7 +28,7 @@ from transformers import Seq2SeqTrainer
 from fashioncap.completions import completions_table, write_completions
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.collator import IGNORE_INDEX, MODEL_INPUTS, CaptionCollator
-from fashioncap.decoding import decode, decoder_logits, dropout_disabled, image_memory
+from fashioncap.decoding import decode, decoder_logits, dropout_disabled, image_memory, truncated_samples
 from fashioncap.rewards import get_reward_funcs, prepare_rewards
 from fashioncap.text import decode_captions
 
@@ -66,12 +66,6 @@ def reinforce_loss(
     if keep is not None:
         advantages = advantages * keep.reshape(-1).to(advantages.dtype)
     return -(advantages * logprobs.reshape(-1)).mean()
-
-
-def truncated_samples(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """True for each sampled caption that reached the length limit without its [SEP]: its reward scores a
-    caption cut short, not one the policy finished."""
-    return ~(sequences[:, 1:] == eos_token_id).any(dim=1)
 
 
 def tied_groups(rewards: torch.Tensor, group: int) -> torch.Tensor:
@@ -349,7 +343,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         rl_scale = 1.0 if num_items_in_batch is None else 1.0 / self.current_gradient_accumulation_steps
         keep = ~truncated if args.mask_truncated_completions else None
         rl_loss = reinforce_loss(logprobs, total, baseline, keep)
-        self._log_completions(samples, rewards, total, baseline, columns)
+        self._log_completions(samples, rewards, total, baseline, columns, keep)
         loss = loss + args.rl_weight * rl_loss * rl_scale
         if args.kl_weight:
             kl = self._kl_to_base(model, blip, pixel_values, samples, sample_mask, sample_token_logprobs)
@@ -377,7 +371,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     # --- logging ---
 
-    def _log_completions(self, samples, rewards, total, baseline, columns) -> None:
+    def _log_completions(self, samples, rewards, total, baseline, columns, keep=None) -> None:
         """Every `log_completions_steps` RL steps (the first included), a table of the main process's sampled
         captions to RUN/completions.jsonl and the trackers (fashioncap.completions)."""
         step, every, last = self.state.global_step, self.args.log_completions_steps, self._completions_step
@@ -388,7 +382,14 @@ class FashionCapTrainer(Seq2SeqTrainer):
             (c.tb_writer for c in self.callback_handler.callbacks if getattr(c, "tb_writer", None)), None
         )
         table = completions_table(
-            step, columns["image_id"], columns["caption"], self._decode(samples), rewards, total, baseline
+            step,
+            columns["image_id"],
+            columns["caption"],
+            self._decode(samples),
+            rewards,
+            total,
+            baseline,
+            keep,
         )
         write_completions(self.args.output_dir, table, tensorboard, "trackio" in self.args.report_to)
 
@@ -454,13 +455,15 @@ def build_trainer(
     **kwargs,
 ) -> FashionCapTrainer:
     """The trainer with its collator (caption tokens up to `max_length`, optional augmentation seeded by the
-    run), its rewards prepared on the training split (`rewards.prepare_rewards`)."""
+    run's seed and rank), its rewards prepared on the training split (`rewards.prepare_rewards`)."""
     trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=CaptionCollator(processor, max_length=max_length, augment=augment, seed=args.seed),
+        data_collator=CaptionCollator(
+            processor, max_length=max_length, augment=augment, seed=args.seed, rank=args.process_index
+        ),
         processing_class=processor,
         category_wordmap=category_wordmap,
         **kwargs,

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import fashioncap.trainer as trainer_module
+from fashioncap.completions import read_completions
 from fashioncap.configs import FashionCapTrainingArguments, load_config
 from fashioncap.data.collator import IGNORE_INDEX, CaptionCollator
 from fashioncap.modeling import DECODER_TARGETS, apply_lora, build_tiny_blip, lora_target_regex
@@ -298,23 +299,49 @@ def test_truncated_samples_are_logged_and_masked_out_of_the_rl_term(tmp_path):
     assert logged[False]["completions/truncated_share"] == logged[True]["completions/truncated_share"] == 1.0
     assert logged[True]["loss/rl"] == 0.0 and gradient[True] == 0.0
     assert logged[False]["loss/rl"] != 0.0 and gradient[False] > 0.0
+    unmasked, masked = (t["images"] for t in read_completions(tmp_path))  # one table per run, in order
+    samples = [[s for image in table for s in image["samples"]] for table in (unmasked, masked)]
+    assert any(s["advantage"] != 0.0 for s in samples[0]) and [s["caption"] for s in samples[0]] == [
+        s["caption"] for s in samples[1]
+    ]
+    assert all(s["advantage"] == 0.0 for s in samples[1]), "the table shows the advantage the RL term used"
     assert 0.0 <= logged[False]["rl/tied_groups"] <= 1.0
 
 
 def test_an_rl_run_with_rl_start_is_its_mle_twin_until_rl_starts(tmp_path):
-    """The study's fair twin: same seed, same data order, same weights until `rl_start`; only then do they part."""
-    histories = []
+    """The study's fair twin: same seed, same data order, same weights until `rl_start`; then they part.
+    rl_start 0.5 of 4 steps: RL starts with step 3, so after step 2 the twins' trainable weights (and the
+    optimizer's moments) are compared bit for bit, and again after step 3."""
+    from transformers import TrainerCallback
+
+    class TrainedWeights(TrainerCallback):
+        """A copy of the trainable weights and AdamW's moments after each optimizer step."""
+
+        def __init__(self):
+            self.after_step: dict[int, list[torch.Tensor]] = {}
+
+        def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+            weights = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+            moments = [t.clone() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+            self.after_step[state.global_step] = weights + moments
+
+    histories, snapshots = [], []
     for rl_weight in (0.0, 1.0):
         torch.manual_seed(0)
         settings = dict(reward_funcs=["als", "sls"], rl_weight=rl_weight, num_samples=2, max_sample_tokens=6,
                         rl_start=0.5, seed=3)  # fmt: skip
         trainer = _trainer(tmp_path / str(rl_weight), "decoder", settings)
         trainer.args.max_steps, trainer.args.logging_steps = 4, 1
+        trainer.add_callback(weights := TrainedWeights())
         trainer.train()
         histories.append([h["loss/mle"] for h in trainer.state.log_history if "loss/mle" in h])
+        snapshots.append(weights.after_step)
     mle, rl = histories
     assert mle[:3] == rl[:3], "steps 1-2 and the step RL starts at see the same weights and batches"
     assert mle[3] != rl[3], "after one RL update the weights differ"
+    at_rl_start = zip(snapshots[0][2], snapshots[1][2], strict=True)
+    assert all(torch.equal(a, b) for a, b in at_rl_start), "to the bit when RL starts"
+    assert not all(torch.equal(a, b) for a, b in zip(snapshots[0][3], snapshots[1][3], strict=True))
 
 
 def test_collator_starts_with_dec_and_masks_padding():
@@ -331,6 +358,32 @@ def test_collator_starts_with_dec_and_masks_padding():
     eval_batch = CaptionCollator(processor)([{"image": Image.new("RGB", (64, 64)), "image_id": 3,
                                               "references": ["a red dress"]}])  # fmt: skip
     assert set(eval_batch) == {"pixel_values", "image_ids"}  # nothing to copy a reference from
+
+
+def test_augmentation_differs_per_worker_rank_and_epoch():
+    """Issue 26: each dataloader worker copied one random.Random(seed) that restarted every epoch, so worker 1
+    replayed worker 0's flips and shifts, every epoch the first's, and every rank the same. Now each worker,
+    epoch and rank draws its own, and a run repeats exactly."""
+    _, processor = build_tiny_blip({"a"})
+    image = Image.new("RGB", (64, 64), "white")
+    image.paste((0, 0, 0), (8, 8, 30, 20))  # off-centre: a flip or a shift moves it
+    rows = [{"image": image, "image_id": i, "caption": "a"} for i in range(8)]
+
+    def two_epochs(workers: int, rank: int = 0) -> list[list[torch.Tensor]]:
+        torch.manual_seed(0)  # what the trainer's seed does before the loader draws its workers' seeds
+        collator = CaptionCollator(processor, augment=True, seed=3, rank=rank)
+        loader = torch.utils.data.DataLoader(rows, batch_size=2, num_workers=workers, collate_fn=collator)
+        return [[batch["pixel_values"] for batch in loader] for _ in range(2)]
+
+    def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    first, second = two_epochs(workers=2)  # batches 0 and 2 from worker 0, 1 and 3 from worker 1
+    assert not same(first[0:1], first[1:2]) and not same(first[2:3], first[3:4]), "the workers differ"
+    assert not same(first, second), "the epochs differ"
+    assert same(first + second, sum(two_epochs(workers=2), [])), "and the run repeats"
+    rank0, rank1 = two_epochs(workers=0), two_epochs(workers=0, rank=1)
+    assert not same(rank0[0], rank0[1]) and not same(rank0[0], rank1[0]), "epochs and ranks differ"
 
 
 def test_predictions_do_not_depend_on_the_references(tmp_path):
