@@ -50,8 +50,19 @@ def card_scores(metrics: dict | None) -> dict:
 
 
 def is_hub_id(name: str) -> bool:
-    """`owner/name` and not a local directory."""
-    return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
+    """`owner/name` and not a local directory (nor a relative path such as `../base`)."""
+    return (
+        re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
+        and not {".", ".."} & set(name.split("/"))
+        and not Path(name).exists()
+    )
+
+
+def with_adapter_base(run_dir: Path, config: dict) -> dict:
+    """The run's recipe naming the base its adapter loads onto as it lies now (a local one absolute, found
+    from the run dir wherever it was trained or moved); the recipe as it is for a run that is no adapter."""
+    base = rundir.adapter_base(run_dir)
+    return {**config, "model": {**config["model"], "model_name_or_path": base}} if base else config
 
 
 class UploadRefusedError(UserError, PermissionError):
@@ -284,7 +295,7 @@ def prepare_upload(
         raise MissingPathError(f"{run_dir} is not a fashioncap run (no {rundir.RUN_CONFIG})")
     folder = Path(merged_dir) if merged_dir else run_dir
     card = model_card(
-        config,
+        with_adapter_base(run_dir, config),
         card_metrics(run_dir),
         repo_id,
         rundir.scored_checkpoint(run_dir),

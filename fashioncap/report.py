@@ -26,7 +26,7 @@ from fashioncap import rundir
 from fashioncap.completions import read_completions, table_rows
 from fashioncap.data.coco import references_file
 from fashioncap.data.images import ImageProblem, open_rgb
-from fashioncap.errors import ConfigError, missing_path
+from fashioncap.errors import ConfigError, MissingPathError, missing_path
 from fashioncap.io_utils import safe_join, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fashioncap.scoretable import (
     BEST,
@@ -92,10 +92,12 @@ def comparison_table(
 
 
 def base_run(run_dirs: dict[str, Path]) -> str | None:
-    """The reported run the others were trained from (their recipe's model_name_or_path), or None."""
+    """The reported run the others were trained from (their adapter's base, else their recipe's
+    model_name_or_path), or None."""
     by_path = {Path(run_dir).resolve(): name for name, run_dir in run_dirs.items()}
     for name, run_dir in run_dirs.items():
-        start = ((rundir.run_config(run_dir) or {}).get("model") or {}).get("model_name_or_path")
+        recipe_model = ((rundir.run_config(run_dir) or {}).get("model") or {}).get("model_name_or_path")
+        start = rundir.adapter_base(run_dir) or recipe_model
         base = by_path.get(Path(start).resolve()) if start else None
         if base and base != name:
             return base
@@ -437,6 +439,11 @@ def write_report(
     for run_dir in run_dirs.values():
         if not run_dir.is_dir():
             raise missing_path("run dir", run_dir)
+        if rundir.run_config(run_dir) is None and not rundir.evaluated_splits(run_dir):
+            raise MissingPathError(
+                f"{run_dir} is not a run: it has neither {rundir.RUN_CONFIG} (from `fashioncap train`) nor "
+                f"{rundir.EVAL_DIR}/<split>/{rundir.METRICS} (from `fashioncap eval`)"
+            )
     metrics = {name: rundir.eval_metrics(d, split) for name, d in run_dirs.items()}
     predictions = {name: rundir.eval_predictions(d, split) for name, d in run_dirs.items()}
     base = base_run(run_dirs)
