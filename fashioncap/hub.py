@@ -249,6 +249,17 @@ def write_model_card(
     )
 
 
+def refresh_run_card(run_dir: str | Path) -> None:
+    """Rewrite a trained run's own card with the scores it has now (after `eval`), so that it never says
+    "(not evaluated)" beside an eval; a dir that is no trained run (a Hub id, an export) is left alone."""
+    run_dir = Path(run_dir)
+    config = rundir.run_config(run_dir)
+    if config is None or not (run_dir / rundir.RESULTS).is_file():
+        return
+    checkpoint = rundir.scored_checkpoint(run_dir)
+    write_model_card(run_dir, with_adapter_base(run_dir, config), card_metrics(run_dir), checkpoint=checkpoint)
+
+
 def files_to_upload(run_dir: Path, extra: list[str] | None = None) -> list[str]:
     """Paths relative to `run_dir`, the card included: the default patterns plus `extra` globs, inside the run."""
     root = run_dir.resolve()

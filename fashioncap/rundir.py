@@ -151,8 +151,8 @@ def store_base_relative(run_dir: str | Path) -> None:
     any working directory and when the tree holding both is moved or copied (a Hub id stays as it is)."""
     path = Path(run_dir) / ADAPTER_CONFIG
     config = read_json(path)
-    base = (config or {}).get("base_model_name_or_path")
+    base = resolve_base(run_dir, (config or {}).get("base_model_name_or_path"))
     if not base or not Path(base).exists():
         return
-    relative = os.path.relpath(Path(base).resolve(), Path(run_dir).resolve())
+    relative = os.path.relpath(base, Path(run_dir).resolve())
     write_json_atomic(path, {**config, "base_model_name_or_path": relative})
