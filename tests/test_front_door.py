@@ -173,6 +173,7 @@ def test_a_mistyped_data_path_does_not_exist_and_the_closest_one_is_named(
     """As `train` says it: eval used to say "no annotation file for split 'test'"."""
     shutil.copytree(synthetic_dir, tmp_path / "data/synthetic")
     (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "fashioncap_config.json").write_text("{}")  # a run, so only the data path is wrong
     (tmp_path / "preds.json").write_text("[]")
     error = one_line_error(run_fashioncap(*args, cwd=tmp_path), command)
     closest = message.split(" ", 2)[-1].replace("synthtic", "synthetic")
@@ -624,3 +625,16 @@ def test_spice_heap_is_8g_unless_set(tmp_path, monkeypatch):
     assert "-Xmx8G" in coco_caption.spice_command()
     monkeypatch.setenv(coco_caption.SPICE_HEAP_ENV, "2G")
     assert "-Xmx2G" in coco_caption.spice_command() and "-Xmx8G" not in coco_caption.spice_command()
+
+
+def test_the_closest_path_hint_picks_the_closest_existing_name(tmp_path, monkeypatch):
+    from fashioncap.errors import closest_path_hint, did_you_mean
+
+    (tmp_path / "imgs").mkdir()
+    for name in ("000000.png", "000001.png", "000002.png", "000010.png"):
+        (tmp_path / "imgs" / name).touch()
+    monkeypatch.chdir(tmp_path)
+    assert closest_path_hint("imgs/00000.png") == " (did you mean imgs/000000.png?)", "one insertion away"
+    assert closest_path_hint("img/00010.png") == " (did you mean imgs/000010.png?)"
+    assert did_you_mean("tset", ["train", "val", "test"]) == " (did you mean test?)"
+    assert closest_path_hint("imgs/zzz.txt") == ""
