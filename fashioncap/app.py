@@ -190,7 +190,9 @@ def launch(
         css=STYLE, allowed_paths=[str(examples_dir)], footer_links=[], ssr_mode=False,
         max_file_size=int(max_file_size_mb * 1024 * 1024),
     )  # fmt: skip
-    print(f"fashioncap app: serving {url} (uploads up to {max_file_size_mb:g} MB; Ctrl+C stops it)", flush=True)
+    print(
+        f"fashioncap app: serving {url} (uploads up to {max_file_size_mb:g} MB; Ctrl+C stops it)", flush=True
+    )
     if block:
         page.block_thread()
     return page, url

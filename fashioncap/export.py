@@ -21,6 +21,7 @@ from fashioncap import rundir
 from fashioncap.errors import MissingPathError, OutputExistsError, UserError, missing_path
 from fashioncap.io_utils import atomic_directory, write_json_atomic
 
+
 def refuse_unmergeable(run_dir: Path, base: str | None) -> None:
     """One line for a merge that cannot work: an adapter without a base, or a local base that is gone (a Hub
     base that cannot be had fails in one line when loaded, `modeling.check_hub_model`)."""

@@ -257,7 +257,9 @@ def refresh_run_card(run_dir: str | Path) -> None:
     if config is None or not (run_dir / rundir.RESULTS).is_file():
         return
     checkpoint = rundir.scored_checkpoint(run_dir)
-    write_model_card(run_dir, with_adapter_base(run_dir, config), card_metrics(run_dir), checkpoint=checkpoint)
+    write_model_card(
+        run_dir, with_adapter_base(run_dir, config), card_metrics(run_dir), checkpoint=checkpoint
+    )
 
 
 def files_to_upload(run_dir: Path, extra: list[str] | None = None) -> list[str]:

@@ -134,7 +134,9 @@ def test_the_app_command_stays_local_and_prints_no_share_hint(page_run, monkeypa
 
     tunnels = []
     monkeypatch.setenv("GRADIO_SHARE", "true")
-    monkeypatch.setattr(networking, "setup_tunnel", lambda *a, **k: tunnels.append(k) or "https://x.gradio.live")
+    monkeypatch.setattr(
+        networking, "setup_tunnel", lambda *a, **k: tunnels.append(k) or "https://x.gradio.live"
+    )
     monkeypatch.setattr(gradio.Blocks, "block_thread", lambda page: page.close())  # serve, then stop at once
     assert main(["app", "--model-dir", str(page_run), "--max-file-size", "2"]) == 0
     out = capsys.readouterr().out

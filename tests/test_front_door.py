@@ -307,7 +307,11 @@ def test_debug_shows_the_traceback_instead(tiny_recipe, tmp_path, how):
         ),
         (["report", "no-such-run", "--out", "report"], "report", "run dir "),
         (["report", "plain", "--out", "report"], "report", "plain is not a run: it has neither"),
-        (["study", "--split", "tset", "--runs", "trial1", "--out", "report"], "study", "(did you mean test?)"),
+        (
+            ["study", "--split", "tset", "--runs", "trial1", "--out", "report"],
+            "study",
+            "(did you mean test?)",
+        ),
         (
             ["score", "--references", "refs.json", "--predictions", "preds.json"],
             "score",

@@ -32,7 +32,9 @@ def demo_tree(root: Path, tiny_model_dir: Path) -> Path:
     base = root / "outputs" / "demo" / "base"
     shutil.copytree(tiny_model_dir, base)
     model = BlipForConditionalGeneration.from_pretrained(base)
-    model = apply_lora(model, lora_target_regex("decoder", model.config.vision_config.num_hidden_layers, 0), r=4)
+    model = apply_lora(
+        model, lora_target_regex("decoder", model.config.vision_config.num_hidden_layers, 0), r=4
+    )
     torch.manual_seed(0)
     with torch.no_grad():
         for parameter in (p for p in model.parameters() if p.requires_grad):
@@ -124,7 +126,9 @@ def test_a_pushed_adapters_card_names_a_hub_base_or_says_its_base_is_not_on_the_
 
 
 def test_eval_writes_its_scores_into_the_runs_own_card(tree, synthetic_dir):
-    (tree / "README.md").write_text("# trial4\n\n(not evaluated)\n")  # as training left it without test scores
+    (tree / "README.md").write_text(
+        "# trial4\n\n(not evaluated)\n"
+    )  # as training left it without test scores
     assert main(["eval", "--model-dir", str(tree), "--data", str(synthetic_dir), *FAST]) == 0
     card = (tree / "README.md").read_text()
     cider = json.loads((tree / "eval" / "test" / "metrics.json").read_text())["CIDEr"]

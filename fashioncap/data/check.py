@@ -71,9 +71,15 @@ def check_data_dir(data_dir: str | Path, max_words: int = 50, decode_images: boo
     categories: dict[int, list[str]] = {}
     if not (data_dir / "categories.json").is_file():
         report.add(
-            data_dir / "categories.json", None, None, "missing: the SLS metric and the SLS reward need it", "warning"
+            data_dir / "categories.json",
+            None,
+            None,
+            "missing: the SLS metric and the SLS reward need it",
+            "warning",
         )
-        report.cannot_run.append("the SLS metric and the SLS reward (sls) cannot run here: no categories.json")
+        report.cannot_run.append(
+            "the SLS metric and the SLS reward (sls) cannot run here: no categories.json"
+        )
     else:
         try:
             categories = load_categories(data_dir)
