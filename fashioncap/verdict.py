@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from fashioncap.scoretable import BEST, HEADLINE_METRICS, TIE, is_score, top_marks
+from fashioncap.scoretable import BEST, HEADLINE_METRICS, is_score, score_interval, top_marks
 
 STUDY_FILE = "study.json"
 
@@ -31,9 +31,13 @@ def find_study(run_dirs: Mapping[str, Path], split: str, study_path: str | Path 
     return None
 
 
-def _leader_line(metrics: Mapping[str, Mapping | None], metric: str, best: str) -> str:
+def _leader_line(metrics: Mapping[str, Mapping | None], metric: str, best: str) -> str | None:
+    """The sentence for a best whose interval clears the runner-up's; None without both intervals (scores of
+    an eval without them say nothing about the noise)."""
     scored = {n: s[metric] for n, s in metrics.items() if s and is_score(s.get(metric))}
     runner = max((n for n in scored if n != best), key=scored.get)
+    if not (score_interval(metrics[best], metric) and score_interval(metrics[runner], metric)):
+        return None
     return (
         f"{best} leads on {metric}: {scored[best]:.3f} vs {scored[runner]:.3f} for {runner}, "
         "their 95% intervals apart."
@@ -61,9 +65,10 @@ def verdict_lines(
     for metric in HEADLINE_METRICS:
         marks = top_marks(metrics, metric)
         best = next((name for name, mark in marks.items() if mark == BEST), None)
-        if best:
-            lines.append(_leader_line(metrics, metric, best))
-        elif TIE in marks.values():
+        leader = _leader_line(metrics, metric, best) if best else None
+        if leader:
+            lines.append(leader)
+        elif marks:
             open_metrics.append(metric)
     lines += [_pair_line(c, "paired over the same images, one seed") for c in comparisons if _apart(c)]
     if study:
@@ -80,7 +85,7 @@ def verdict_lines(
         ]
     elif open_metrics:
         lines.append(
-            f"On {', '.join(open_metrics)} no run is apart from the others on one seed: run `make study` "
+            f"On {', '.join(open_metrics)} no run is shown apart from the others on one seed: run `make study` "
             "(several seeds, paired) before calling a winner."
         )
     if not lines and not any(metrics.values()):

@@ -73,6 +73,10 @@ def test_report_writes_table_html_plots_and_summary(runs, synthetic_dir, tmp_pat
     )
     assert "| trial1 | 0.1234 tie | 0.2000 tie | 0.3000 tie | 0.5000 | n/a |" in table
     assert "- SPICE is n/a for every run: no CoreNLP jars" in table
+    assert not any("leads" in line for line in result["verdict"]), (
+        "no intervals: no lead is clear of the noise"
+    )
+    assert "On BLEU-4, METEOR, ROUGE-L, CIDEr, ALS, SLS no run is shown apart" in result["verdict"][0]
 
     html = (out / "report.html").read_text()
     assert 'src="http' not in html and "<link" not in html, "self-contained"
@@ -131,7 +135,7 @@ def test_the_tables_show_intervals_mark_the_best_and_ties_and_flag_runs_below_th
     ) in html
     assert result["verdict"] == [
         "trial3 leads on CIDEr: 3.600 vs 3.160 for trial1, their 95% intervals apart.",
-        "On BLEU-4, METEOR, ROUGE-L, ALS, SLS no run is apart from the others on one seed: run `make study` "
+        "On BLEU-4, METEOR, ROUGE-L, ALS, SLS no run is shown apart from the others on one seed: run `make study` "
         "(several seeds, paired) before calling a winner.",
     ]
     verdict = html.split("<h2>Verdict</h2>")[1].split("<h2>")[0]
