@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from fashioncap import rundir
 from fashioncap.data.coco import group_references, load_captions, references_file
 from fashioncap.errors import OutputExistsError
+from fashioncap.hub import refresh_run_card
 from fashioncap.inference import (
     caption_batches,
     generation_settings,
@@ -137,4 +138,5 @@ def evaluate_run(
         write_text_atomic(
             tmp / rundir.METRICS_MARKDOWN, metrics_markdown(metrics, heading, Path(model_dir).name)
         )
+    refresh_run_card(model_dir)  # the run's own card carries the scores just computed
     return metrics

@@ -299,6 +299,7 @@ def save_run(trainer: FashionCapTrainer, config: RecipeConfig) -> Path:
     trainer.save_model(str(output_dir))
     trainer.save_state()  # trainer_state.json: the log history the report's training curves read
     if trainer.is_world_process_zero():
+        rundir.store_base_relative(output_dir)  # the run then works from any directory, and when moved
         write_json_atomic(output_dir / rundir.RUN_CONFIG, config.to_dict())
     return output_dir
 

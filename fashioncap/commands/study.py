@@ -57,10 +57,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_compare_argument(parser, "trial A with trial B (repeatable)")
 
 
+def check_split(split: str, runs: list[str], recipes: Path, overrides: list[str]) -> None:
+    """`--split` names a split of every trial's data, checked before the study trains anything (a typo would
+    otherwise fail at the first eval, after the base and a trial were trained). A data dir not built yet is
+    the synthetic set the study builds."""
+    from fashioncap.configs import load_config
+    from fashioncap.data.coco import available_splits
+    from fashioncap.data.synthetic import SPLITS
+    from fashioncap.errors import ConfigError, did_you_mean
+
+    for trial in runs:
+        recipe = recipes / f"{trial}.yaml"
+        data = load_config(recipe, overrides).data if recipe.is_file() else None  # run_study names it
+        if data is None or data.data_from_hub:
+            continue
+        splits = available_splits(data.data_dir) if Path(data.data_dir).is_dir() else list(SPLITS)
+        if split not in splits:
+            raise ConfigError(
+                f"--split {split}: the data of {trial} ({data.data_dir}) has no such split (it has "
+                f"{', '.join(splits)}){did_you_mean(split, splits)}"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     from fashioncap.demo import RECIPES
     from fashioncap.study import run_study, study_markdown
 
+    check_split(args.split, args.runs, args.recipes or RECIPES, args.overrides)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     study = run_study(
         args.out,
