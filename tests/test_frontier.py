@@ -96,3 +96,37 @@ def test_the_sweep_command_defaults_to_trial2_on_val_over_3_seeds(tmp_path, monk
     assert "| trial2 loss_type=grpo | 3 |" in capsys.readouterr().out
     assert main(["study", "--sweep", "rl_weight=1", "--seeds", "2", "--out", str(out)]) == 2
     assert "--sweep needs at least 3 seeds per point for an interval, not 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_sweep_trains_each_seed_of_each_point_and_the_twin_on_the_tiny_model(
+    tiny_model_dir, synthetic_dir, tmp_path, capsys
+):
+    out = tmp_path / "frontier"
+    tiny = ["--max_steps", "2", "--global_batch_size", "4", "--per_device_train_batch_size", "4",
+            "--num_beams", "1", "--max_new_tokens", "6", "--dataloader_num_workers", "0", "--disable_tqdm",
+            "true", "--logging_steps", "1", "--rl_start", "0", "--num_samples", "2"]  # fmt: skip
+    assert main(["study", "--sweep", "loss_type=grpo", "--out", str(out), "--base", str(tiny_model_dir),
+                 "--data_dir", str(synthetic_dir), "--split", "test", *tiny]) == 0  # fmt: skip
+    for trial, run in (("trial2", out / "trial2" / "loss_type-grpo"), ("trial1", out / "trial1")):
+        configs = [
+            json.loads((run / trial / f"seed{k}" / "fashioncap_config.json").read_text()) for k in range(3)
+        ]
+        assert [c["training"]["seed"] for c in configs] == [0, 1, 2]
+    rl_config = json.loads((out / "trial2/loss_type-grpo/trial2/seed0/fashioncap_config.json").read_text())
+    assert rl_config["reward"]["loss_type"] == "grpo"
+    history = json.loads((out / "trial2/loss_type-grpo/trial2/seed1/trainer_state.json").read_text())[
+        "log_history"
+    ]
+    assert any("health/greedy_repeated_trigram_share" in row for row in history), (
+        "the guard's figures are logged"
+    )
+    result = json.loads((out / "frontier.json").read_text())
+    assert [(p["trial"], p["mle_twin"]) for p in result["points"]] == [("trial2", False), ("trial1", True)]
+    for point in result["points"]:
+        assert {"ALS", "ALS-F1", "CIDEr", "repeat a trigram"} <= set(point["figures"])
+        assert len(point["figures"]["CIDEr"]["values"]) == 3 and point["figures"]["CIDEr"]["ci95"] is not None
+    printed = capsys.readouterr().out
+    assert "| trial2 loss_type=grpo | 3 |" in printed and "| trial1 (MLE twin) | 3 |" in printed
+    with Image.open(out / "frontier.png") as plot:
+        assert plot.format == "PNG"
