@@ -208,6 +208,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         self._nonfinite_in_a_row = 0
         self._skip_optimizer_step = False
         self._completions_step: int | None = None
+        self._rollout_greedy: torch.Tensor | None = None
         self.collapse_guard = CollapseGuard(self.args.collapse_guard)
         self.add_callback(self.collapse_guard)
 
@@ -276,6 +277,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
                 top_k=args.sample_top_k, **decoding,
             )  # fmt: skip
             greedy = decode(blip, memory, **decoding) if args.baseline == "greedy" else None
+        self._rollout_greedy = greedy  # the collapse guard's greedy captions, when the baseline drew them
         rewards = self.score(self._decode(samples), repeated)
         total = self._total_reward(rewards).to(image_embeds.device)
         greedy_total = (
@@ -427,13 +429,16 @@ class FashionCapTrainer(Seq2SeqTrainer):
     # --- logging ---
 
     def _check_collapse(self, blip, image_embeds, samples, truncated) -> bool:
-        """Log the sampled and the greedy captions' health; True when the guard finds the greedy ones (what
-        evaluation shows) collapsing for the first time (fashioncap.collapse_guard)."""
-        with torch.no_grad(), eval_mode(blip):
-            greedy = decode(
-                blip, image_embeds.detach(), max_new_tokens=self.args.max_sample_tokens,
-                synced_gpus=self._is_zero3(), cuda_graphs=self._cuda_graphs,
-            )  # fmt: skip
+        """Log the sampled and the greedy captions' health (the greedy baseline's captions, else decoded here);
+        True when the guard finds the greedy ones (what evaluation shows) collapsing for the first time
+        (fashioncap.collapse_guard)."""
+        greedy, self._rollout_greedy = self._rollout_greedy, None
+        if greedy is None:
+            with torch.no_grad(), eval_mode(blip):
+                greedy = decode(
+                    blip, image_embeds.detach(), max_new_tokens=self.args.max_sample_tokens,
+                    synced_gpus=self._is_zero3(), cuda_graphs=self._cuda_graphs,
+                )  # fmt: skip
         greedy_captions = self._decode(greedy)
         greedy_cut = truncated_samples(greedy, blip.config.text_config.sep_token_id).tolist()
         health = {

@@ -442,11 +442,13 @@ def test_rl_start_trains_mle_alone_first(tmp_path):
         )
 
 
-def test_rollout_under_zero3_decodes_in_step_and_without_cuda_graphs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("baseline", ["greedy", "mean"])
+def test_rollout_under_zero3_decodes_in_step_and_without_cuda_graphs(tmp_path, monkeypatch, baseline):
     """Under ZeRO-3 every decoding step gathers the decoder's partitioned weights through collective hooks: each
-    decode of the rollout (the samples and the greedy baseline) runs synced (all ranks take every step) and is
-    never captured as a CUDA graph (a replay would skip the hooks)."""
-    rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6, baseline="greedy")
+    decode of the step (the samples, and the greedy captions of the baseline or, without it, of the collapse
+    guard) runs synced (all ranks take every step) and is never captured as a CUDA graph (a replay would skip the
+    hooks). The guard reuses the greedy baseline's captions: two decodes either way."""
+    rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6, baseline=baseline)
     trainer = _trainer(tmp_path, "decoder", rl)
     monkeypatch.setattr(trainer, "_is_zero3", lambda: True)
     calls = []
