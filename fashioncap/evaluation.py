@@ -29,7 +29,7 @@ from fashioncap.inference import (
 from fashioncap.io_utils import atomic_directory, write_json_atomic, write_text_atomic
 from fashioncap.metrics import METRIC_NAMES
 from fashioncap.metrics.files import default_categories, load_references, score_files
-from fashioncap.metrics.health import caption_health
+from fashioncap.metrics.health import caption_health, collapse_signs
 from fashioncap.metrics.reward_scores import recipe_reward_scores
 from fashioncap.rewards import REWARD_FUNCS
 from fashioncap.scoretable import HEADLINE_METRICS, score_table, unavailable_notes
@@ -73,15 +73,18 @@ def predict_split(
 
 def health_of(predictions: list[dict], references: Path, limit_hits: list[bool]) -> dict:
     """`caption_health` of the predictions against their references (`limit_hits`: which captions used every
-    new token without ending); warns on stderr when they collapsed."""
+    new token without ending); warns on stderr when they collapsed (repetition, runs to the length limit:
+    template reuse alone is reported, not warned about)."""
     reference_captions = load_references(references)[0]
     captions = [p["caption"] for p in predictions]
     health = caption_health(captions, [reference_captions[p["image_id"]] for p in predictions], limit_hits)
-    if health["collapsed"]:
+    signs = collapse_signs(
+        health["repeated_trigram_share"], health["length_limit_share"], health["mean_length"]
+    )
+    if signs:
         print(
-            f"WARNING: the captions collapsed: the 5 most common are {health['top5_share']:.0%} of "
-            f"{health['num_captions']} images, distinct bigrams {health['distinct_2']:.0%} "
-            "('health' in metrics.json)",
+            f"WARNING: the captions collapsed: of {health['num_captions']}, {', '.join(signs)} "
+            "('health' in metrics.json; in training, turn rl_weight down or use loss_type: grpo)",
             file=sys.stderr,
         )
     return health

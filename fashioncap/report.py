@@ -119,7 +119,8 @@ HEALTH_COLUMNS = {
     "mean_length": "words",
     "reference_mean_length": "reference words",
     "top5_share": "top-5 captions' share",
-    "collapsed": "collapsed",
+    "collapsed": "collapsed",  # repetition or runs to the length limit (fashioncap.metrics.health)
+    "template_reuse": "template reuse",
 }
 
 

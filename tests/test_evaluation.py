@@ -111,9 +111,10 @@ def test_eval_warns_on_one_line_when_the_captions_collapse(tiny_model_dir, tmp_p
     assert metrics["health"]["length_limit_share"] == 1.0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "collapsed" in line]
     assert warnings == [
-        "WARNING: the captions collapsed: the 5 most common are 100% of 12 images, distinct bigrams 8% "
-        "('health' in metrics.json)"
+        "WARNING: the captions collapsed: of 12, 100% run to the length limit ('health' in metrics.json; in "
+        "training, turn rl_weight down or use loss_type: grpo)"
     ]
+    assert metrics["health"]["template_reuse"], "one caption for every image: reported as template reuse too"
 
 
 def test_interrupted_eval_keeps_the_previous_results(evaluated, tiny_model_dir, synthetic_dir, monkeypatch):

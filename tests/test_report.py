@@ -181,8 +181,9 @@ def _add_per_image_scores_and_health(
     )
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     health = {"distinct_1": 0.25, "distinct_2": 0.05 if collapsed else 0.5, "vocabulary_size": 40,
-              "repeated_trigram_share": 0.0, "length_limit_share": None, "mean_length": 11.5,
-              "reference_mean_length": 12.25, "top5_share": 0.9 if collapsed else 0.1, "collapsed": collapsed}  # fmt: skip
+              "repeated_trigram_share": 0.9 if collapsed else 0.0, "length_limit_share": None, "mean_length": 11.5,
+              "reference_mean_length": 12.25, "top5_share": 0.1, "collapsed": collapsed,
+              "template_reuse": not collapsed}  # fmt: skip
     (run / "eval" / "metrics.json").write_text(json.dumps({**metrics, "health": health}))
 
 
@@ -216,6 +217,7 @@ def test_report_compares_each_rl_trial_with_its_mle_twin_and_shows_health(tmp_pa
     assert (
         table_row(health, "trial2")["collapsed"] == "yes" and table_row(health, "trial1")["collapsed"] == "no"
     )
+    assert table_row(health, "trial1")["template reuse"] == "yes"  # its own column, not a collapse
     assert table_row(health, "trial1")["hit the length limit"] == "n/a" and "trial3" not in health
     html = (out / "report.html").read_text()
     assert "<td>yes: trial2 higher</td>" in html and "<td>top-5 captions&#x27; share</td>" not in html
@@ -305,7 +307,8 @@ def test_the_page_separates_each_reference_and_its_rl_tables_fit_a_1200px_window
         browser = chromium(width=1200, height=900)
         try:
             browser.navigate((tmp_path / "report" / "report.html").as_uri())
-            widths = browser.evaluate(
+            widths = browser.wait_for(  # navigate returns before the page has loaded
+                "document.readyState === 'complete' && "
                 "[...document.querySelectorAll('table.completions')].map(t => t.getBoundingClientRect().right)"
             )
         finally:

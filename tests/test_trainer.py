@@ -1,5 +1,6 @@
 """The learning signal: REINFORCE against hand-computed values, baselines, masks, and what each trial trains."""
 
+import json
 import math
 import re
 
@@ -18,6 +19,7 @@ from fashioncap.trainer import (
     build_trainer,
     completion_mask,
     compute_baseline,
+    normalised_logprobs,
     reinforce_loss,
     scale_by_group_rms,
     sequence_logprobs,
@@ -73,6 +75,72 @@ def test_masked_samples_leave_the_reinforce_gradient_by_hand():
     expected_grad = -sum(a * (np.eye(3)[k] - p) for a, k in kept) / 4
     assert loss.item() == pytest.approx(expected_loss, rel=1e-6)
     np.testing.assert_allclose(theta.grad.numpy(), expected_grad, rtol=1e-5, atol=1e-7)
+
+
+# Toy policy for the normalisations: softmax(theta) over 3 tokens at every position; sample 1 (advantage +0.5) is
+# tokens (0, 2, 2) then padding, sample 2 (advantage -0.5) is token (1) alone: lengths 3 and 1, max_tokens 4.
+TOY_TOKENS = [[0, 2, 2], [1]]
+TOY_ADVANTAGES = [0.5, -0.5]
+
+
+@pytest.mark.parametrize(
+    "loss_type, divisors",
+    [
+        ("sequence_sum", [1, 1]),  # each sample's summed log p
+        ("grpo", [3, 1]),  # its own length
+        ("dapo", [2, 2]),  # the mean length of the batch: (3 + 1) / 2 tokens
+        ("dr_grpo", [4, 4]),  # max_tokens, a constant
+    ],
+)
+def test_each_loss_type_by_hand(loss_type, divisors):
+    """L = -1/N sum_i A_i (sum_t log p(y_it)) / d_i; dL/dtheta = -1/N sum_i A_i / d_i sum_t (onehot(y_it) - p)."""
+    theta = torch.tensor([0.5, -0.25, 1.0], requires_grad=True)
+    tokens = torch.tensor([[0, 2, 2], [1, 0, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    token_logp = torch.log_softmax(theta, dim=0)[tokens] * mask
+    logp = normalised_logprobs(token_logp, mask, loss_type, max_tokens=4)
+    rewards = torch.tensor(TOY_ADVANTAGES)
+    loss = reinforce_loss(logp, rewards, torch.zeros(2))
+    loss.backward()
+
+    p = np.exp([0.5, -0.25, 1.0]) / np.exp([0.5, -0.25, 1.0]).sum()
+    expected_loss = (
+        -sum(
+            a * sum(np.log(p[k]) for k in seq) / d
+            for a, seq, d in zip(TOY_ADVANTAGES, TOY_TOKENS, divisors, strict=True)
+        )
+        / 2
+    )
+    expected_grad = (
+        -sum(
+            a / d * sum(np.eye(3)[k] - p for k in seq)
+            for a, seq, d in zip(TOY_ADVANTAGES, TOY_TOKENS, divisors, strict=True)
+        )
+        / 2
+    )
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-6)
+    np.testing.assert_allclose(theta.grad.numpy(), expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_dapo_divides_by_the_mean_length_over_every_ranks_samples():
+    """Given the all-rank mean length (here 5 tokens), dapo divides by it, not by the local mean (2)."""
+    token_logp = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    local = normalised_logprobs(token_logp, mask, "dapo", max_tokens=4)
+    everywhere = normalised_logprobs(token_logp, mask, "dapo", max_tokens=4, mean_tokens=torch.tensor(5.0))
+    assert local.tolist() == [-1.5, -1.0] and everywhere.tolist() == pytest.approx([-0.6, -0.4])
+
+
+def test_loss_type_is_checked_with_the_allowed_values(tmp_path):
+    from fashioncap.errors import ConfigError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("output_dir: out\nloss_type: token_mean\n")
+    with pytest.raises(
+        ConfigError, match="loss_type must be one of sequence_sum, grpo, dapo, dr_grpo, not 'token_mean'"
+    ):
+        load_config(recipe)
+    assert load_config(None, ["--output_dir", str(tmp_path)]).training.loss_type == "sequence_sum"
 
 
 def test_truncated_samples_and_tied_groups_by_hand():
@@ -427,11 +495,13 @@ def test_rl_start_trains_mle_alone_first(tmp_path):
         )
 
 
-def test_rollout_under_zero3_decodes_in_step_and_without_cuda_graphs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("baseline", ["greedy", "mean"])
+def test_rollout_under_zero3_decodes_in_step_and_without_cuda_graphs(tmp_path, monkeypatch, baseline):
     """Under ZeRO-3 every decoding step gathers the decoder's partitioned weights through collective hooks: each
-    decode of the rollout (the samples and the greedy baseline) runs synced (all ranks take every step) and is
-    never captured as a CUDA graph (a replay would skip the hooks)."""
-    rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6, baseline="greedy")
+    decode of the step (the samples, and the greedy captions of the baseline or, without it, of the collapse
+    guard) runs synced (all ranks take every step) and is never captured as a CUDA graph (a replay would skip the
+    hooks). The guard reuses the greedy baseline's captions: two decodes either way."""
+    rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6, baseline=baseline)
     trainer = _trainer(tmp_path, "decoder", rl)
     monkeypatch.setattr(trainer, "_is_zero3", lambda: True)
     calls = []
@@ -509,3 +579,61 @@ def test_kl_to_the_base_model_is_zero_for_an_untrained_adapter_and_positive_afte
     trainer.compute_loss(trainer.model, dict(batch))
     trainer.log({"loss": 0.0})
     assert trainer.state.log_history[-1]["kl"] > 0
+
+
+# --- the collapse guard: a decoder forced never to say [SEP] runs every caption to the length limit ----------------
+
+
+def _collapsing_trainer(tmp_path, guard, **settings):
+    torch.manual_seed(0)
+    rl = dict(
+        reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=4, collapse_guard=guard
+    )
+    trainer = _trainer(tmp_path, "decoder", {**rl, **settings})
+    blip = trainer.model.get_base_model()
+    blip.text_decoder.cls.predictions.bias.data[blip.config.text_config.sep_token_id] = -1e4
+    return trainer
+
+
+def test_the_guard_warns_once_logs_health_and_the_completions_table(tmp_path, caplog):
+    trainer = _collapsing_trainer(tmp_path, "warn", log_completions_steps=50)
+    trainer._completions_step, trainer.state.global_step = 0, 1  # a table is not due at step 1 ...
+    with caplog.at_level("WARNING", logger="fashioncap.collapse_guard"):
+        _grads_after_one_loss(trainer)
+        _grads_after_one_loss(trainer)
+    warnings = [r.getMessage() for r in caplog.records if "collapsing" in r.getMessage()]
+    assert len(warnings) == 1, "one warning line, not one per step"
+    assert warnings[0].startswith(
+        "the captions are collapsing at step 1: of the greedy captions, 100% run to "
+    )
+    assert "turn rl_weight down or use loss_type: grpo" in warnings[0]
+    tables = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+    assert [t["step"] for t in tables] == [1], "... but the step the guard fired at shows its samples"
+    trainer.log({"loss": 1.0})
+    logged = trainer.state.log_history[-1]
+    assert logged["health/greedy_length_limit_share"] == logged["health/sampled_length_limit_share"] == 1.0
+    for name in ("repeated_trigram_share", "distinct_1", "distinct_2", "mean_length"):
+        assert f"health/sampled_{name}" in logged and f"health/greedy_{name}" in logged
+    assert logged["health/greedy_mean_length"] > 0
+
+
+def test_the_guard_stops_and_saves_in_stop_mode(tmp_path):
+    from fashioncap.collapse_guard import CollapseError
+    from fashioncap.train import fit
+
+    trainer = _collapsing_trainer(tmp_path, "stop")
+    trainer.args.max_steps = 3
+    with pytest.raises(CollapseError, match=r"collapsed at step 0 \(100% run to the length limit\): stopped and "
+                                            r"saved a checkpoint in .*turn rl_weight down"):  # fmt: skip
+        fit(trainer, trainer.args)
+    assert trainer.state.global_step == 1, "stopped at the end of the first step"
+    assert (tmp_path / "checkpoint-1").is_dir()
+
+
+def test_the_guard_off_logs_no_health(tmp_path, caplog):
+    trainer = _collapsing_trainer(tmp_path, "off")
+    with caplog.at_level("WARNING", logger="fashioncap.collapse_guard"):
+        _grads_after_one_loss(trainer)
+    trainer.log({"loss": 1.0})
+    assert not any(k.startswith("health/") for k in trainer.state.log_history[-1])
+    assert not [r for r in caplog.records if "collapsing" in r.getMessage()]
