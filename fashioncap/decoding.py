@@ -301,6 +301,12 @@ class DecoderStep:
         return self._logits
 
 
+def truncated_samples(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """True for each decoded caption ([DEC] first) that reached the length limit without its [SEP]: a caption
+    cut short, not one the model finished (a reward scores it as it is; eval counts it in caption health)."""
+    return ~(sequences[:, 1:] == eos_token_id).any(dim=1)
+
+
 @torch.no_grad()
 def decode(
     model: torch.nn.Module,

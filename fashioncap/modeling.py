@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable
@@ -24,6 +23,7 @@ from transformers import (
     BlipProcessor,
 )
 
+from fashioncap import rundir
 from fashioncap.errors import UserError, closest_path_hint, missing_path
 from fashioncap.noise import peft_without_alias_warning
 from fashioncap.text import normalize_text
@@ -254,7 +254,7 @@ def continue_from_run(peft_model, run_dir: str | Path) -> None:
             f"init_from_run {run_dir}: no adapter_model.safetensors there (give the output_dir of a finished "
             "`fashioncap train` with LoRA)"
         )
-    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    base = rundir.adapter_base(path)
     own = peft_model.peft_config["default"].base_model_name_or_path
     if base and own and Path(base).resolve() != Path(own).resolve():  # a Hub id resolves alike both times
         raise ModelLoadError(
@@ -286,7 +286,7 @@ def load_for_inference(model_dir: str, dtype: torch.dtype | str | None = None):
     if not adapter_config.is_file():
         model, processor = load_model_and_processor(model_dir, dtype=dtype)
         return model.eval(), processor
-    base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    base = rundir.adapter_base(path)
     if not base:
         raise ModelLoadError(
             f"{adapter_config} names no base model: the adapter was trained on a model built in memory "

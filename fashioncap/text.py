@@ -11,11 +11,18 @@ from collections.abc import Sequence
 
 _NON_WORD = re.compile(r"[\W_]+")
 _SPACED_HYPHEN = re.compile(r"(?<=\w) - (?=\w)")
+_COMPOUND = re.compile(r"[^\W_]+(?:-[^\W_]+)*")
 
 
 def normalize_text(text: str) -> str:
     """Lower case, punctuation, hyphens and underscores to spaces, single spaces: 'T-Shirt!' -> 't shirt'."""
     return " ".join(_NON_WORD.sub(" ", text.lower()).split())
+
+
+def compound_words(text: str) -> list[tuple[str, ...]]:
+    """`normalize_text`'s words grouped by hyphenated compound: 'Boot-cut jeans' -> [('boot', 'cut'),
+    ('jeans',)] (a compound spelt as BLIP decodes it, 'boot - cut', too)."""
+    return [tuple(m.group().split("-")) for m in _COMPOUND.finditer(join_spaced_hyphens(text.lower()))]
 
 
 def join_spaced_hyphens(text: str) -> str:

@@ -272,7 +272,8 @@ def make_compute_metrics(processor, references, category_wordmap):
 
 
 def fit(trainer: FashionCapTrainer, training) -> dict:
-    """Train (resuming when asked); a SIGTERM saves a checkpoint and exits 143 so a scheduler can requeue."""
+    """Train (resuming when asked); a SIGTERM saves a checkpoint and exits 143 so a scheduler can requeue; a
+    collapse under `collapse_guard: stop` saved a checkpoint and ends the run with a CollapseError."""
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(training))
@@ -281,6 +282,8 @@ def fit(trainer: FashionCapTrainer, training) -> dict:
             "stopped by SIGTERM at step %d; resume with --resume_from_checkpoint", trainer.state.global_step
         )
         sys.exit(143)
+    if trainer.collapse_guard.stopped:
+        raise trainer.collapse_guard.error(training.output_dir)
     return result.metrics
 
 
@@ -299,6 +302,7 @@ def save_run(trainer: FashionCapTrainer, config: RecipeConfig) -> Path:
     trainer.save_model(str(output_dir))
     trainer.save_state()  # trainer_state.json: the log history the report's training curves read
     if trainer.is_world_process_zero():
+        rundir.store_base_relative(output_dir)  # the run then works from any directory, and when moved
         write_json_atomic(output_dir / rundir.RUN_CONFIG, config.to_dict())
     return output_dir
 

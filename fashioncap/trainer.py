@@ -7,7 +7,8 @@ One training step (docs/design.md, "The training step"):
   3. score them with the reward functions, subtract the baseline (optionally scale each image's advantages);
   4. the decoder over the reference captions (MLE, its own K/V with dropout) and, with dropout off as when they
      were drawn, over the samples (their log-probabilities under the sampling temperature);
-  5. loss = w_mle * L_mle + w_rl * L_rl (+ w_kl * KL to the base policy), L_rl = -mean_ij A_ij * log p(Y'_ij).
+  5. loss = w_mle * L_mle + w_rl * L_rl (+ w_kl * KL to the base policy), L_rl = -mean_ij A_ij * log p(Y'_ij),
+     log p normalised as `loss_type` says (`normalised_logprobs`).
 
 Steps 1-5 run inside ONE forward call of the wrapped model: DDP and DeepSpeed arm their gradient hooks in
 forward, so calling submodules directly would silently skip the gradient all-reduce.
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from accelerate.utils import gather_object
 from transformers import Seq2SeqTrainer, TrainerCallback
 
+from fashioncap.collapse_guard import CollapseGuard, rollout_health
 from fashioncap.completions import completions_table, write_completions
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.collator import IGNORE_INDEX, MODEL_INPUTS, CaptionCollator
@@ -35,6 +37,7 @@ from fashioncap.decoding import (
     dropout_disabled,
     image_memory,
     text_decoder,
+    truncated_samples,
 )
 from fashioncap.rewards import get_reward_funcs, prepare_rewards
 from fashioncap.text import decode_captions
@@ -76,10 +79,33 @@ def reinforce_loss(
     return -(advantages * logprobs.reshape(-1)).mean()
 
 
-def truncated_samples(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """True for each sampled caption that reached the length limit without its [SEP]: its reward scores a
-    caption cut short, not one the policy finished."""
-    return ~(sequences[:, 1:] == eos_token_id).any(dim=1)
+def normalised_logprobs(
+    token_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str,
+    max_tokens: int,
+    mean_tokens: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Each sample's log p(Y') divided as `loss_type` says, so that `reinforce_loss`'s mean over the N samples
+    gives TRL's normalisation of the policy-gradient term (the normalisation is part of the RL dose):
+      sequence_sum: sum_t log p (the per-sample sum: the gradient per token grows with the caption's length);
+      grpo: sum_t log p / T_i (each sample's token mean, then the mean over samples);
+      dapo: sum_t log p / mean_i T_i (one token mean over all the samples' tokens; `mean_tokens` is the mean
+        length over every rank's samples, the local mean when None);
+      dr_grpo: sum_t log p / max_tokens (a constant: TRL divides the batch's sum by N x max_completion_length).
+    `token_logprobs` and `mask` are (N, T-1) over tokens 1..T (the [SEP] counts as a token)."""
+    lengths = mask.sum(dim=1).to(token_logprobs.dtype)
+    sums = token_logprobs.sum(dim=1)
+    if loss_type == "sequence_sum":
+        return sums
+    if loss_type == "grpo":
+        return sums / lengths.clamp(min=1)
+    if loss_type == "dapo":
+        mean = lengths.mean() if mean_tokens is None else mean_tokens
+        return sums / torch.as_tensor(mean, dtype=sums.dtype).clamp(min=1)
+    if loss_type == "dr_grpo":
+        return sums / max_tokens
+    raise ValueError(f"unknown loss_type {loss_type!r}")
 
 
 def tied_groups(rewards: torch.Tensor, group: int) -> torch.Tensor:
@@ -196,6 +222,9 @@ class FashionCapTrainer(Seq2SeqTrainer):
         self._nonfinite_in_a_row = 0
         self._skip_optimizer_step = False
         self._completions_step: int | None = None
+        self._rollout_greedy: torch.Tensor | None = None
+        self.collapse_guard = CollapseGuard(self.args.collapse_guard)
+        self.add_callback(self.collapse_guard)
         self.add_callback(SkipFlagReset(self))
 
     # --- plumbing ---
@@ -271,6 +300,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
                 top_k=args.sample_top_k, **decoding,
             )  # fmt: skip
             greedy = decode(blip, memory, **decoding) if args.baseline == "greedy" else None
+        self._rollout_greedy = greedy  # the collapse guard's greedy captions, when the baseline drew them
         rewards = self.score(self._decode(samples), repeated)
         total = self._total_reward(rewards).to(image_embeds.device)
         greedy_total = (
@@ -375,7 +405,10 @@ class FashionCapTrainer(Seq2SeqTrainer):
         # scored by the policy that drew them: no dropout (and none in gradient checkpointing's recomputation)
         sample_logits = decoder_logits(blip, samples, sample_mask, memory, dropout=False)
         sample_token_logprobs = token_logprobs(sample_logits, samples, sample_mask, args.sample_temperature)
-        logprobs = sample_token_logprobs.sum(dim=1)
+        logprobs = normalised_logprobs(
+            sample_token_logprobs, sample_mask[:, 1:], args.loss_type, args.max_sample_tokens,
+            self._mean_sample_tokens(sample_mask) if args.loss_type == "dapo" else None,
+        )  # fmt: skip
         mean_reward = total.mean()  # before any scaling: what the rewards say
         tied = tied_groups(total, args.num_samples)
         if args.scale_rewards == "group":
@@ -383,7 +416,10 @@ class FashionCapTrainer(Seq2SeqTrainer):
         rl_scale = 1.0 if num_items_in_batch is None else 1.0 / self.current_gradient_accumulation_steps
         keep = ~truncated if args.mask_truncated_completions else None
         rl_loss = reinforce_loss(logprobs, total, baseline, keep)
-        self._log_completions(samples, rewards, total, baseline, columns)
+        collapsing = self.collapse_guard.active and self._check_collapse(
+            blip, image_embeds, samples, truncated
+        )
+        self._log_completions(samples, rewards, total, baseline, columns, keep, force=collapsing)
         loss = loss + args.rl_weight * rl_loss * rl_scale
         if args.kl_weight:
             kl = self._kl_to_base(model, blip, pixel_values, samples, sample_mask, sample_token_logprobs)
@@ -398,6 +434,16 @@ class FashionCapTrainer(Seq2SeqTrainer):
         self._log_metric("rl/tied_groups", tied.float().mean())
         return {"loss": loss}
 
+    def _mean_sample_tokens(self, sample_mask: torch.Tensor) -> torch.Tensor:
+        """The mean sampled-caption length over every rank's samples of this micro-batch (`dapo`'s token mean is
+        over the whole batch; DDP then averages the ranks' gradients, equal sample counts on each)."""
+        counts = torch.stack([sample_mask[:, 1:].sum(), torch.tensor(sample_mask.size(0))]).to(
+            sample_mask.device
+        )
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return counts[0].float() / counts[1].float()
+
     def _kl_to_base(self, model, blip, pixel_values, samples, sample_mask, policy_logprobs) -> torch.Tensor:
         """Mean per-token KL of the policy to the base model (the adapter disabled) on the sampled tokens, given
         the policy's token log-probabilities of them."""
@@ -411,18 +457,53 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     # --- logging ---
 
-    def _log_completions(self, samples, rewards, total, baseline, columns) -> None:
-        """Every `log_completions_steps` RL steps (the first included), a table of the main process's sampled
-        captions to RUN/completions.jsonl and the trackers (fashioncap.completions)."""
+    def _check_collapse(self, blip, image_embeds, samples, truncated) -> bool:
+        """Log the sampled and the greedy captions' health (the greedy baseline's captions, else decoded here);
+        True when the guard finds the greedy ones (what evaluation shows) collapsing for the first time
+        (fashioncap.collapse_guard)."""
+        greedy, self._rollout_greedy = self._rollout_greedy, None
+        if greedy is None:
+            with torch.no_grad(), eval_mode(blip), self._decoder_gathered(blip):
+                greedy = decode(
+                    blip,
+                    image_embeds.detach(),
+                    max_new_tokens=self.args.max_sample_tokens,
+                    **self._decode_kwargs,
+                )
+        greedy_captions = self._decode(greedy)
+        greedy_cut = truncated_samples(greedy, blip.config.text_config.sep_token_id).tolist()
+        health = {
+            "sampled": rollout_health(self._decode(samples), truncated.tolist()),
+            "greedy": rollout_health(greedy_captions, greedy_cut),
+        }
+        for kind, figures in health.items():
+            for name, value in figures.items():
+                self._log_metric(f"health/{kind}_{name}", value)
+        return self.collapse_guard.check(self.state.global_step, health["greedy"], greedy_captions[0])
+
+    def _log_completions(
+        self, samples, rewards, total, baseline, columns, keep=None, force: bool = False
+    ) -> None:
+        """Every `log_completions_steps` RL steps (the first included), and at the step the collapse guard
+        fires (`force`), a table of the main process's sampled captions to RUN/completions.jsonl and the
+        trackers (fashioncap.completions)."""
         step, every, last = self.state.global_step, self.args.log_completions_steps, self._completions_step
-        if not every or not self.is_world_process_zero() or (last is not None and step - last < every):
+        due = force or last is None or step - last >= every
+        if not every or not self.is_world_process_zero() or not due:
             return
         self._completions_step = step
         tensorboard = next(
             (c.tb_writer for c in self.callback_handler.callbacks if getattr(c, "tb_writer", None)), None
         )
         table = completions_table(
-            step, columns["image_id"], columns["caption"], self._decode(samples), rewards, total, baseline
+            step,
+            columns["image_id"],
+            columns["caption"],
+            self._decode(samples),
+            rewards,
+            total,
+            baseline,
+            keep,
         )
         write_completions(self.args.output_dir, table, tensorboard, "trackio" in self.args.report_to)
 
@@ -486,13 +567,15 @@ def build_trainer(
     **kwargs,
 ) -> FashionCapTrainer:
     """The trainer with its collator (caption tokens up to `max_length`, optional augmentation seeded by the
-    run), its rewards prepared on the training split (`rewards.prepare_rewards`)."""
+    run's seed and rank), its rewards prepared on the training split (`rewards.prepare_rewards`)."""
     trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=CaptionCollator(processor, max_length=max_length, augment=augment, seed=args.seed),
+        data_collator=CaptionCollator(
+            processor, max_length=max_length, augment=augment, seed=args.seed, rank=args.process_index
+        ),
         processing_class=processor,
         category_wordmap=category_wordmap,
         **kwargs,

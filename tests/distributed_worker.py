@@ -171,9 +171,15 @@ class GradCapture(TrainerCallback):
             self.grads = torch.cat([p.grad.detach().reshape(-1).float().cpu() for p in params])
 
 
+# "rl" is the sequence-sum REINFORCE term; "rl_<loss_type>" each other normalisation (configs.LOSS_TYPES).
+MODES = ("rl", "mle", "rl_grpo", "rl_dapo", "rl_dr_grpo")
+
+
 def rl_settings(mode: str) -> dict:
-    if mode == "rl":
-        return dict(reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=NUM_SAMPLES, max_sample_tokens=8)
+    if mode.startswith("rl"):
+        loss_type = mode.removeprefix("rl_") if mode != "rl" else "sequence_sum"
+        return dict(reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=NUM_SAMPLES, max_sample_tokens=8,
+                    loss_type=loss_type)  # fmt: skip
     return {}
 
 
@@ -189,6 +195,17 @@ class StepTimes(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.seconds.append(round(time.perf_counter() - self._started, 4))
+
+
+def divisors_by_hand(loss_type: str, lengths: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """What each sample's summed log p is divided by, per TRL's normalisations (see fashioncap.trainer)."""
+    lengths = lengths.float()
+    return {
+        "sequence_sum": torch.ones_like(lengths),
+        "grpo": lengths,
+        "dapo": lengths.mean().expand_as(lengths),
+        "dr_grpo": torch.full_like(lengths, max_tokens),
+    }[loss_type]
 
 
 class StepDigests(TrainerCallback):
@@ -328,7 +345,8 @@ def train_one(
 
 
 def reference_one(mode: str) -> tuple[dict, torch.Tensor]:
-    """The objective by hand on all rows at once: token-mean MLE plus -mean_ij (r_ij - b_ij) log p(Y'_ij)."""
+    """The objective by hand on all rows at once: token-mean MLE plus -mean_ij (r_ij - b_ij) log p(Y'_ij) / d_ij,
+    d_ij as the mode's loss_type says (`divisors_by_hand`)."""
     model, processor = build_model()
     rows = list(build_dataset())
     batch = CaptionCollator(processor, max_length=32)(rows)
@@ -341,7 +359,7 @@ def reference_one(mode: str) -> tuple[dict, torch.Tensor]:
         labels=batch["labels"],
     ).loss
     reward_args = FashionCapTrainingArguments(output_dir="unused", use_cpu=True, **rl_settings(mode))
-    if mode == "rl":
+    if mode.startswith("rl"):
         text = blip.config.text_config
         samples, _, total, baseline = fixed_rollout(batch["caption"], text, reward_args)
         mask = (samples != text.pad_token_id).long()
@@ -352,7 +370,8 @@ def reference_one(mode: str) -> tuple[dict, torch.Tensor]:
             labels=samples.masked_fill(mask == 0, IGNORE_INDEX),
             reduction="none",
         ).loss
-        loss = loss + reward_args.rl_weight * reinforce_loss(-neg_logp, total, baseline)
+        divisors = divisors_by_hand(reward_args.loss_type, mask[:, 1:].sum(1), reward_args.max_sample_tokens)
+        loss = loss + reward_args.rl_weight * reinforce_loss(-neg_logp / divisors, total, baseline)
     loss.backward()
     grads = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad])
     return {"losses": [loss.item()], "grad_norms": [grads.norm().item()]}, grads
@@ -364,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=4, help="per-device train batch size")
     parser.add_argument("--ga", type=int, default=1, help="gradient accumulation steps")
     parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--modes", nargs="+", default=["rl", "mle"], choices=["rl", "mle"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--reference", action="store_true", help="the objective by hand, no Trainer")
     parser.add_argument("--real-rollout", action="store_true", help="sample captions (not the fixed rollout)")
     parser.add_argument(
