@@ -264,6 +264,12 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
     cuda_graphs: bool = _help(
         True, "on CUDA, replay each decoding step as a CUDA graph (sampling and eval captions); off elsewhere"
     )
+    zero3_gathered_decoding: bool = _help(
+        True,
+        "under DeepSpeed ZeRO-3, gather the text decoder's weights once per decode (samples, greedy baseline, "
+        "eval) and decode without DeepSpeed's per-module hooks; false for a decoder too large for one device "
+        "(then every token gathers each module's weights and all ranks decode up to the token limit)",
+    )
     num_beams: int = _help(GENERATION_DEFAULTS["num_beams"], "beams for evaluation captions")
     max_new_tokens: int = _help(
         GENERATION_DEFAULTS["max_new_tokens"], "new tokens per evaluation caption at most"

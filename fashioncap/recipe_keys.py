@@ -27,7 +27,7 @@ RECIPE_KEYS = {
         "scale_rewards", "kl_weight", "log_completions_steps", "collapse_guard",
     ),
     "generation": tuple(GENERATION_DEFAULTS),
-    "run": ("overwrite_output_dir", "global_batch_size", "cuda_graphs"),
+    "run": ("overwrite_output_dir", "global_batch_size", "cuda_graphs", "zero3_gathered_decoding"),
 }  # fmt: skip
 
 

@@ -2,11 +2,11 @@
 
 One training step (docs/design.md, "The training step"):
   1. encode the images once (with gradient: trials 3/4 train vision LoRA);
-  2. sample H captions per image from the detached image embeddings (no gradient, dropout off), each image's
-     cross-attention K/V computed once and shared by its samples and its greedy baseline (fashioncap.decoding);
+  2. sample H captions per image (no gradient, dropout off), each image's cross-attention K/V projected once,
+     without dropout, and shared by its samples, its greedy baseline and their log-prob pass (fashioncap.decoding);
   3. score them with the reward functions, subtract the baseline (optionally scale each image's advantages);
-  4. the decoder over the reference captions (MLE) and, with dropout off as when they were drawn, over the
-     samples (their log-probabilities under the sampling temperature): each image's K/V computed once per pass;
+  4. the decoder over the reference captions (MLE, its own K/V with dropout) and, with dropout off as when they
+     were drawn, over the samples (their log-probabilities under the sampling temperature);
   5. loss = w_mle * L_mle + w_rl * L_rl (+ w_kl * KL to the base policy), L_rl = -mean_ij A_ij * log p(Y'_ij),
      log p normalised as `loss_type` says (`normalised_logprobs`).
 
@@ -24,15 +24,24 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 from accelerate.utils import gather_object
-from transformers import Seq2SeqTrainer
+from transformers import Seq2SeqTrainer, TrainerCallback
 
 from fashioncap.collapse_guard import CollapseGuard, rollout_health
 from fashioncap.completions import completions_table, write_completions
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.collator import IGNORE_INDEX, MODEL_INPUTS, CaptionCollator
-from fashioncap.decoding import decode, decoder_logits, dropout_disabled, image_memory, truncated_samples
+from fashioncap.decoding import (
+    ImageMemory,
+    decode,
+    decoder_logits,
+    dropout_disabled,
+    image_memory,
+    text_decoder,
+    truncated_samples,
+)
 from fashioncap.rewards import get_reward_funcs, prepare_rewards
 from fashioncap.text import decode_captions
+from fashioncap.zero3 import gathered_without_hooks
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +188,17 @@ def eval_mode(module: torch.nn.Module):
         module.train(was_training)
 
 
+class SkipFlagReset(TrainerCallback):
+    """Clears the trainer's skip-the-optimizer-step flag once the step is over (after every parameter group's
+    step() call, however many the optimizer wrapper makes), so the next step runs."""
+
+    def __init__(self, trainer: FashionCapTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._skip_optimizer_step = False
+
+
 class FashionCapTrainer(Seq2SeqTrainer):
     # compute_loss normalises MLE by the token count of the whole accumulated, all-rank batch and divides the RL
     # term by the accumulation steps itself, so the Trainer must not divide again.
@@ -205,6 +225,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         self._rollout_greedy: torch.Tensor | None = None
         self.collapse_guard = CollapseGuard(self.args.collapse_guard)
         self.add_callback(self.collapse_guard)
+        self.add_callback(SkipFlagReset(self))
 
     # --- plumbing ---
 
@@ -223,15 +244,23 @@ class FashionCapTrainer(Seq2SeqTrainer):
         that already writes the captions' style (every rank sees the same global step, so all agree)."""
         return self.state.global_step >= self.args.rl_start * self.state.max_steps
 
-    @property
-    def _cuda_graphs(self) -> bool | None:
-        """None lets `decode` capture CUDA graphs where it can (CUDA, not `synced_gpus`: under ZeRO-3 the
-        parameter-gathering hooks must run at every step, which a graph replay would skip); False never."""
-        return None if self.args.cuda_graphs else False
-
     def _is_zero3(self) -> bool:
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         return plugin is not None and plugin.zero_stage == 3
+
+    def _decoder_gathered(self, blip):
+        """Under ZeRO-3 (with `zero3_gathered_decoding`): the decoder's weights gathered once for the block and
+        DeepSpeed's per-module hooks lifted (fashioncap.zero3); elsewhere nothing."""
+        gathered = self._is_zero3() and self.args.zero3_gathered_decoding
+        return gathered_without_hooks(text_decoder(blip), enabled=gathered)
+
+    @property
+    def _decode_kwargs(self) -> dict:
+        """`synced_gpus` where DeepSpeed's hooks gather weights at every decoding step (ZeRO-3 without the gathered
+        decoder: every rank must take every step, and a CUDA graph replay would skip the hooks); `cuda_graphs`
+        None lets `decode` capture graphs where it can (CUDA, not synced), False never."""
+        synced = self._is_zero3() and not self.args.zero3_gathered_decoding
+        return dict(synced_gpus=synced, cuda_graphs=None if self.args.cuda_graphs else False)
 
     def _decode(self, sequences: torch.Tensor) -> list[str]:
         return decode_captions(self.processing_class, sequences)
@@ -252,20 +281,20 @@ class FashionCapTrainer(Seq2SeqTrainer):
         return sum(w * rewards[name] for name, w in zip(self.reward_funcs, self.args.weights, strict=True))
 
     @torch.no_grad()
-    def rollout(self, blip, image_embeds: torch.Tensor, columns: dict):
+    def rollout(self, blip, image_embeds: torch.Tensor, columns: dict, memory: ImageMemory | None = None):
         """H sampled captions per image and their rewards; the baseline (and, for `greedy`, its captions).
+        `memory`: the images' cross-attention K/V without dropout when the caller has them (else projected here).
 
-        Under ZeRO-3 each decoding step gathers the decoder's partitioned weights through DeepSpeed's module
-        hooks, a collective: every decode runs `synced_gpus` (all ranks take all max_sample_tokens steps, though
-        one rank's samples end sooner) and never as a CUDA graph."""
+        Under ZeRO-3 the decoder's partitioned weights are gathered once for the samples and the greedy baseline
+        together (`_decoder_gathered`); with `zero3_gathered_decoding: false` each decoding step gathers them
+        through DeepSpeed's module hooks instead, a collective, so every decode runs `synced_gpus`."""
         args = self.args
         h = args.num_samples
         repeated = {k: _repeat_each(v, h) for k, v in columns.items()}
-        decoding = dict(
-            max_new_tokens=args.max_sample_tokens, synced_gpus=self._is_zero3(), cuda_graphs=self._cuda_graphs
-        )
-        with eval_mode(blip):
-            memory = image_memory(blip, image_embeds)  # each image's cross-attention K/V, for all its samples
+        decoding = dict(max_new_tokens=args.max_sample_tokens, **self._decode_kwargs)
+        with eval_mode(blip), self._decoder_gathered(blip):
+            if memory is None:  # each image's cross-attention K/V, for all its samples
+                memory = image_memory(blip, image_embeds)
             samples = decode(
                 blip, memory, do_sample=True, num_return_sequences=h, temperature=args.sample_temperature,
                 top_k=args.sample_top_k, **decoding,
@@ -324,8 +353,8 @@ class FashionCapTrainer(Seq2SeqTrainer):
         unguarded = optimizer.step
 
         def step(*step_args, **step_kwargs):
+            # Not cleared here: DeepSpeed calls step() once per parameter group; `SkipFlagReset` clears it.
             if self._skip_optimizer_step:
-                self._skip_optimizer_step = False
                 return None
             return unguarded(*step_args, **step_kwargs)
 
@@ -363,12 +392,18 @@ class FashionCapTrainer(Seq2SeqTrainer):
         if not (self._uses_rl and blip.training and self._rl_started):
             return {"loss": loss}
 
-        samples, rewards, total, baseline = self.rollout(blip, image_embeds.detach(), columns)
+        # Each image's cross-attention K/V without dropout, projected once: detached they draw the samples (the
+        # values eval mode gives), with gradient they score them.
+        with dropout_disabled(text_decoder(blip)):
+            memory = image_memory(blip, image_embeds)
+        samples, rewards, total, baseline = self.rollout(
+            blip, image_embeds.detach(), columns, memory.detach()
+        )
         sep = blip.config.text_config.sep_token_id
         sample_mask = completion_mask(samples, sep)
         truncated = truncated_samples(samples, sep)
         # scored by the policy that drew them: no dropout (and none in gradient checkpointing's recomputation)
-        sample_logits = decoder_logits(blip, samples, sample_mask, image_embeds, dropout=False)
+        sample_logits = decoder_logits(blip, samples, sample_mask, memory, dropout=False)
         sample_token_logprobs = token_logprobs(sample_logits, samples, sample_mask, args.sample_temperature)
         logprobs = normalised_logprobs(
             sample_token_logprobs, sample_mask[:, 1:], args.loss_type, args.max_sample_tokens,
@@ -428,11 +463,13 @@ class FashionCapTrainer(Seq2SeqTrainer):
         (fashioncap.collapse_guard)."""
         greedy, self._rollout_greedy = self._rollout_greedy, None
         if greedy is None:
-            with torch.no_grad(), eval_mode(blip):
+            with torch.no_grad(), eval_mode(blip), self._decoder_gathered(blip):
                 greedy = decode(
-                    blip, image_embeds.detach(), max_new_tokens=self.args.max_sample_tokens,
-                    synced_gpus=self._is_zero3(), cuda_graphs=self._cuda_graphs,
-                )  # fmt: skip
+                    blip,
+                    image_embeds.detach(),
+                    max_new_tokens=self.args.max_sample_tokens,
+                    **self._decode_kwargs,
+                )
         greedy_captions = self._decode(greedy)
         greedy_cut = truncated_samples(greedy, blip.config.text_config.sep_token_id).tolist()
         health = {
@@ -505,10 +542,8 @@ class FashionCapTrainer(Seq2SeqTrainer):
         blip = self._blip(model)
         with torch.no_grad(), eval_mode(blip):
             image_embeds = blip.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
-            generated = decode(
-                blip, image_embeds, synced_gpus=self._is_zero3(), cuda_graphs=self._cuda_graphs,
-                **self.args.generate_kwargs(),
-            )  # fmt: skip
+            with self._decoder_gathered(blip):
+                generated = decode(blip, image_embeds, **self._decode_kwargs, **self.args.generate_kwargs())
         return None, generated, image_ids
 
 

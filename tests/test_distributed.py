@@ -189,13 +189,16 @@ def test_deepspeed_zero3_with_rl_matches_the_objective_and_samples(tmp_path, ref
 
 
 @pytest.mark.slow
-def test_deepspeed_zero3_rollout_where_the_ranks_samples_end_at_different_lengths(tmp_path):
+@pytest.mark.parametrize("decoding", ["gathered", "synced"])
+def test_deepspeed_zero3_rollout_where_the_ranks_samples_end_at_different_lengths(tmp_path, decoding):
     """Each image's samples end after a length of its own (forced: worker.ForcedLengthTrainer), so one rank's
-    samples always end before the other's: every decoding step gathers the decoder's partitioned weights through
-    DeepSpeed's hooks, a collective, so both ranks must take the same number of steps (no "collective mismatch",
-    no hang), and the step's loss is one process's on the same 4 rows."""
+    samples always end before the other's. Gathered (the default): the decoder's weights are gathered once per
+    rollout and each rank stops at its own length. Synced (`zero3_gathered_decoding: false`): every decoding step
+    gathers the weights through DeepSpeed's hooks, a collective, so both ranks must take the same number of steps
+    (no "collective mismatch", no hang). Either way the step's loss is one process's on the same 4 rows."""
+    extra = ("--synced-decoding",) if decoding == "synced" else ()
     result, _ = launch(
-        "accelerate_configs/zero3.yaml", tmp_path, "--batch", "2", "--modes", "rl", "--forced-lengths"
+        "accelerate_configs/zero3.yaml", tmp_path, "--batch", "2", "--modes", "rl", "--forced-lengths", *extra
     )
     expected, _, _ = worker.train_one("rl", 4, 1, steps=1, out=tmp_path / "one", forced_lengths=True)
     run = result["runs"]["rl"]
@@ -204,17 +207,24 @@ def test_deepspeed_zero3_rollout_where_the_ranks_samples_end_at_different_length
 
 
 @pytest.mark.parametrize(
-    "config",
-    ["cpu_ddp", pytest.param("zero3", marks=pytest.mark.slow)],
+    "config, param_groups",
+    [
+        ("cpu_ddp", 1),
+        pytest.param("zero3", 1, marks=pytest.mark.slow),
+        pytest.param("zero2", 2, marks=pytest.mark.slow, id="zero2-two-param-groups"),
+    ],
 )
-def test_a_nan_on_one_rank_skips_that_step_on_every_rank(tmp_path, config):
+def test_a_nan_on_one_rank_skips_that_step_on_every_rank(tmp_path, config, param_groups):
     """Rank 1 alone gets a NaN loss at step 2: both ranks skip the optimizer step (weights stay identical across
     ranks), both log the skip under the same metric names (no gather of mismatched shapes: no hang), and training
     goes on to the last step. Under ZeRO-3 too, where the skipped step's zero gradient runs over partitioned
-    parameters."""
+    parameters; and under ZeRO-2 with two parameter groups, where DeepSpeed calls the optimizer's step() once per
+    group: no group may step."""
+    extra = ("--second-group",) if param_groups > 1 else ()
     result, _ = launch(f"accelerate_configs/{config}.yaml", tmp_path, "--batch", "1", "--steps", "4", "--modes",
-                       "mle", "--fault", "nan", "1", "2")  # fmt: skip
+                       "mle", "--fault", "nan", "1", "2", *extra)  # fmt: skip
     run = result["runs"]["mle"]
+    assert run["param_groups"] == param_groups
     assert run["global_step"] == 4 and run["skipped_steps"] == [2]
     assert len(set(run["digests"])) == 1, "the ranks' weights diverged"
     first, skipped, third, _ = run["step_digests"]

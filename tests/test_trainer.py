@@ -496,26 +496,42 @@ def test_rl_start_trains_mle_alone_first(tmp_path):
 
 
 @pytest.mark.parametrize("baseline", ["greedy", "mean"])
-def test_rollout_under_zero3_decodes_in_step_and_without_cuda_graphs(tmp_path, monkeypatch, baseline):
-    """Under ZeRO-3 every decoding step gathers the decoder's partitioned weights through collective hooks: each
-    decode of the step (the samples, and the greedy captions of the baseline or, without it, of the collapse
-    guard) runs synced (all ranks take every step) and is never captured as a CUDA graph (a replay would skip the
-    hooks). The guard reuses the greedy baseline's captions: two decodes either way."""
+@pytest.mark.parametrize("gathered", [True, False], ids=["gathered", "synced"])
+def test_rollout_under_zero3_gathers_the_decoder_once_or_decodes_in_step(
+    tmp_path, monkeypatch, gathered, baseline
+):
+    """Under ZeRO-3 each decode of the step (the samples, and the greedy captions of the baseline or, without it,
+    of the collapse guard) runs with the decoder's forward hooks (DeepSpeed's per-module gathering) lifted (the
+    samples and the greedy baseline within one gather), and the hooks are back for the scoring pass: ranks need
+    not decode in step and CUDA graphs may be captured. With `zero3_gathered_decoding: false` the hooks gather at
+    every token: every decode runs synced (all ranks take every step), never as a graph. The guard reuses the
+    greedy baseline's captions: two decodes either way."""
     rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6, baseline=baseline)
-    trainer = _trainer(tmp_path, "decoder", rl)
+    trainer = _trainer(tmp_path, "decoder", {**rl, "zero3_gathered_decoding": gathered})
     monkeypatch.setattr(trainer, "_is_zero3", lambda: True)
+    head = trainer._blip(trainer.model).text_decoder.cls
+    hook_calls = []
+    head.register_forward_pre_hook(lambda module, args: hook_calls.append(args[0].shape))
     calls = []
     original = trainer_module.decode
 
     def recording(*args, **kwargs):
-        calls.append(kwargs)
+        calls.append({**kwargs, "hooks": len(head._forward_pre_hooks), "hook_calls": len(hook_calls)})
         return original(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "decode", recording)
     _grads_after_one_loss(trainer)
     assert len(calls) == 2  # samples, greedy
-    assert all(
-        kwargs.get("synced_gpus") is True and kwargs.get("cuda_graphs") is not True for kwargs in calls
+    assert all(kwargs["synced_gpus"] is not gathered and kwargs["cuda_graphs"] is None for kwargs in calls)
+    if gathered:  # `decode` may capture graphs (on CUDA): None
+        assert [kwargs["hooks"] for kwargs in calls] == [0, 0], "the decoder's hooks were on while decoding"
+        if baseline == "greedy":
+            assert calls[1]["hook_calls"] == calls[0]["hook_calls"], "the hooks came back between the decodes"
+    else:  # `decode` never captures a graph under synced_gpus
+        assert [kwargs["hooks"] for kwargs in calls] == [1, 1]
+    # the scoring pass after the samples' decode ran the hook: it came back
+    assert len(head._forward_pre_hooks) == 1 and len(hook_calls) > calls[0]["hook_calls"], (
+        "hooks not restored"
     )
 
 
@@ -538,7 +554,7 @@ def test_samples_are_scored_by_the_policy_that_drew_them(tmp_path, monkeypatch):
         captured.setdefault("calls", []).append((logits.detach().clone(), temperature))
         return original(logits, sequences, mask, temperature)
 
-    def fixed_rollout(blip, image_embeds, columns):
+    def fixed_rollout(blip, image_embeds, columns, memory=None):
         total = torch.tensor([1.0, 0.0] * image_embeds.size(0))
         return samples[: 2 * image_embeds.size(0)], {"sls": total}, total, torch.full_like(total, 0.5)
 
@@ -579,6 +595,33 @@ def test_kl_to_the_base_model_is_zero_for_an_untrained_adapter_and_positive_afte
     trainer.compute_loss(trainer.model, dict(batch))
     trainer.log({"loss": 0.0})
     assert trainer.state.log_history[-1]["kl"] > 0
+
+
+def test_the_steps_one_projection_of_the_image_kv_draws_the_rollouts_own_samples(tmp_path):
+    """The step projects each image's cross-attention K/V once (training mode, dropout off, with gradient) to
+    draw the samples (detached) and to score them: the samples are token for token those the rollout draws
+    from the image embeddings itself in eval mode, with LoRA dropout on in the model."""
+    rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=3, max_sample_tokens=8)
+    trainer = _trainer(tmp_path, "decoder+vision", rl)
+    blip = trainer._blip(trainer.model)
+    with torch.no_grad():
+        for name, param in blip.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)  # make the adapter, and its dropout, matter
+    inputs = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+    columns = {k: inputs[k] for k in ("caption", "attributes", "category")} | {
+        "image_id": inputs["image_ids"]
+    }
+    trainer.model.train()
+    image_embeds = blip.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
+    with trainer_module.dropout_disabled(blip.text_decoder):
+        memory = trainer_module.image_memory(blip, image_embeds)
+    assert memory.keys[0].requires_grad
+    torch.manual_seed(0)
+    own = trainer.rollout(blip, image_embeds.detach(), columns)[0]
+    torch.manual_seed(0)
+    shared = trainer.rollout(blip, image_embeds.detach(), columns, memory.detach())[0]
+    assert torch.equal(own, shared) and own.size(1) > 2
 
 
 # --- the collapse guard: a decoder forced never to say [SEP] runs every caption to the length limit ----------------
