@@ -398,8 +398,8 @@ def render_html(
 
 
 def completions_html(run_dirs: dict[str, Path]) -> str:
-    """Each RL run's first and last table of sampled captions (RUN/completions.jsonl) side by side: what the
-    rewards did to the captions. Empty when no run logged any."""
+    """Each RL run's first and last table of sampled captions (RUN/completions.jsonl), one under the other: what
+    the rewards did to the captions. Empty when no run logged any."""
     esc = html.escape
     parts = []
     for name, run_dir in run_dirs.items():

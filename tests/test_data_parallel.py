@@ -50,8 +50,10 @@ def test_two_rank_caption_writes_the_lines_of_one_process_in_input_order(
         shutil.copy(source, folder / source.name)
     (folder / sorted(p.name for p in folder.iterdir())[2].replace(".", "_empty.")).write_bytes(b"")
     args = ["caption", "--model-dir", str(tiny_model_dir), str(folder), "--batch-size", "2", *FAST_FLAGS]
-    assert main([*args, "--out", str(tmp_path / "one.jsonl")]) == 0
-    output = accelerate_launch(CPU_DDP, "-m", "fashioncap", *args, "--out", str(tmp_path / "two.jsonl"))
+    assert main([*args, "--out", str(tmp_path / "one.jsonl")]) == 1, "an input was skipped"
+    output = accelerate_launch(
+        CPU_DDP, "-m", "fashioncap", *args, "--out", str(tmp_path / "two.jsonl"), returncode=1
+    )
     assert output.count("fashioncap caption: 6 captioned") == 1, (
         "counted and printed by the main process only"
     )

@@ -74,9 +74,9 @@ def launch(config: str, tmp_path: Path, *worker_args: str, num_processes: int = 
     return json.loads((out / "result.json").read_text()), out
 
 
-def accelerate_launch(config: str, *program: str, num_processes: int = 2) -> str:
+def accelerate_launch(config: str, *program: str, num_processes: int = 2, returncode: int = 0) -> str:
     """`accelerate launch` a script (or `-m module`) with its arguments; its output (stdout, then stderr). On
-    failure or timeout, fail with that output (and kill its whole process group)."""
+    another exit status than `returncode`, or a timeout, fail with that output (and kill its process group)."""
     cmd = [
         str(ACCELERATE), "launch", "--config_file", str(REPO / config), "--num_processes", str(num_processes),
         "--main_process_port", str(free_port()), *program,
@@ -105,7 +105,7 @@ def accelerate_launch(config: str, *program: str, num_processes: int = 2) -> str
         pytest.fail(
             f"timed out after {LAUNCH_TIMEOUT_S}s: {' '.join(cmd)}\n{stdout[-3000:]}\n{stderr[-6000:]}"
         )
-    if proc.returncode != 0:
+    if proc.returncode != returncode:
         pytest.fail(f"exit {proc.returncode}: {' '.join(cmd)}\n{stdout[-3000:]}\n{stderr[-6000:]}")
     return stdout + stderr
 

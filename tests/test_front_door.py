@@ -527,7 +527,7 @@ def test_the_demo_overwrites_a_run_only_when_it_decided_to_retrain_it(tmp_path, 
     monkeypatch.setattr(
         demo, "evaluate_run", lambda *args, **kwargs: evaluated.append((args, kwargs)) or {"num_images": 1}
     )
-    monkeypatch.setattr(demo, "write_report", lambda *args, **kwargs: {"table": ""})
+    monkeypatch.setattr(demo, "write_report", lambda *args, **kwargs: {"verdict": [], "table": ""})
     demo.run_demo(recipes, str(tmp_path / "report"))
     assert trained == [True]
     [(args, kwargs)] = evaluated
