@@ -21,7 +21,8 @@ from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 from transformers.utils import is_torch_bf16_gpu_available
 
 from fashioncap.errors import ConfigError, did_you_mean, is_main_process, missing_path
-from fashioncap.modeling import DEFAULT_MODEL, LORA_PRESETS
+from fashioncap.models.blip import DEFAULT_MODEL
+from fashioncap.models.lora import LORA_PRESETS
 from fashioncap.recipe_keys import GENERATION_DEFAULTS, RECIPE_KEYS
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
-        default=DEFAULT_MODEL, metadata={"help": "Hub id or local dir of a BLIP model"}
+        default=DEFAULT_MODEL,
+        metadata={"help": "Hub id or local dir of a captioner of a registered family (BLIP)"},
     )
     base_recipe: str | None = field(
         default=None,
@@ -41,7 +43,7 @@ class ModelArguments:
         metadata={"help": "build a tiny BLIP from the data's vocabulary instead of loading one"},
     )
     label_smoothing: float | None = field(
-        default=None, metadata={"help": "text_config.label_smoothing (BLIP: 0.1)"}
+        default=None, metadata={"help": "the text decoder's label smoothing (BLIP: 0.1)"}
     )
     lora_preset: str = field(
         default="decoder", metadata={"help": f"{' | '.join(LORA_PRESETS)} | none (full)"}

@@ -1,6 +1,6 @@
 """The run directory: what `train` leaves in RUN/ and `eval` in RUN/eval/, and how other commands read it.
 
-RUN/fashioncap_config.json   the resolved recipe (model, data, reward, generation, training sections)
+RUN/fashioncap_config.json   the resolved recipe (model, data, reward, generation, training sections), family
 RUN/all_results.json         {"train": ..., "test": ..., "scored_checkpoint": "final (step N)"}
 RUN/trainer_state.json       the log history (training curves)
 RUN/adapter_*.safetensors    the LoRA adapter (or the model of a full fine-tune) and the processor files
@@ -19,6 +19,9 @@ from pathlib import Path
 from fashioncap import __version__
 
 RUN_CONFIG = "fashioncap_config.json"
+FAMILY = (
+    "family"  # RUN_CONFIG's key for the model family; a run saved without one is BLIP (the only one then)
+)
 RESULTS = "all_results.json"
 TRAINER_STATE = "trainer_state.json"
 EVAL_DIR = "eval"

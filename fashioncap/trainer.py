@@ -28,109 +28,28 @@ from transformers import Seq2SeqTrainer
 from fashioncap.completions import completions_table, write_completions
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.collator import IGNORE_INDEX, MODEL_INPUTS, CaptionCollator
-from fashioncap.decoding import decode, decoder_logits, dropout_disabled, image_memory
+from fashioncap.decoding import (
+    decode,
+    decoder_logits,
+    dropout_disabled,
+    encode_images,
+    image_memory,
+    text_decoder,
+)
 from fashioncap.rewards import get_reward_funcs, prepare_rewards
+from fashioncap.rl import (
+    completion_mask,
+    compute_baseline,
+    reinforce_loss,
+    scale_by_group_rms,
+    tied_groups,
+    token_kl,
+    token_logprobs,
+    truncated_samples,
+)
 from fashioncap.text import decode_captions
 
 logger = logging.getLogger(__name__)
-
-
-# --- the learning signal, as pure functions ---------------------------------------------------------------------
-
-
-def compute_baseline(
-    rewards: torch.Tensor, kind: str, greedy_rewards: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Baselines for rewards of shape (images, H): the group mean (the seed's), leave-one-out, or greedy (SCST)."""
-    if kind == "mean":
-        return rewards.mean(dim=1, keepdim=True).expand_as(rewards)
-    if kind == "loo":
-        h = rewards.size(1)
-        if h < 2:
-            raise ValueError("the leave-one-out baseline needs at least 2 samples per image")
-        return (rewards.sum(dim=1, keepdim=True) - rewards) / (h - 1)
-    if kind == "greedy":
-        if greedy_rewards is None:
-            raise ValueError("the greedy baseline needs the rewards of the greedy captions")
-        return greedy_rewards.reshape(-1, 1).expand_as(rewards)
-    raise ValueError(f"unknown baseline {kind!r}")
-
-
-def reinforce_loss(
-    logprobs: torch.Tensor, rewards: torch.Tensor, baseline: torch.Tensor, keep: torch.Tensor | None = None
-) -> torch.Tensor:
-    """-mean((r - b) * log p(Y')): its gradient is the REINFORCE estimate; rewards carry no gradient.
-    `keep` (bool per sample) zeroes the advantage of the others, e.g. samples cut off at the length limit; the
-    mean stays over all samples, so the scale does not depend on how many were dropped."""
-    advantages = (rewards - baseline).detach().to(logprobs.dtype).reshape(-1)
-    if keep is not None:
-        advantages = advantages * keep.reshape(-1).to(advantages.dtype)
-    return -(advantages * logprobs.reshape(-1)).mean()
-
-
-def truncated_samples(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """True for each sampled caption that reached the length limit without its [SEP]: its reward scores a
-    caption cut short, not one the policy finished."""
-    return ~(sequences[:, 1:] == eos_token_id).any(dim=1)
-
-
-def tied_groups(rewards: torch.Tensor, group: int) -> torch.Tensor:
-    """True for each image whose H sample rewards are all equal: with a group baseline (mean, loo) its
-    advantages are all 0, so it gives the RL term no signal."""
-    grouped = rewards.view(-1, group)
-    return grouped.amax(dim=1) == grouped.amin(dim=1)
-
-
-def completion_mask(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 for the start token and every sampled token up to and including the first [SEP]; 0 for the padding after."""
-    is_eos = (sequences == eos_token_id).long()
-    return ((is_eos.cumsum(dim=1) - is_eos) == 0).long()
-
-
-def token_logprobs(
-    logits: torch.Tensor, sequences: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
-    """log p of tokens 1..T given their prefixes, shape (N, T-1), 0 where `mask` is 0, under the distribution
-    they were sampled from: softmax(logits / temperature) (logits of shape (N, T, V))."""
-    targets = sequences[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
-    return -F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2) / temperature,
-        targets,
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    )
-
-
-def sequence_logprobs(
-    logits: torch.Tensor, sequences: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
-    """Sum of the log-probabilities of tokens 1..T given their prefixes (see `token_logprobs`)."""
-    return token_logprobs(logits, sequences, mask, temperature).sum(dim=1)
-
-
-def scale_by_group_rms(
-    rewards: torch.Tensor, baseline: torch.Tensor, group: int, eps: float = 1e-4
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards and baseline divided by the root mean square of each image's H advantages r - b, so rewards of
-    different ranges (CIDEr 0-10, ALS 0-1) give advantages of one scale. With the group-mean baseline that is
-    the std of the H rewards (GRPO's scaling); unlike that std it is 0 only when every advantage is: H tied
-    samples against a greedy caption that scored otherwise keep advantages of magnitude 1, not (r - b) / eps."""
-    advantages = (rewards - baseline).view(-1, group)
-    rms = advantages.square().mean(dim=1, keepdim=True).sqrt().expand(-1, group).reshape(-1)
-    return rewards / (rms + eps), baseline / (rms + eps)
-
-
-def token_kl(logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(policy || reference) estimate on sampled tokens, k3 = exp(d) - d - 1 with d = ref - policy:
-    non-negative and unbiased as a value (Schulman's estimator, as TRL's GRPO uses).
-
-    Used directly as a loss (differentiated through the policy's log-probs, the samples held fixed), its expected
-    gradient is not that of KL(policy || reference) but that of KL(reference || policy) per token: d/dtheta of
-    E_pi[exp(d) - d - 1] over fixed samples is E_pi[(1 - ref/pi) grad log pi] = -E_ref[grad log pi], the gradient
-    of KL(ref || pi). Like TRL's GRPO, the penalty therefore pulls the policy toward covering the reference's
-    tokens (mass-covering) rather than the reverse KL's mode-seeking pull; the logged `kl` is the k3 value."""
-    delta = reference_logprobs - logprobs
-    return torch.exp(delta) - delta - 1
 
 
 @contextlib.contextmanager
@@ -168,7 +87,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
             raise TypeError(
                 "FashionCapTrainer takes FashionCapTrainingArguments (the RL and generation settings)"
             )
-        # Make the Trainer count `num_items_in_batch` (label tokens over accumulation steps and ranks); BLIP's
+        # Make the Trainer count `num_items_in_batch` (label tokens over accumulation steps and ranks); the model's
         # forward(**kwargs) would otherwise decide this, and the stock loss path mis-scales (docs/stack-traps.md).
         self.model_accepts_loss_kwargs = True
         self.reward_funcs = get_reward_funcs(self.args.reward_funcs)
@@ -180,8 +99,8 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     # --- plumbing ---
 
-    def _blip(self, model):
-        """The BlipForConditionalGeneration inside DDP/DeepSpeed and PEFT wrappers."""
+    def _captioner(self, model):
+        """The captioner (of whichever family) inside DDP/DeepSpeed and PEFT wrappers."""
         model = self.accelerator.unwrap_model(model)
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -224,7 +143,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         return sum(w * rewards[name] for name, w in zip(self.reward_funcs, self.args.weights, strict=True))
 
     @torch.no_grad()
-    def rollout(self, blip, image_embeds: torch.Tensor, columns: dict):
+    def rollout(self, captioner, image_embeds: torch.Tensor, columns: dict):
         """H sampled captions per image and their rewards; the baseline (and, for `greedy`, its captions).
 
         Under ZeRO-3 each decoding step gathers the decoder's partitioned weights through DeepSpeed's module
@@ -236,13 +155,15 @@ class FashionCapTrainer(Seq2SeqTrainer):
         decoding = dict(
             max_new_tokens=args.max_sample_tokens, synced_gpus=self._is_zero3(), cuda_graphs=self._cuda_graphs
         )
-        with eval_mode(blip):
-            memory = image_memory(blip, image_embeds)  # each image's cross-attention K/V, for all its samples
+        with eval_mode(captioner):
+            memory = image_memory(
+                captioner, image_embeds
+            )  # each image's cross-attention K/V, for its samples
             samples = decode(
-                blip, memory, do_sample=True, num_return_sequences=h, temperature=args.sample_temperature,
+                captioner, memory, do_sample=True, num_return_sequences=h, temperature=args.sample_temperature,
                 top_k=args.sample_top_k, **decoding,
             )  # fmt: skip
-            greedy = decode(blip, memory, **decoding) if args.baseline == "greedy" else None
+            greedy = decode(captioner, memory, **decoding) if args.baseline == "greedy" else None
         rewards = self.score(self._decode(samples), repeated)
         total = self._total_reward(rewards).to(image_embeds.device)
         greedy_total = (
@@ -258,9 +179,9 @@ class FashionCapTrainer(Seq2SeqTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         columns = {k: inputs.pop(k) for k in list(inputs) if k not in MODEL_INPUTS}
         columns["image_id"] = columns.pop("image_ids")
-        blip = self._blip(model)
-        step = functools.partial(self._policy_step, model, blip, columns, num_items_in_batch)
-        with forward_replaced(blip, step):
+        captioner = self._captioner(model)
+        step = functools.partial(self._policy_step, model, captioner, columns, num_items_in_batch)
+        with forward_replaced(captioner, step):
             outputs = model(**inputs)
         loss = self._skip_if_nonfinite(model, outputs["loss"])
         return (loss, outputs) if return_outputs else loss
@@ -304,7 +225,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         optimizer._fashioncap_guarded = True
         return optimizer
 
-    def _mle(self, blip, logits, labels, num_items_in_batch):
+    def _mle(self, captioner, logits, labels, num_items_in_batch):
         """(the MLE term of the loss, the local mean for logging, the local token count)."""
         targets = labels[:, 1:]
         n_local = targets.ne(IGNORE_INDEX).sum()
@@ -313,7 +234,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
             targets,
             ignore_index=IGNORE_INDEX,
             reduction="sum",
-            label_smoothing=blip.config.text_config.label_smoothing,
+            label_smoothing=text_decoder(captioner).label_smoothing,
         )
         mle_mean = mle_sum / n_local.clamp(min=1)
         if num_items_in_batch is None:  # outside the training loop: a plain local mean
@@ -323,23 +244,32 @@ class FashionCapTrainer(Seq2SeqTrainer):
         return mle_sum / num_items_in_batch * ranks, mle_mean, n_local
 
     def _policy_step(
-        self, model, blip, columns, num_items_in_batch, pixel_values, input_ids, attention_mask, labels, **_
+        self,
+        model,
+        captioner,
+        columns,
+        num_items_in_batch,
+        pixel_values,
+        input_ids,
+        attention_mask,
+        labels,
+        **_,
     ):
         args = self.args
-        image_embeds = blip.vision_model(pixel_values=pixel_values).last_hidden_state
-        logits = decoder_logits(blip, input_ids, attention_mask, image_embeds)
-        mle_term, mle_mean, n_local = self._mle(blip, logits, labels, num_items_in_batch)
+        image_embeds = encode_images(captioner, pixel_values)
+        logits = decoder_logits(captioner, input_ids, attention_mask, image_embeds)
+        mle_term, mle_mean, n_local = self._mle(captioner, logits, labels, num_items_in_batch)
         loss = args.mle_weight * mle_term
         self._log_metric("loss/mle", mle_mean, weight=n_local)
-        if not (self._uses_rl and blip.training and self._rl_started):
+        if not (self._uses_rl and captioner.training and self._rl_started):
             return {"loss": loss}
 
-        samples, rewards, total, baseline = self.rollout(blip, image_embeds.detach(), columns)
-        sep = blip.config.text_config.sep_token_id
+        samples, rewards, total, baseline = self.rollout(captioner, image_embeds.detach(), columns)
+        sep = text_decoder(captioner).eos_token_id
         sample_mask = completion_mask(samples, sep)
         truncated = truncated_samples(samples, sep)
         # scored by the policy that drew them: no dropout (and none in gradient checkpointing's recomputation)
-        sample_logits = decoder_logits(blip, samples, sample_mask, image_embeds, dropout=False)
+        sample_logits = decoder_logits(captioner, samples, sample_mask, image_embeds, dropout=False)
         sample_token_logprobs = token_logprobs(sample_logits, samples, sample_mask, args.sample_temperature)
         logprobs = sample_token_logprobs.sum(dim=1)
         mean_reward = total.mean()  # before any scaling: what the rewards say
@@ -352,7 +282,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         self._log_completions(samples, rewards, total, baseline, columns)
         loss = loss + args.rl_weight * rl_loss * rl_scale
         if args.kl_weight:
-            kl = self._kl_to_base(model, blip, pixel_values, samples, sample_mask, sample_token_logprobs)
+            kl = self._kl_to_base(model, captioner, pixel_values, samples, sample_mask, sample_token_logprobs)
             loss = loss + args.kl_weight * kl * rl_scale
             self._log_metric("kl", kl)
         self._log_metric("loss/rl", rl_loss)
@@ -364,13 +294,15 @@ class FashionCapTrainer(Seq2SeqTrainer):
         self._log_metric("rl/tied_groups", tied.float().mean())
         return {"loss": loss}
 
-    def _kl_to_base(self, model, blip, pixel_values, samples, sample_mask, policy_logprobs) -> torch.Tensor:
+    def _kl_to_base(
+        self, model, captioner, pixel_values, samples, sample_mask, policy_logprobs
+    ) -> torch.Tensor:
         """Mean per-token KL of the policy to the base model (the adapter disabled) on the sampled tokens, given
         the policy's token log-probabilities of them."""
         peft_model = self.accelerator.unwrap_model(model)
-        with torch.no_grad(), peft_model.disable_adapter(), dropout_disabled(blip):
-            base_embeds = blip.vision_model(pixel_values=pixel_values).last_hidden_state
-            base_logits = decoder_logits(blip, samples, sample_mask, base_embeds, dropout=False)
+        with torch.no_grad(), peft_model.disable_adapter(), dropout_disabled(captioner):
+            base_embeds = encode_images(captioner, pixel_values)
+            base_logits = decoder_logits(captioner, samples, sample_mask, base_embeds, dropout=False)
         base = token_logprobs(base_logits, samples, sample_mask, self.args.sample_temperature)
         mask = sample_mask[:, 1:].float()
         return (token_kl(policy_logprobs, base) * mask).sum() / mask.sum().clamp(min=1)
@@ -424,11 +356,11 @@ class FashionCapTrainer(Seq2SeqTrainer):
         image_ids = inputs["image_ids"]
         if prediction_loss_only:
             return None, None, None
-        blip = self._blip(model)
-        with torch.no_grad(), eval_mode(blip):
-            image_embeds = blip.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
+        captioner = self._captioner(model)
+        with torch.no_grad(), eval_mode(captioner):
+            image_embeds = encode_images(captioner, inputs["pixel_values"])
             generated = decode(
-                blip, image_embeds, synced_gpus=self._is_zero3(), cuda_graphs=self._cuda_graphs,
+                captioner, image_embeds, synced_gpus=self._is_zero3(), cuda_graphs=self._cuda_graphs,
                 **self.args.generate_kwargs(),
             )  # fmt: skip
         return None, generated, image_ids

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import BlipTextConfig, BlipTextLMHeadModel
 
-from fashioncap.attention import sdpa_attention
 from fashioncap.decoding import decode, decoder_logits, image_memory
-from fashioncap.modeling import apply_lora, build_tiny_blip, lora_target_regex
+from fashioncap.models.blip import build_tiny, lora_target_regex, sdpa_attention
+from fashioncap.models.lora import apply_lora
 
 SEP, PAD = 3, 0
 RELATIVE = 1e-5
@@ -35,7 +35,7 @@ def sharpen(decoder, scale: float, sep_bias: float) -> None:
 
 
 def tiny_blip(seed: int = 0):
-    model, _ = build_tiny_blip([f"word{i}" for i in range(40)], seed=seed)
+    model, _ = build_tiny([f"word{i}" for i in range(40)], seed=seed)
     sharpen(model.text_decoder, scale=5.0, sep_bias=2.0)
     return model.eval()
 

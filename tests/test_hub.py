@@ -11,7 +11,7 @@ import yaml
 from fashioncap.cli import main
 from fashioncap.configs import load_config
 from fashioncap.hub import model_card, push
-from fashioncap.modeling import DEFAULT_MODEL
+from fashioncap.models.blip import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "hf_FAKEtokenFORtestsONLYabcdefghijklmnop"

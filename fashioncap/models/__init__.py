@@ -1,0 +1,96 @@
+"""Model families behind one seam: each family module owns what differs between captioners.
+
+The family of a model is read from its own config (`model_type`), never from a flag a user must keep in step;
+a model of no registered family is a one-line error naming the families there are, before any weights load.
+Everything else in fashioncap (trainer, decoding engine, rewards, metrics, evaluation, export, app) goes
+through the functions here and in `fashioncap.decoding`, and names no family. What a family module provides is
+listed in docs/design.md ("Model families"); adding one is a module and a line in `FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from peft import PeftModel
+
+from fashioncap.models.source import ADAPTER_CONFIG, ModelLoadError, model_type_of, resolve_source
+from fashioncap.noise import peft_without_alias_warning
+
+# family name -> its module; each module lists the config `model_type`s it serves in MODEL_TYPES.
+FAMILIES = {"blip": "fashioncap.models.blip"}
+DEFAULT_FAMILY = "blip"  # the family of the tiny stand-in (`tiny_model: true`) and of DEFAULT_MODEL
+
+
+def family(name: str) -> ModuleType:
+    """The family module registered as `name`."""
+    if name not in FAMILIES:
+        raise ModelLoadError(f"unknown model family {name!r}: fashioncap has {', '.join(FAMILIES)}")
+    return importlib.import_module(FAMILIES[name])
+
+
+def family_of_type(model_type: str, what: str = "the model") -> ModuleType:
+    """The family that serves config `model_type`; one line naming the families there are otherwise."""
+    for name in FAMILIES:
+        module = family(name)
+        if model_type in module.MODEL_TYPES:
+            return module
+    raise ModelLoadError(
+        f"{what} is a {model_type!r} model, of no model family fashioncap has (families: "
+        f"{', '.join(FAMILIES)}): fine-tune a captioner of one of them"
+    )
+
+
+def family_of(model: torch.nn.Module) -> ModuleType:
+    """The family of a model in memory (PEFT-wrapped or not), by its config's `model_type`."""
+    return family_of_type(model.config.model_type, type(model).__name__)
+
+
+def family_of_source(name_or_path: str) -> ModuleType:
+    """The family of a local model dir, an adapter run (its base's) or a Hub id, from its config.json alone."""
+    return family_of_type(model_type_of(name_or_path), f"model {name_or_path!r}")
+
+
+def load_model_and_processor(
+    name_or_path: str, label_smoothing: float | None = None, dtype: torch.dtype | str | None = None
+):
+    """A captioner and its processor from a Hub id or a local dir, by the family its config names."""
+    model_family = family_of_source(name_or_path)
+    model, processor = model_family.load_model_and_processor(resolve_source(name_or_path), dtype=dtype)
+    if label_smoothing is not None:
+        model_family.set_label_smoothing(model, label_smoothing)
+    return model, processor
+
+
+def build_tiny_model(words, seed: int = 0, family_name: str = DEFAULT_FAMILY):
+    """A family's tiny stand-in, built offline with a whole-word vocabulary of `words` (tests, the demo)."""
+    return family(family_name).build_tiny(words, seed=seed)
+
+
+def lora_targets(model, preset: str, vision_lora_layers: int) -> str:
+    """The module-name regex of a LoRA preset for this model's family and depth."""
+    return family_of(model).lora_targets(model, preset, vision_lora_layers)
+
+
+def load_for_inference(model_dir: str, dtype: torch.dtype | str | None = None):
+    """A trained run (LoRA adapter dir, merged model dir) or a base model id, ready to caption.
+
+    An adapter is merged into its base for speed; its processor comes from the run dir when saved there.
+    """
+    path = Path(model_dir)
+    adapter_config = path / ADAPTER_CONFIG
+    if not adapter_config.is_file():
+        model, processor = load_model_and_processor(model_dir, dtype=dtype)
+        return model.eval(), processor
+    model_family = family_of_source(model_dir)  # one line for an adapter without a base, before loading
+    base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    model, processor = load_model_and_processor(base, dtype=dtype)
+    with peft_without_alias_warning():
+        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    if (path / "processor_config.json").is_file() or (path / "preprocessor_config.json").is_file():
+        processor = model_family.load_processor(str(path))
+    model_family.configure_generation_ids(model, processor.tokenizer)
+    return model.eval(), processor
