@@ -7,8 +7,30 @@ own SDPA patch (BLIP's: `fashioncap.models.blip.sdpa_attention`) call `attend`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 import torch.nn.functional as F
+
+# Layers that drop out functionally (BART's: `F.dropout(x, p, training=self.training)`) have no nn.Dropout module
+# to switch off; `dropout_off()` switches theirs off while their modules stay in training mode.
+_DROPOUT_OFF = contextvars.ContextVar("fashioncap_dropout_off", default=False)
+
+
+@contextlib.contextmanager
+def dropout_off():
+    """Functional dropout (`functional_dropout`, and `attend` for a module whose `dropout` is a rate) off."""
+    token = _DROPOUT_OFF.set(True)
+    try:
+        yield
+    finally:
+        _DROPOUT_OFF.reset(token)
+
+
+def functional_dropout(states: torch.Tensor, rate: float, module: torch.nn.Module) -> torch.Tensor:
+    """Dropout at `rate` while `module` trains, unless inside `dropout_off()`."""
+    return F.dropout(states, rate, training=module.training and not _DROPOUT_OFF.get())
 
 
 def split_heads(states: torch.Tensor, head_size: int) -> torch.Tensor:
@@ -29,8 +51,12 @@ def attend(
     mask: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """SDPA with `module`'s attention dropout while it trains; `mask`: boolean (True: attend) or additive."""
+    """SDPA with `module`'s attention dropout while it trains (`module.dropout`: an nn.Dropout, or a rate);
+    `mask`: boolean (True: attend) or additive."""
     if mask is not None and mask.is_floating_point():
         mask = mask.to(query.dtype)  # SDPA wants an additive mask in the query's dtype (autocast)
-    dropout = module.dropout.p if module.dropout.training else 0.0  # off under dropout_disabled() too
+    if isinstance(module.dropout, torch.nn.Dropout):
+        dropout = module.dropout.p if module.dropout.training else 0.0  # off under dropout_disabled() too
+    else:
+        dropout = module.dropout if module.training and not _DROPOUT_OFF.get() else 0.0
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fashioncap.attention import dropout_off
 from fashioncap.models import family_of
 
 # transformers' beam-search score for an impossible candidate (its arithmetic is kept, for identical beams).
@@ -97,7 +98,8 @@ def dropout_disabled(module: torch.nn.Module):
     for m in dropouts:
         m.eval()
     try:
-        yield
+        with dropout_off():
+            yield
     finally:
         for m in dropouts:
             m.train()

@@ -58,8 +58,10 @@ def tied_groups(rewards: torch.Tensor, group: int) -> torch.Tensor:
 
 
 def completion_mask(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 for the start token and every sampled token up to and including the first [SEP]; 0 for the padding after."""
+    """1 for the start token and every sampled token up to and including the first end token; 0 for the padding
+    after. The start token never counts as the end (BART's decoder starts from its end token `</s>`)."""
     is_eos = (sequences == eos_token_id).long()
+    is_eos[:, 0] = 0
     return ((is_eos.cumsum(dim=1) - is_eos) == 0).long()
 
 

@@ -159,6 +159,8 @@ def test_completion_mask_and_sequence_logprobs_by_hand():
     seqs = torch.tensor([[5, 7, 8, sep, pad, pad], [5, 9, sep, 7, 7, 7], [5, 7, 7, 7, 7, 7]])
     mask = completion_mask(seqs, sep)
     assert mask.tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [1] * 6]
+    bart = torch.tensor([[sep, 0, 7, sep, pad], [sep, sep, pad, pad, pad]])  # BART starts from its end token
+    assert completion_mask(bart, sep).tolist() == [[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]]
     logits = torch.randn(3, 6, 10)
     logp = sequence_logprobs(logits, seqs, mask)
     lsm = torch.log_softmax(logits, dim=-1)

@@ -21,7 +21,7 @@ from fashioncap.models.source import ADAPTER_CONFIG, ModelLoadError, model_type_
 from fashioncap.noise import peft_without_alias_warning
 
 # family name -> its module; each module lists the config `model_type`s it serves in MODEL_TYPES.
-FAMILIES = {"blip": "fashioncap.models.blip"}
+FAMILIES = {"blip": "fashioncap.models.blip", "florence2": "fashioncap.models.florence2"}
 DEFAULT_FAMILY = "blip"  # the family of the tiny stand-in (`tiny_model: true`) and of DEFAULT_MODEL
 
 
@@ -47,6 +47,16 @@ def family_of_type(model_type: str, what: str = "the model") -> ModuleType:
 def family_of(model: torch.nn.Module) -> ModuleType:
     """The family of a model in memory (PEFT-wrapped or not), by its config's `model_type`."""
     return family_of_type(model.config.model_type, type(model).__name__)
+
+
+def family_of_processor(processor) -> ModuleType:
+    """The family whose processor this is (the collator lays caption tokens out as its decoder expects)."""
+    for name in FAMILIES:
+        if family(name).owns_processor(processor):
+            return family(name)
+    raise ModelLoadError(
+        f"a {type(processor).__name__} is the processor of no model family fashioncap has ({', '.join(FAMILIES)})"
+    )
 
 
 def family_of_source(name_or_path: str) -> ModuleType:

@@ -92,6 +92,21 @@ def configure_generation_ids(model, tokenizer) -> None:
         )
 
 
+def owns_processor(processor) -> bool:
+    return isinstance(processor, BlipProcessor)
+
+
+def caption_inputs(tokenizer, captions: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[DEC] caption [SEP]` per row (BERT's [CLS] replaced: BLIP's forward does not rewrite the start token),
+    and the attention mask; padded with [PAD]."""
+    encoded = tokenizer(
+        captions, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    input_ids = encoded.input_ids
+    input_ids[:, 0] = tokenizer.convert_tokens_to_ids("[DEC]")
+    return input_ids, encoded.attention_mask
+
+
 def set_label_smoothing(model, value: float) -> None:
     """The text decoder's label smoothing (BLIP's own loss reads the module's copy, the trainer the config)."""
     model.config.text_config.label_smoothing = float(value)

@@ -1,0 +1,75 @@
+"""Every registered model family through the same recipe on its tiny stand-in: train (MLE + RL), evaluate,
+caption, and export merged (the merged model loads on its own and captions as the adapter run does). A new
+family is a module and a line in `fashioncap.models.FAMILIES`; this test then covers it."""
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from PIL import Image
+
+from fashioncap.configs import FashionCapTrainingArguments
+from fashioncap.inference import generate_captions
+from fashioncap.models import FAMILIES, build_tiny_model, family, family_of, load_for_inference, lora_targets
+from fashioncap.models.lora import apply_lora
+from fashioncap.trainer import build_trainer
+
+CAPTIONS = ["a red dress with short sleeve", "a blue tee", "a green striped bag", "a pair of black boots"]
+COLOURS = [(200, 30, 30), (30, 30, 200), (30, 200, 30), (20, 20, 20)]
+WORDMAP = {1: "dress", 2: "tee", 3: "bag", 4: ["boot", "boots"]}
+DECODING = dict(num_beams=2, max_new_tokens=6)
+
+
+def rows(n: int, training: bool = True) -> Dataset:
+    return Dataset.from_list([
+        {"image": Image.new("RGB", (64, 64), COLOURS[i % 4]), "image_id": i, "category": i % 4 + 1,
+         "references": [CAPTIONS[i % 4]], **({"caption": CAPTIONS[i % 4]} if training else {})}
+        for i in range(n)
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_each_family_trains_mle_and_rl_evaluates_captions_and_exports(name, tmp_path):
+    model, processor = build_tiny_model({w for c in CAPTIONS for w in c.split()}, family_name=name)
+    assert family_of(model) is family(name)
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    processor.save_pretrained(base)
+    model = apply_lora(model, lora_targets(model, "decoder+vision", 1), r=4)
+    args = FashionCapTrainingArguments(
+        output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, report_to=[], remove_unused_columns=False,
+        use_cpu=True, save_strategy="no", max_steps=2, logging_steps=1, learning_rate=1e-3, reward_funcs=["sls"],
+        rl_weight=1.0, num_samples=2, max_sample_tokens=6, **DECODING,
+    )  # fmt: skip
+    trainer = build_trainer(model, processor, args, rows(8), category_wordmap=WORDMAP)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    assert {"loss/mle", "loss/rl", "reward/sls"} <= set(logged) and torch.isfinite(
+        torch.tensor(logged["loss"])
+    )
+    moved = [
+        n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])
+    ]
+    assert any("vision" in n for n in moved) and len(moved) > len(before) // 2
+
+    predictions = trainer.predict(rows(4, training=False)).predictions
+    assert predictions.shape[0] == 4 and (predictions[:, 0] == predictions[0, 0]).all(), "the start token"
+
+    run = tmp_path / "run"
+    trainer.save_model(str(run))
+    adapter_config = json.loads((run / "adapter_config.json").read_text())
+    (run / "adapter_config.json").write_text(
+        json.dumps({**adapter_config, "base_model_name_or_path": str(base)})
+    )
+    images = [Image.new("RGB", (64, 64), c) for c in COLOURS]
+    captioner, run_processor = load_for_inference(str(run))
+    from_run = list(generate_captions(captioner, run_processor, images, **DECODING))
+    assert len(from_run) == 4 and all(isinstance(c, str) for c in from_run)
+
+    merged = tmp_path / "merged"
+    captioner.save_pretrained(merged)
+    run_processor.save_pretrained(merged)
+    reloaded, reloaded_processor = family(name).load_model_and_processor(str(merged))
+    assert list(generate_captions(reloaded.eval(), reloaded_processor, images, **DECODING)) == from_run

@@ -1,0 +1,52 @@
+"""The model-family seam: the family comes from the model's own config, and a model of none fails in one line
+before any weights load."""
+
+import json
+
+import pytest
+
+from fashioncap.cli import main
+from fashioncap.models import FAMILIES, family_of, family_of_source, load_model_and_processor
+from fashioncap.models.source import ModelLoadError
+
+
+def foreign_model_dir(path, model_type="llava"):
+    """A model dir of an architecture no family serves; its weights file is garbage, so loading it would fail
+    otherwise than with the family error."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    (path / "model.safetensors").write_bytes(b"not weights")
+    return path
+
+
+def test_the_family_is_read_from_the_model_config(tiny_model_dir):
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+    assert family_of(model).NAME == family_of_source(str(tiny_model_dir)).NAME == "blip"
+    assert type(model).__name__ in family_of(model).CARD_CLASSES
+
+
+def test_a_model_of_no_family_is_one_line_naming_the_families_before_loading(tmp_path):
+    path = foreign_model_dir(tmp_path / "llava")
+    with pytest.raises(ModelLoadError) as error:
+        load_model_and_processor(str(path))
+    message = str(error.value)
+    assert "'llava' model, of no model family fashioncap has (families: " in message and "\n" not in message
+    assert all(name in message for name in FAMILIES)
+
+
+def test_an_adapter_takes_its_base_models_family(tmp_path):
+    base = foreign_model_dir(tmp_path / "base", "git")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    with pytest.raises(ModelLoadError, match="'git' model, of no model family"):
+        family_of_source(str(run))
+
+
+def test_caption_stops_in_one_line_on_a_model_of_no_family(tmp_path, capsys):
+    path = foreign_model_dir(tmp_path / "llava")
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    assert main(["caption", "--model-dir", str(path), str(image)]) != 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "of no model family fashioncap has" in lines[-1]
