@@ -60,3 +60,33 @@ def attend(
     else:
         dropout = module.dropout if module.training and not _DROPOUT_OFF.get() else 0.0
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
+
+
+def grouped_cross_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Cross-attention of rows grouped per image (image-major), each image's keys/values [images, heads, tokens,
+    d] computed once: an image's rows become one long query. `query` [rows, length, heads * d] is projected."""
+    rows, length, _ = query.shape
+    images, _, _, head_size = keys.shape
+    grouped = query.reshape(images, rows // images * length, -1, head_size).transpose(1, 2)
+    return attend(module, grouped, keys, values, scale=scale).transpose(1, 2).reshape(rows, length, -1)
+
+
+def cached_keys_values(
+    cache: tuple[torch.Tensor, torch.Tensor] | None,
+    position: torch.Tensor | None,
+    key: torch.Tensor,
+    value: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This token's self-attention K/V written into the preallocated cache [rows, heads, slots, d] at `position`,
+    and the whole cache to attend to; without a cache (teacher forcing), K/V as they are."""
+    if cache is None:
+        return key, value
+    cache[0].index_copy_(2, position, key)
+    cache[1].index_copy_(2, position, value)
+    return cache

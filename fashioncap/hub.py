@@ -128,18 +128,20 @@ def _describe_lora(model: dict) -> str:
     )
 
 
-def how_to_use(base: str, target: str, is_adapter: bool, generation: dict, classes: tuple[str, str]) -> str:
+def how_to_use(base: str, target: str, is_adapter: bool, generation: dict, model_family) -> str:
     """The card's "How to use": Python blocks that load `target` as it is (an adapter through PEFT; merged
     weights with `pipeline` or `from_pretrained`) and caption product.jpg with the run's generation settings.
 
-    `classes`: the family's model and processor class names (`CARD_CLASSES`). BLIP's `generate` does not read
-    generation_config.json (its text decoder has its own generation config), so the settings are passed
-    explicitly. tests/test_export.py runs these blocks against local exports."""
-    model_class, processor_class = classes
+    `model_family`: its model and processor classes (`CARD_CLASSES`) and the prompt its processor takes with the
+    image (`CARD_PROMPT`, none for BLIP). BLIP's `generate` does not read generation_config.json (its text decoder
+    has its own generation config), so the settings are passed explicitly. tests/test_export.py runs these blocks
+    against local exports."""
+    model_class, processor_class = model_family.CARD_CLASSES
+    prompt = f'text="{model_family.CARD_PROMPT}", ' if model_family.CARD_PROMPT else ""
     settings = ", ".join(f"{k}={v}" for k, v in generation.items())
     image = 'image = Image.open("product.jpg").convert("RGB")\n'
     generate = (
-        f'ids = model.generate(**processor(images=image, return_tensors="pt"), {settings})\n'
+        f'ids = model.generate(**processor(images=image, {prompt}return_tensors="pt"), {settings})\n'
         "print(processor.decode(ids[0], skip_special_tokens=True))"
     )
     if is_adapter:
@@ -159,7 +161,8 @@ def how_to_use(base: str, target: str, is_adapter: bool, generation: dict, class
         "from PIL import Image\nfrom transformers import pipeline\n\n"
         f'captioner = pipeline("image-text-to-text", model="{target}")  # transformers 4: "image-to-text"\n'
         f"{image}"
-        f'print(captioner(images=image, text="", generate_kwargs=dict({settings}))[0]["generated_text"])'
+        f'print(captioner(images=image, text="{model_family.CARD_PROMPT}", generate_kwargs=dict({settings}))'
+        '[0]["generated_text"])'
     )
     direct = (
         f"from PIL import Image\nfrom transformers import {model_class}, {processor_class}\n\n"
@@ -223,7 +226,7 @@ def model_card(
 Metrics on the pycocoevalcap scale (0-1; CIDEr 0-10); n/a: the metric could not run where it was evaluated.
 
 ## How to use
-{how_to_use(base, target, is_adapter, generation, model_family.CARD_CLASSES)}
+{how_to_use(base, target, is_adapter, generation, model_family)}
 Or, with fashioncap: `fashioncap caption --model-dir {target} IMAGE_OR_DIR`.
 """
     return f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n{body}"

@@ -111,7 +111,7 @@ def test_no_remote_code_and_no_unsafe_deserialisation_in_the_library():
         if re.search(pattern, text)
     ]
     assert not found, found
-    assert re.search(r"trust_remote_code\s*=\s*False", sources["fashioncap/models/blip.py"]), (
+    assert re.search(r"trust_remote_code\s*=\s*False", sources["fashioncap/models/source.py"]), (
         "say it explicitly"
     )
 

@@ -28,15 +28,16 @@ from transformers.cache_utils import EncoderDecoderCache
 from transformers.models.blip.modeling_blip import BlipAttention
 from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention
 
-from fashioncap.attention import attend, merge_heads, split_heads
+from fashioncap.attention import attend, cached_keys_values, grouped_cross_attention, merge_heads, split_heads
 from fashioncap.models.lora import check_preset, last_layers
-from fashioncap.models.source import ModelLoadError
+from fashioncap.models.source import ModelLoadError, load_pretrained
 
 NAME = "blip"
 DISPLAY_NAME = "BLIP"
 MODEL_TYPES = ("blip", "blip_text_model")  # the captioner, and its text decoder alone
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-large"
 CARD_CLASSES = ("BlipForConditionalGeneration", "BlipProcessor")
+CARD_PROMPT = ""  # the processor takes the image alone
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"]
 
 # Module-name patterns (docs/stack-traps.md): every attention query/key/value and dense layer of the text decoder,
@@ -62,15 +63,10 @@ def load_processor(name_or_path: str):
 
 
 def load_model_and_processor(source: str, dtype: torch.dtype | str | None = None):
-    """BLIP for captioning from a local dir or a Hub id that can be had (a full model, never remote code)."""
-    try:
-        model = BlipForConditionalGeneration.from_pretrained(source, dtype=dtype, trust_remote_code=False)
-        processor = load_processor(source)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(
-            f"could not load a BLIP captioning model from {source!r}: a local dir should hold config.json, "
-            f"model.safetensors and the processor files ({' '.join(str(err).split())})"
-        ) from err
+    """BLIP for captioning from a local dir or a Hub id that can be had."""
+    model, processor = load_pretrained(
+        BlipForConditionalGeneration, load_processor, source, dtype, DISPLAY_NAME
+    )
     configure_generation_ids(model, processor.tokenizer)
     return model, processor
 
@@ -172,15 +168,6 @@ def encode_images(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return model.vision_model(pixel_values=pixel_values).last_hidden_state
 
 
-def _cross_attention(module, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Cross-attention of rows grouped per image (image-major): an image's rows become one long query."""
-    rows, length, _ = hidden.shape
-    images = keys.size(0)
-    query = module.query(hidden).reshape(images, rows // images * length, -1, module.attention_head_size)
-    context = attend(module, query.transpose(1, 2), keys, values)
-    return context.transpose(1, 2).reshape(rows, length, -1)
-
-
 class TextDecoder:
     """BLIP's text decoder (`BlipTextLMHeadModel`) as `fashioncap.decoding` drives it: embeddings, layers
     called through their own submodules (LoRA and parameter-gathering hooks run as usual), the LM head."""
@@ -223,12 +210,12 @@ class TextDecoder:
             split_heads(projection(hidden), attention.attention_head_size)
             for projection in (attention.query, attention.key, attention.value)
         )
-        if cache is not None:
-            cache[0].index_copy_(2, position, key)
-            cache[1].index_copy_(2, position, value)
-            key, value = cache
+        key, value = cached_keys_values(cache, position, key, value)
         hidden = layer.attention.output(merge_heads(attend(attention, query, key, value, self_mask)), hidden)
-        cross = _cross_attention(layer.crossattention.self, hidden, cross_keys, cross_values)
+        cross_attention = layer.crossattention.self
+        cross = grouped_cross_attention(
+            cross_attention, cross_attention.query(hidden), cross_keys, cross_values
+        )
         hidden = layer.crossattention.output(cross, hidden)
         return layer.feed_forward_chunk(hidden)
 

@@ -27,18 +27,25 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from fashioncap.attention import attend, functional_dropout, merge_heads, split_heads
+from fashioncap.attention import (
+    attend,
+    cached_keys_values,
+    functional_dropout,
+    grouped_cross_attention,
+    merge_heads,
+    split_heads,
+)
 from fashioncap.models.lora import check_preset, last_layers
-from fashioncap.models.source import ModelLoadError
+from fashioncap.models.source import ModelLoadError, load_pretrained
 
 NAME = "florence2"
 DISPLAY_NAME = "Florence-2"
 MODEL_TYPES = ("florence2",)
 DEFAULT_MODEL = "florence-community/Florence-2-base"
 CARD_CLASSES = ("Florence2ForConditionalGeneration", "Florence2Processor")
-CAPTION_PROMPT = (
-    "<CAPTION>"  # the processor expands a task token to its prompt ("What does the image describe?")
-)
+# The task token the processor expands to the caption prompt ("What does the image describe?").
+CAPTION_PROMPT = "<CAPTION>"
+CARD_PROMPT = CAPTION_PROMPT
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<image>"]
 
 # `decoder`: every attention projection (self and cross) and feed-forward layer of the BART decoder;
@@ -66,16 +73,9 @@ def load_processor(name_or_path: str):
 
 def load_model_and_processor(source: str, dtype: torch.dtype | str | None = None):
     """Florence-2 from a local dir or a Hub id that can be had, in transformers' native format only."""
-    try:
-        model = Florence2ForConditionalGeneration.from_pretrained(
-            source, dtype=dtype, trust_remote_code=False
-        )
-        processor = load_processor(source)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(
-            f"could not load a Florence-2 model from {source!r}: a local dir should hold config.json, "
-            f"model.safetensors and the processor files ({' '.join(str(err).split())})"
-        ) from err
+    model, processor = load_pretrained(
+        Florence2ForConditionalGeneration, load_processor, source, dtype, DISPLAY_NAME
+    )
     configure_generation_ids(model, processor.tokenizer)
     set_caption_prompt(model, processor)
     return model, processor
@@ -194,15 +194,6 @@ def encode_images(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return inner.language_model.encoder(inputs_embeds=embeds).last_hidden_state
 
 
-def _cross_attention(module, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Cross-attention of rows grouped per image (image-major): an image's rows become one long query."""
-    rows, length, _ = hidden.shape
-    images = keys.size(0)
-    query = module.q_proj(hidden).reshape(images, rows // images * length, -1, module.head_dim)
-    context = attend(module, query.transpose(1, 2), keys, values, scale=module.scaling)
-    return module.out_proj(context.transpose(1, 2).reshape(rows, length, -1))
-
-
 class TextDecoder:
     """Florence-2's BART decoder and LM head as `fashioncap.decoding` drives them (post-LayerNorm layers)."""
 
@@ -249,15 +240,21 @@ class TextDecoder:
             split_heads(projection(hidden), attention.head_dim)
             for projection in (attention.q_proj, attention.k_proj, attention.v_proj)
         )
-        if cache is not None:
-            cache[0].index_copy_(2, position, key)
-            cache[1].index_copy_(2, position, value)
-            key, value = cache
+        key, value = cached_keys_values(cache, position, key, value)
         attended = attention.out_proj(
             merge_heads(attend(attention, query, key, value, self_mask, attention.scaling))
         )
         hidden = layer.self_attn_layer_norm(hidden + functional_dropout(attended, layer.dropout, layer))
-        cross = _cross_attention(layer.encoder_attn, hidden, cross_keys, cross_values)
+        cross_attention = layer.encoder_attn
+        cross = cross_attention.out_proj(
+            grouped_cross_attention(
+                cross_attention,
+                cross_attention.q_proj(hidden),
+                cross_keys,
+                cross_values,
+                cross_attention.scaling,
+            )
+        )
         hidden = layer.encoder_attn_layer_norm(hidden + functional_dropout(cross, layer.dropout, layer))
         inner = functional_dropout(layer.activation_fn(layer.fc1(hidden)), layer.activation_dropout, layer)
         return layer.final_layer_norm(hidden + functional_dropout(layer.fc2(inner), layer.dropout, layer))

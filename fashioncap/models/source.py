@@ -69,6 +69,19 @@ def check_hub_model(name: str) -> None:
         ) from None
 
 
+def load_pretrained(model_class, load_processor, source: str, dtype, display_name: str):
+    """A family's model (never remote code) and processor from a checked source; one line when either fails."""
+    try:
+        model = model_class.from_pretrained(source, dtype=dtype, trust_remote_code=False)
+        processor = load_processor(source)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"could not load a {display_name} captioning model from {source!r}: a local dir should hold "
+            f"config.json, model.safetensors and the processor files ({' '.join(str(err).split())})"
+        ) from err
+    return model, processor
+
+
 def resolve_source(name_or_path: str) -> str:
     """The local path (`~` expanded) when it exists, else the Hub id, checked now that it can be had."""
     local = Path(name_or_path).expanduser()
