@@ -65,6 +65,13 @@ class ModelArguments:
             "optimizer and schedule start afresh"
         },
     )
+    caption_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "the text a family's processor takes with the image (Florence-2: a task token, <CAPTION> "
+            "by default, or a prompt); BLIP takes none"
+        },
+    )
 
 
 @dataclass

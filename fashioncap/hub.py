@@ -128,16 +128,18 @@ def _describe_lora(model: dict) -> str:
     )
 
 
-def how_to_use(base: str, target: str, is_adapter: bool, generation: dict, model_family) -> str:
+def how_to_use(
+    base: str, target: str, is_adapter: bool, generation: dict, model_family, card_prompt: str
+) -> str:
     """The card's "How to use": Python blocks that load `target` as it is (an adapter through PEFT; merged
     weights with `pipeline` or `from_pretrained`) and caption product.jpg with the run's generation settings.
 
     `model_family`: its model and processor classes (`CARD_CLASSES`) and the prompt its processor takes with the
-    image (`CARD_PROMPT`, none for BLIP). BLIP's `generate` does not read generation_config.json (its text decoder
+    image (`card_prompt`: the run's `caption_prompt`, else the family's `CARD_PROMPT`; none for BLIP). BLIP's `generate` does not read generation_config.json (its text decoder
     has its own generation config), so the settings are passed explicitly. tests/test_export.py runs these blocks
     against local exports."""
     model_class, processor_class = model_family.CARD_CLASSES
-    prompt = f'text="{model_family.CARD_PROMPT}", ' if model_family.CARD_PROMPT else ""
+    prompt = f'text="{card_prompt}", ' if card_prompt else ""
     settings = ", ".join(f"{k}={v}" for k, v in generation.items())
     image = 'image = Image.open("product.jpg").convert("RGB")\n'
     generate = (
@@ -161,7 +163,7 @@ def how_to_use(base: str, target: str, is_adapter: bool, generation: dict, model
         "from PIL import Image\nfrom transformers import pipeline\n\n"
         f'captioner = pipeline("image-text-to-text", model="{target}")  # transformers 4: "image-to-text"\n'
         f"{image}"
-        f'print(captioner(images=image, text="{model_family.CARD_PROMPT}", generate_kwargs=dict({settings}))'
+        f'print(captioner(images=image, text="{card_prompt}", generate_kwargs=dict({settings}))'
         '[0]["generated_text"])'
     )
     direct = (
@@ -226,7 +228,7 @@ def model_card(
 Metrics on the pycocoevalcap scale (0-1; CIDEr 0-10); n/a: the metric could not run where it was evaluated.
 
 ## How to use
-{how_to_use(base, target, is_adapter, generation, model_family)}
+{how_to_use(base, target, is_adapter, generation, model_family, model.get("caption_prompt") or model_family.CARD_PROMPT)}
 Or, with fashioncap: `fashioncap caption --model-dir {target} IMAGE_OR_DIR`.
 """
     return f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n{body}"

@@ -31,7 +31,13 @@ from fashioncap.errors import ConfigError, MissingPathError, OutputExistsError, 
 from fashioncap.hub import push, require_token, write_model_card
 from fashioncap.io_utils import write_json_atomic
 from fashioncap.metrics import compute_caption_metrics
-from fashioncap.models import build_tiny_model, family_of, load_model_and_processor, lora_targets
+from fashioncap.models import (
+    build_tiny_model,
+    family_of,
+    load_model_and_processor,
+    lora_targets,
+    set_caption_prompt,
+)
 from fashioncap.models.lora import apply_lora, continue_from_run
 from fashioncap.models.source import check_hub_model, is_hub_id
 from fashioncap.rewards import reward_name
@@ -194,9 +200,10 @@ def build_model(config: RecipeConfig, datasets):
         model, processor = build_tiny_model(words, seed=config.training.seed)
         if args.label_smoothing is not None:
             family_of(model).set_label_smoothing(model, args.label_smoothing)
+        set_caption_prompt(model, processor, args.caption_prompt)
     else:
         model, processor = load_model_and_processor(
-            args.model_name_or_path, label_smoothing=args.label_smoothing
+            args.model_name_or_path, label_smoothing=args.label_smoothing, caption_prompt=args.caption_prompt
         )
     if args.lora_preset != "none":
         target = lora_targets(model, args.lora_preset, args.vision_lora_layers)

@@ -152,3 +152,9 @@ def test_the_cards_snippets_load_the_runs_family(recipe):
     assert 'Florence2ForConditionalGeneration.from_pretrained("me/florence-run")' in florence_card
     assert 'processor(images=image, text="<CAPTION>", return_tensors="pt")' in florence_card
     assert "Blip" not in florence_card
+    detailed = {
+        **merged,
+        "family": "florence2",
+        "model": {**merged["model"], "caption_prompt": "<DETAILED_CAPTION>"},
+    }
+    assert 'processor(images=image, text="<DETAILED_CAPTION>", return_tensors="pt")' in model_card(detailed)

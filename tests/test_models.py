@@ -4,9 +4,18 @@ before any weights load."""
 import json
 
 import pytest
+import torch
 
 from fashioncap.cli import main
-from fashioncap.models import FAMILIES, family_of, family_of_source, load_model_and_processor
+from fashioncap.decoding import encode_images
+from fashioncap.errors import ConfigError
+from fashioncap.models import (
+    FAMILIES,
+    build_tiny_model,
+    family_of,
+    family_of_source,
+    load_model_and_processor,
+)
 from fashioncap.models.source import ModelLoadError
 
 
@@ -50,3 +59,34 @@ def test_caption_stops_in_one_line_on_a_model_of_no_family(tmp_path, capsys):
     assert main(["caption", "--model-dir", str(path), str(image)]) != 0
     lines = capsys.readouterr().err.strip().splitlines()
     assert "of no model family fashioncap has" in lines[-1]
+
+
+def test_florence2s_caption_prompt_is_the_recipes_and_the_run_keeps_it(tmp_path):
+    from fashioncap.models import load_for_inference, set_caption_prompt
+    from fashioncap.models.florence2 import CAPTION_PROMPT
+
+    model, processor = build_tiny_model(["red", "dress"], family_name="florence2")
+    model.eval()
+    pixel_values = torch.randn(2, 3, 64, 64)
+    default = encode_images(model, pixel_values)
+    set_caption_prompt(model, processor, "<DETAILED_CAPTION>")
+    detailed_ids = model.caption_prompt_ids
+    assert not torch.equal(encode_images(model, pixel_values), default)
+
+    run = tmp_path / "run"
+    model.save_pretrained(run)
+    processor.save_pretrained(run)
+    loaded, _ = load_for_inference(str(run))
+    assert len(loaded.caption_prompt_ids) != len(detailed_ids), "without a recipe: the family's default"
+    set_caption_prompt(loaded, processor, CAPTION_PROMPT)
+    assert torch.equal(encode_images(loaded.eval(), pixel_values), default)
+    (run / "fashioncap_config.json").write_text(
+        json.dumps({"model": {"caption_prompt": "<DETAILED_CAPTION>"}})
+    )
+    loaded, _ = load_for_inference(str(run))
+    assert torch.equal(loaded.caption_prompt_ids, detailed_ids)
+
+
+def test_a_caption_prompt_for_blip_is_one_line(tiny_model_dir):
+    with pytest.raises(ConfigError, match="a BLIP model takes no prompt, only the image"):
+        load_model_and_processor(str(tiny_model_dir), caption_prompt="<CAPTION>")

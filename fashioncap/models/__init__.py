@@ -17,6 +17,8 @@ from types import ModuleType
 import torch
 from peft import PeftModel
 
+from fashioncap import rundir
+from fashioncap.errors import ConfigError
 from fashioncap.models.source import ADAPTER_CONFIG, ModelLoadError, model_type_of, resolve_source
 from fashioncap.noise import peft_without_alias_warning
 
@@ -65,14 +67,32 @@ def family_of_source(name_or_path: str) -> ModuleType:
 
 
 def load_model_and_processor(
-    name_or_path: str, label_smoothing: float | None = None, dtype: torch.dtype | str | None = None
+    name_or_path: str,
+    label_smoothing: float | None = None,
+    dtype: torch.dtype | str | None = None,
+    caption_prompt: str | None = None,
 ):
-    """A captioner and its processor from a Hub id or a local dir, by the family its config names."""
+    """A captioner and its processor from a Hub id or a local dir, by the family its config names; with the
+    recipe's `caption_prompt` (None: the family's own)."""
     model_family = family_of_source(name_or_path)
     model, processor = model_family.load_model_and_processor(resolve_source(name_or_path), dtype=dtype)
     if label_smoothing is not None:
         model_family.set_label_smoothing(model, label_smoothing)
+    set_caption_prompt(model, processor, caption_prompt)
     return model, processor
+
+
+def set_caption_prompt(model, processor, caption_prompt: str | None) -> None:
+    """The prompt the model's processor takes with each image, for a family that takes one; one line for a
+    prompt given to a family that takes none."""
+    if caption_prompt is None:
+        return
+    model_family = family_of(model)
+    if not model_family.CARD_PROMPT:
+        raise ConfigError(
+            f"caption_prompt {caption_prompt!r}: a {model_family.DISPLAY_NAME} model takes no prompt, only the image"
+        )
+    model_family.set_caption_prompt(model, processor, caption_prompt)
 
 
 def build_tiny_model(words, seed: int = 0, family_name: str = DEFAULT_FAMILY):
@@ -86,14 +106,18 @@ def lora_targets(model, preset: str, vision_lora_layers: int) -> str:
 
 
 def load_for_inference(model_dir: str, dtype: torch.dtype | str | None = None):
-    """A trained run (LoRA adapter dir, merged model dir) or a base model id, ready to caption.
+    """A trained run (LoRA adapter dir, merged model dir) or a base model id, ready to caption with the
+    run's caption prompt (its recipe's `caption_prompt`, when it set one).
 
     An adapter is merged into its base for speed; its processor comes from the run dir when saved there.
     """
     path = Path(model_dir)
     adapter_config = path / ADAPTER_CONFIG
+    prompt = (
+        ((rundir.run_config(path) if path.is_dir() else None) or {}).get("model", {}).get("caption_prompt")
+    )
     if not adapter_config.is_file():
-        model, processor = load_model_and_processor(model_dir, dtype=dtype)
+        model, processor = load_model_and_processor(model_dir, dtype=dtype, caption_prompt=prompt)
         return model.eval(), processor
     model_family = family_of_source(model_dir)  # one line for an adapter without a base, before loading
     base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
@@ -103,4 +127,5 @@ def load_for_inference(model_dir: str, dtype: torch.dtype | str | None = None):
     if (path / "processor_config.json").is_file() or (path / "preprocessor_config.json").is_file():
         processor = model_family.load_processor(str(path))
     model_family.configure_generation_ids(model, processor.tokenizer)
+    set_caption_prompt(model, processor, prompt)
     return model.eval(), processor
