@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import transformers
 from datasets import Dataset
 from PIL import Image
 
@@ -73,3 +74,49 @@ def test_each_family_trains_mle_and_rl_evaluates_captions_and_exports(name, tmp_
     run_processor.save_pretrained(merged)
     reloaded, reloaded_processor = family(name).load_model_and_processor(str(merged))
     assert list(generate_captions(reloaded.eval(), reloaded_processor, images, **DECODING)) == from_run
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_each_family_through_the_commands_train_eval_caption_export(name, synthetic_dir, tmp_path, capsys):
+    """`fashioncap train` (MLE + RL) from a saved base of the family, `eval`, `caption`, `export --merge`: the
+    merged folder loads with the family's own class and captions exactly as `fashioncap caption` does."""
+    from fashioncap.cli import main
+    from fashioncap.data import load_captions
+    from fashioncap.text import caption_vocabulary
+
+    words = caption_vocabulary(c for split in load_captions(synthetic_dir).values() for c in split["caption"])
+    model, processor = build_tiny_model(words, family_name=name)
+    base, run, merged = tmp_path / "base", tmp_path / "run", tmp_path / "merged"
+    model.save_pretrained(base)
+    processor.save_pretrained(base)
+    prompt = "<DETAILED_CAPTION>" if family(name).CARD_PROMPT else None
+    recipe = {
+        "model_name_or_path": str(base), "lora_preset": "decoder+vision", "vision_lora_layers": 1, "lora_r": 4,
+        "caption_prompt": prompt, "data_dir": str(synthetic_dir), "max_length": 30, "reward_funcs": ["sls"],
+        "rl_weight": 1.0, "num_samples": 2, "max_sample_tokens": 6, "num_beams": 2, "max_new_tokens": 6,
+        "min_new_tokens": 1, "output_dir": str(run), "max_steps": 2, "per_device_train_batch_size": 4,
+        "learning_rate": 1.0e-3, "save_strategy": "no", "eval_strategy": "no", "do_predict": False,
+        "report_to": "none", "disable_tqdm": True,
+    }  # fmt: skip
+    (tmp_path / "recipe.yaml").write_text(json.dumps({k: v for k, v in recipe.items() if v is not None}))
+    assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 0
+    saved = json.loads((run / "fashioncap_config.json").read_text())
+    assert saved["family"] == name and saved["model"]["caption_prompt"] == prompt
+
+    assert main(["eval", "--model-dir", str(run), "--data", str(synthetic_dir), "--out-dir", str(tmp_path / "eval"),
+                 "--batch-size", "4"]) == 0  # fmt: skip
+    assert "CIDEr" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+    images = sorted(p for p in synthetic_dir.rglob("*") if p.suffix in (".png", ".jpg"))[:3]
+    capsys.readouterr()
+    assert main(["caption", "--model-dir", str(run), *map(str, images)]) == 0
+    captions = [json.loads(line)["caption"] for line in capsys.readouterr().out.splitlines()]
+    assert len(captions) == len(images) == 3
+
+    assert main(["export", "--model-dir", str(run), "--out", str(merged), "--merge"]) == 0
+    model_class, _ = family(name).CARD_CLASSES
+    reloaded = getattr(transformers, model_class).from_pretrained(merged)
+    assert family_of(reloaded) is family(name)
+    capsys.readouterr()
+    assert main(["caption", "--model-dir", str(merged), *map(str, images)]) == 0
+    assert [json.loads(line)["caption"] for line in capsys.readouterr().out.splitlines()] == captions
