@@ -140,6 +140,7 @@ def how_to_use(
     against local exports."""
     model_class, processor_class = model_family.CARD_CLASSES
     prompt = f'text="{card_prompt}", ' if card_prompt else ""
+    echo = "return_full_text=False, " if card_prompt else ""  # the pipeline would print the prompt first
     settings = ", ".join(f"{k}={v}" for k, v in generation.items())
     image = 'image = Image.open("product.jpg").convert("RGB")\n'
     generate = (
@@ -163,7 +164,7 @@ def how_to_use(
         "from PIL import Image\nfrom transformers import pipeline\n\n"
         f'captioner = pipeline("image-text-to-text", model="{target}")  # transformers 4: "image-to-text"\n'
         f"{image}"
-        f'print(captioner(images=image, text="{card_prompt}", generate_kwargs=dict({settings}))'
+        f'print(captioner(images=image, text="{card_prompt}", {echo}generate_kwargs=dict({settings}))'
         '[0]["generated_text"])'
     )
     direct = (

@@ -151,6 +151,9 @@ def test_the_cards_snippets_load_the_runs_family(recipe):
     assert "# me/florence-run\n\nFlorence-2 fine-tuned for fashion image captioning" in florence_card
     assert 'Florence2ForConditionalGeneration.from_pretrained("me/florence-run")' in florence_card
     assert 'processor(images=image, text="<CAPTION>", return_tensors="pt")' in florence_card
+    assert (
+        'captioner(images=image, text="<CAPTION>", return_full_text=False, generate_kwargs' in florence_card
+    )
     assert "Blip" not in florence_card
     detailed = {
         **merged,
