@@ -21,6 +21,7 @@ from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 from transformers.utils import is_torch_bf16_gpu_available
 
 from fashioncap.errors import ConfigError, did_you_mean, is_main_process, missing_path
+from fashioncap.models import DEFAULT_FAMILY, FAMILIES
 from fashioncap.models.blip import DEFAULT_MODEL
 from fashioncap.models.lora import LORA_PRESETS
 from fashioncap.recipe_keys import GENERATION_DEFAULTS, RECIPE_KEYS
@@ -40,7 +41,10 @@ class ModelArguments:
     )
     tiny_model: bool = field(
         default=False,
-        metadata={"help": "build a tiny BLIP from the data's vocabulary instead of loading one"},
+        metadata={"help": "build a tiny model from the data's vocabulary instead of loading one"},
+    )
+    tiny_family: str = field(
+        default=DEFAULT_FAMILY, metadata={"help": f"the family tiny_model builds: {' | '.join(FAMILIES)}"}
     )
     label_smoothing: float | None = field(
         default=None, metadata={"help": "the text decoder's label smoothing (BLIP: 0.1)"}

@@ -197,7 +197,7 @@ def build_model(config: RecipeConfig, datasets):
     args = config.model
     if args.tiny_model:
         words = caption_vocabulary(c for split in datasets.values() for c in split["caption"])
-        model, processor = build_tiny_model(words, seed=config.training.seed)
+        model, processor = build_tiny_model(words, seed=config.training.seed, family_name=args.tiny_family)
         if args.label_smoothing is not None:
             family_of(model).set_label_smoothing(model, args.label_smoothing)
         set_caption_prompt(model, processor, args.caption_prompt)

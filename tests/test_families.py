@@ -120,3 +120,15 @@ def test_each_family_through_the_commands_train_eval_caption_export(name, synthe
     capsys.readouterr()
     assert main(["caption", "--model-dir", str(merged), *map(str, images)]) == 0
     assert [json.loads(line)["caption"] for line in capsys.readouterr().out.splitlines()] == captions
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_tiny_model_builds_the_tiny_family_and_trains_it_in_full(name, synthetic_dir, tmp_path):
+    from fashioncap.cli import main
+
+    run = tmp_path / "base"
+    assert main(["train", "--config", "recipes/demo/base.yaml", "--tiny_family", name, "--data_dir",
+                 str(synthetic_dir), "--output_dir", str(run), "--max_steps", "1", "--per_device_train_batch_size",
+                 "4", "--global_batch_size", "4", "--disable_tqdm", "true"]) == 0  # fmt: skip
+    assert json.loads((run / "fashioncap_config.json").read_text())["family"] == name
+    assert json.loads((run / "config.json").read_text())["model_type"] in family(name).MODEL_TYPES
