@@ -3,6 +3,7 @@ caption, and export merged (the merged model loads on its own and captions as th
 family is a module and a line in `fashioncap.models.FAMILIES`; this test then covers it."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -76,30 +77,39 @@ def test_each_family_trains_mle_and_rl_evaluates_captions_and_exports(name, tmp_
     assert list(generate_captions(reloaded.eval(), reloaded_processor, images, **DECODING)) == from_run
 
 
+def write_rl_recipe(name: str, data_dir, tmp_path, **settings):
+    """A saved tiny base of the family (the data's vocabulary) and a 2-step MLE + RL recipe on it, training into
+    tmp_path/run; the recipe's path."""
+    from fashioncap.data import load_captions
+    from fashioncap.text import caption_vocabulary
+
+    words = caption_vocabulary(c for split in load_captions(data_dir).values() for c in split["caption"])
+    model, processor = build_tiny_model(words, family_name=name)
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    recipe = {
+        "model_name_or_path": str(tmp_path / "base"), "lora_preset": "decoder+vision", "vision_lora_layers": 1,
+        "lora_r": 4, "data_dir": str(data_dir), "max_length": 30, "reward_funcs": ["sls"], "rl_weight": 1.0,
+        "num_samples": 2, "max_sample_tokens": 6, "num_beams": 2, "max_new_tokens": 6, "min_new_tokens": 1,
+        "output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_train_batch_size": 4,
+        "learning_rate": 1.0e-3, "save_strategy": "no", "eval_strategy": "no", "do_predict": False,
+        "report_to": "none", "disable_tqdm": True, "logging_steps": 1, **settings,
+    }  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps({k: v for k, v in recipe.items() if v is not None}))
+    return path
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_each_family_through_the_commands_train_eval_caption_export(name, synthetic_dir, tmp_path, capsys):
     """`fashioncap train` (MLE + RL) from a saved base of the family, `eval`, `caption`, `export --merge`: the
     merged folder loads with the family's own class and captions exactly as `fashioncap caption` does."""
     from fashioncap.cli import main
-    from fashioncap.data import load_captions
-    from fashioncap.text import caption_vocabulary
 
-    words = caption_vocabulary(c for split in load_captions(synthetic_dir).values() for c in split["caption"])
-    model, processor = build_tiny_model(words, family_name=name)
-    base, run, merged = tmp_path / "base", tmp_path / "run", tmp_path / "merged"
-    model.save_pretrained(base)
-    processor.save_pretrained(base)
+    run, merged = tmp_path / "run", tmp_path / "merged"
     prompt = "<DETAILED_CAPTION>" if family(name).CARD_PROMPT else None
-    recipe = {
-        "model_name_or_path": str(base), "lora_preset": "decoder+vision", "vision_lora_layers": 1, "lora_r": 4,
-        "caption_prompt": prompt, "data_dir": str(synthetic_dir), "max_length": 30, "reward_funcs": ["sls"],
-        "rl_weight": 1.0, "num_samples": 2, "max_sample_tokens": 6, "num_beams": 2, "max_new_tokens": 6,
-        "min_new_tokens": 1, "output_dir": str(run), "max_steps": 2, "per_device_train_batch_size": 4,
-        "learning_rate": 1.0e-3, "save_strategy": "no", "eval_strategy": "no", "do_predict": False,
-        "report_to": "none", "disable_tqdm": True,
-    }  # fmt: skip
-    (tmp_path / "recipe.yaml").write_text(json.dumps({k: v for k, v in recipe.items() if v is not None}))
-    assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 0
+    recipe = write_rl_recipe(name, synthetic_dir, tmp_path, caption_prompt=prompt)
+    assert main(["train", "--config", str(recipe)]) == 0
     saved = json.loads((run / "fashioncap_config.json").read_text())
     assert saved["family"] == name and saved["model"]["caption_prompt"] == prompt
 
@@ -132,3 +142,20 @@ def test_tiny_model_builds_the_tiny_family_and_trains_it_in_full(name, synthetic
                  "4", "--global_batch_size", "4", "--disable_tqdm", "true"]) == 0  # fmt: skip
     assert json.loads((run / "fashioncap_config.json").read_text())["family"] == name
     assert json.loads((run / "config.json").read_text())["model_type"] in family(name).MODEL_TYPES
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["accelerate_configs/cpu_ddp.yaml", "accelerate_configs/zero3.yaml"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_each_family_trains_mle_and_rl_on_two_ranks(name, config, synthetic_dir, tmp_path):
+    """DDP and DeepSpeed ZeRO-3 on 2 CPU ranks (2 images each): the RL step runs on both ranks in step."""
+    from test_distributed import accelerate_launch
+
+    recipe = write_rl_recipe(
+        name, synthetic_dir, tmp_path, per_device_train_batch_size=2, global_batch_size=4
+    )
+    accelerate_launch(config, "-m", "fashioncap", "train", "--config", str(recipe))
+    logged = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    rl_steps = [entry for entry in logged if "loss/rl" in entry]
+    assert rl_steps and all(math.isfinite(entry["loss"]) for entry in rl_steps)
+    assert json.loads((tmp_path / "run" / "fashioncap_config.json").read_text())["family"] == name
