@@ -90,3 +90,35 @@ def test_florence2s_caption_prompt_is_the_recipes_and_the_run_keeps_it(tmp_path)
 def test_a_caption_prompt_for_blip_is_one_line(tiny_model_dir):
     with pytest.raises(ConfigError, match="a BLIP model takes no prompt, only the image"):
         load_model_and_processor(str(tiny_model_dir), caption_prompt="<CAPTION>")
+
+
+def test_florence2s_vision_preset_counts_davit_blocks_across_stages():
+    """Florence-2-base's tower (1 + 1 + 9 + 1 blocks, built on the meta device): the last 6 blocks are blocks
+    4-8 of stage 2 and stage 3's one; the decoder preset leaves the tower alone."""
+    import re
+
+    from transformers import Florence2Config, Florence2ForConditionalGeneration
+
+    from fashioncap.models import lora_targets
+
+    with torch.device("meta"):
+        model = Florence2ForConditionalGeneration(Florence2Config(text_config={"model_type": "bart"}))
+    names = [name for name, _ in model.named_modules()]
+
+    def blocks(preset, count=6):
+        pattern = lora_targets(model, preset, count)
+        return sorted(
+            {
+                n.split(".")[3] + "." + n.split(".")[4]
+                for n in names
+                if re.fullmatch(pattern, n) and "vision" in n
+            }
+        )
+
+    assert blocks("decoder+vision") == ["2.4", "2.5", "2.6", "2.7", "2.8", "3.0"]
+    assert blocks("decoder") == []
+    decoder = [n for n in names if re.fullmatch(lora_targets(model, "decoder", 6), n)]
+    per_layer = 4 + 4 + 2  # q, k, v, out of self- and cross-attention; fc1, fc2
+    assert len(decoder) == per_layer * model.config.text_config.decoder_layers
+    with pytest.raises(ValueError, match="vision_lora_layers=13 but the vision encoder has 12 layers"):
+        lora_targets(model, "decoder+vision", 13)

@@ -35,7 +35,7 @@ from fashioncap.attention import (
     merge_heads,
     split_heads,
 )
-from fashioncap.models.lora import check_preset, last_layers
+from fashioncap.models.lora import check_preset
 from fashioncap.models.source import ModelLoadError, load_pretrained
 
 NAME = "florence2"
@@ -49,15 +49,15 @@ CARD_PROMPT = CAPTION_PROMPT
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<image>"]
 
 # `decoder`: every attention projection (self and cross) and feed-forward layer of the BART decoder;
-# `decoder+vision`: plus the attention and MLP projections of the last N DaViT blocks (each block is a spatial
-# (window attention) and a channel attention block).
+# `decoder+vision`: plus the attention and MLP projections of the last N DaViT blocks, counted across its stages
+# (Florence-2-base/large: 1 + 1 + 9 + 1 blocks; each block is a spatial (window attention) and a channel block).
 DECODER_TARGETS = (
     r"model\.language_model\.decoder\.layers\.\d+\.(?:(?:self_attn|encoder_attn)\.(?:q_proj|k_proj|v_proj|out_proj)"
     r"|fc1|fc2)"
 )
 VISION_BLOCK_TARGETS = (
-    r"model\.vision_tower\.blocks\.\d+\.{blocks}\.(?:spatial_block\.window_attn|channel_block\.channel_attn)"
-    r"\.(?:qkv|proj)|model\.vision_tower\.blocks\.\d+\.{blocks}\.(?:spatial_block|channel_block)\.ffn\.(?:fc1|fc2)"
+    r"model\.vision_tower\.blocks\.{blocks}\.(?:(?:spatial_block\.window_attn|channel_block\.channel_attn)"
+    r"\.(?:qkv|proj)|(?:spatial_block|channel_block)\.ffn\.(?:fc1|fc2))"
 )
 
 
@@ -170,15 +170,17 @@ def build_tiny(words: Iterable[str], image_size: int = 64, max_positions: int = 
 
 
 def lora_targets(model, preset: str, vision_lora_layers: int) -> str:
-    """The presets in Florence-2's module names; the vision depth counts the blocks of the last DaViT stage."""
-    stages = model.config.vision_config.depths
-    check_preset(preset, stages[-1], vision_lora_layers)
+    """The presets in Florence-2's module names; the vision blocks are counted across the DaViT stages."""
+    blocks = [
+        f"{stage}\\.{index}"
+        for stage, depth in enumerate(model.config.vision_config.depths)
+        for index in range(depth)
+    ]
+    check_preset(preset, len(blocks), vision_lora_layers)
     if preset == "decoder":
         return DECODER_TARGETS
-    vision = VISION_BLOCK_TARGETS.replace(r"blocks\.\d+\.", rf"blocks\.{len(stages) - 1}\.").format(
-        blocks=last_layers(stages[-1], vision_lora_layers)
-    )
-    return f"(?:{DECODER_TARGETS}|{vision})"
+    last = "(?:" + "|".join(blocks[len(blocks) - vision_lora_layers :]) + ")"
+    return f"(?:{DECODER_TARGETS}|{VISION_BLOCK_TARGETS.format(blocks=last)})"
 
 
 # --- what the decoding engine needs ------------------------------------------------------------------------------
