@@ -82,7 +82,8 @@ def _card_metadata(config: dict, scores: dict, name: str, dataset: str, split: s
         "library_name": "peft" if is_adapter else "transformers",
         **({"base_model": base} if is_hub_id(base) else {}),  # the Hub rejects a base_model that is not an id
         "pipeline_tag": "image-to-text",
-        "tags": ["image-captioning", "fashion", "blip", "fashioncap"] + (["lora"] if is_adapter else []),
+        "tags": ["image-captioning", "fashion", config.get(rundir.FAMILY, "blip"), "fashioncap"]
+        + (["lora"] if is_adapter else []),
         "datasets": [dataset],
         "license": "bsd-3-clause",
     }

@@ -154,7 +154,7 @@ def test_the_cards_snippets_load_the_runs_family(recipe):
     assert (
         'captioner(images=image, text="<CAPTION>", return_full_text=False, generate_kwargs' in florence_card
     )
-    assert "Blip" not in florence_card
+    assert "Blip" not in florence_card and "florence2" in _front_matter(florence_card)["tags"]
     detailed = {
         **merged,
         "family": "florence2",
