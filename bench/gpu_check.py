@@ -3,7 +3,9 @@
 Train step (bench/bench_train_step.py's code, the real FashionCapTrainer.compute_loss): MLE, MLE+REINFORCE H=1 and
 H=4, and the seed's loop, with gradient checkpointing off and on (the seed's loop only off: it generated in train
 mode, where checkpointing turns the KV cache off); median seconds and peak memory per variant. Eval: beam 3, 50 new
-tokens, batch 16 and 64, images/s of `generate` and of fashioncap's shared-K/V engine (what `eval` runs), LoRA merged.
+tokens, batch 16 and 64, images/s of `generate` and of fashioncap's shared-K/V engine (what `eval` runs), LoRA merged,
+with its decoder step replayed as a CUDA graph and eagerly: both must give the same captions, and a graph that failed
+(the engine then decodes eagerly, fashioncap.decoding.cuda_graphs_failure) is reported.
 
 The GPU machine has no spaCy, datasets, evaluate, pycocoevalcap or deepspeed: only modules that import none of them
 are used, and ALS is replaced by a bench-only stand-in (`als_ws_bench`: whitespace words instead of spaCy's
@@ -42,13 +44,15 @@ def als_whitespace(completions, attributes, **_) -> list[float]:
 
 def eval_throughput(model, processor, rows, batch_size: int, max_new_tokens: int, device: str, bf16: bool):
     """Images/s of captioning (beam 3) through `generate` and through fashioncap's shared-K/V engine
-    (`fashioncap.inference.caption_pixels`, what `eval` and `caption` run), same batch, median of 3 after warm-up."""
+    (`fashioncap.inference.caption_pixels`, what `eval` and `caption` run) with and without CUDA graphs, same
+    batch, median of 3 after warm-up; whether the three give the same captions."""
     import contextlib
 
     import torch
 
     from bench.bench_train_step import synchronize
     from fashioncap.data.collator import CaptionCollator
+    from fashioncap.decoding import cuda_graphs_failure
     from fashioncap.inference import caption_pixels
     from fashioncap.trainer import eval_mode
 
@@ -57,6 +61,9 @@ def eval_throughput(model, processor, rows, batch_size: int, max_new_tokens: int
     paths = {
         "generate": lambda: model.generate(pixel_values=pixel_values, **kwargs),
         "fashioncap": lambda: caption_pixels(model, pixel_values=pixel_values, **kwargs),
+        "fashioncap_eager": lambda: caption_pixels(
+            model, pixel_values=pixel_values, cuda_graphs=False, **kwargs
+        ),
     }
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     result, outputs = {"batch_size": batch_size, **kwargs}, {}
@@ -76,6 +83,11 @@ def eval_throughput(model, processor, rows, batch_size: int, max_new_tokens: int
         result["fashioncap"]["images_per_second"] / result["generate"]["images_per_second"], 2
     )
     result["same_captions"] = decoded["generate"] == decoded["fashioncap"]
+    result["graph_over_eager"] = round(
+        result["fashioncap"]["images_per_second"] / result["fashioncap_eager"]["images_per_second"], 2
+    )
+    result["graph_same_captions_as_eager"] = decoded["fashioncap"] == decoded["fashioncap_eager"]
+    result["cuda_graphs_failure"] = cuda_graphs_failure()
     return result
 
 
@@ -165,7 +177,8 @@ def table(result: dict) -> str:
         lines.append(
             f"eval {label}: generate {r['generate']['images_per_second']} images/s, fashioncap "
             f"{r['fashioncap']['images_per_second']} ({r['fashioncap_over_generate']}x, same captions: "
-            f"{r['same_captions']})"
+            f"{r['same_captions']}); graph/eager {r['graph_over_eager']}x, same captions: "
+            f"{r['graph_same_captions_as_eager']}, graph failure: {r['cuda_graphs_failure']}"
         )
     if "mle_tflop_per_s" in result:
         lines.append(f"MLE step: {result['mle_tflop_per_s']} TFLOP/s achieved")
@@ -196,6 +209,7 @@ def main() -> int:
     print(text)
     print(table(result), file=sys.stderr)
     failed = [k for section in ("train", "eval") for k, r in result[section].items() if "error" in r]
+    failed += [k for k, r in result["eval"].items() if r.get("graph_same_captions_as_eager") is False]
     return 1 if failed else 0
 
 

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 EXAMPLES = 4
 MAX_BEAMS = 8
 MAX_LENGTH = 80
+DEFAULT_MAX_FILE_SIZE_MB = 10  # a product photo is a few MB at most; larger uploads are refused
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web font: nothing to fetch offline
 STYLE = """
 mark.category { background: #ffd166; padding: 0 .2em; border-radius: .2em; }
@@ -167,15 +168,31 @@ def build_page(captioner: Captioner, examples_dir: Path):
     return page
 
 
-def launch(model_dir: str, port: int | None = None, host: str = "127.0.0.1", block: bool = True):
-    """Load the run, build the page and serve it; returns (page, local URL) when `block` is false (tests)."""
+def launch(
+    model_dir: str,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    block: bool = True,
+    max_file_size_mb: float = DEFAULT_MAX_FILE_SIZE_MB,
+):
+    """Load the run, build the page and serve it; returns (page, local URL) when `block` is false (tests).
+
+    The page stays local: `share=False` explicitly, so neither GRADIO_SHARE=true nor a hosted notebook opens a
+    public tunnel; an upload over `max_file_size_mb` is refused. Gradio's own start-up lines are silenced (their
+    "set share=True in launch()" is not something a command-line user can do): one line says where to go."""
     gr = import_gradio()
     captioner = Captioner(model_dir)
     examples_dir = Path(tempfile.mkdtemp(prefix="fashioncap-app-"))
     page = build_page(captioner, examples_dir)
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])
     _, url, _ = page.launch(
-        server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block, theme=theme,
+        server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, share=False, theme=theme,
         css=STYLE, allowed_paths=[str(examples_dir)], footer_links=[], ssr_mode=False,
+        max_file_size=int(max_file_size_mb * 1024 * 1024),
     )  # fmt: skip
+    print(
+        f"fashioncap app: serving {url} (uploads up to {max_file_size_mb:g} MB; Ctrl+C stops it)", flush=True
+    )
+    if block:
+        page.block_thread()
     return page, url

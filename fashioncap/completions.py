@@ -26,11 +26,14 @@ def completions_table(
     rewards: dict[str, torch.Tensor],
     total: torch.Tensor,
     baseline: torch.Tensor,
+    keep: torch.Tensor | None = None,
 ) -> dict:
     """{"step", "images": [{"image_id", "reference", "samples": [{"caption", "rewards", "total",
     "baseline", "advantage"}]}]}: `captions`, the rewards, `total` and `baseline` hold H entries per image in
-    image order; `total` and `baseline` are those the REINFORCE term used (after any scaling)."""
+    image order; `total` and `baseline` are those the REINFORCE term used (after any scaling). `keep`: the
+    samples the REINFORCE term kept (`mask_truncated_completions`); the others' advantage is 0, as it used."""
     h = len(captions) // len(image_ids)
+    advantage = total - baseline if keep is None else (total - baseline) * keep.to(total.dtype)
     images = []
     for i, image_id in enumerate(image_ids[:IMAGES_PER_TABLE]):
         samples = [
@@ -39,7 +42,7 @@ def completions_table(
                 "rewards": {name: round(float(values[j]), 4) for name, values in rewards.items()},
                 "total": round(float(total[j]), 4),
                 "baseline": round(float(baseline[j]), 4),
-                "advantage": round(float(total[j] - baseline[j]), 4),
+                "advantage": round(float(advantage[j]), 4),
             }
             for j in range(i * h, (i + 1) * h)
         ]

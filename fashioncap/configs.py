@@ -210,6 +210,15 @@ def check_ranges(args) -> None:
             raise OutOfRangeError("reward_weights", f"{weight} is not a finite number")
 
 
+LOSS_TYPES = (
+    "sequence_sum",
+    "grpo",
+    "dapo",
+    "dr_grpo",
+)  # TRL's names (fashioncap.rl.normalised_logprobs)
+GUARD_MODES = ("warn", "stop", "off")  # fashioncap.collapse_guard
+
+
 @dataclass
 class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
     """The Trainer's arguments plus the REINFORCE and generation settings: the trainer reads all from `self.args`.
@@ -233,6 +242,12 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
     rl_weight: float = _help(0.0, "weight of the REINFORCE term (needs reward_funcs)")
     num_samples: int = _help(4, "H: captions sampled per image")
     baseline: str = _help("mean", "mean (the seed's) | loo (leave-one-out) | greedy (self-critical)")
+    loss_type: str = _help(
+        "sequence_sum",
+        "normalisation of the REINFORCE term (part of its dose): sequence_sum (each sample's summed token "
+        "log-probs) | grpo (each sample's token mean) | dapo (a token mean over the batch's samples) | dr_grpo "
+        "(the sum over max_sample_tokens)",
+    )
     rl_start: float = _help(
         0.0, "fraction of the steps trained by MLE alone before the REINFORCE term starts"
     )
@@ -250,12 +265,23 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
     kl_weight: float = _help(
         0.0, "weight of a KL penalty to the base model (the adapter disabled), logged as kl"
     )
+    collapse_guard: str = _help(
+        "warn",
+        "warn | stop | off: every RL step, check the greedy captions for repetition and runs to the length limit; "
+        "on collapse warn once (stop: also save a checkpoint and end the run)",
+    )
     log_completions_steps: int = _help(
         50,
         "every N RL steps, a table of sampled captions and their rewards to RUN/completions.jsonl (0: never)",
     )
     cuda_graphs: bool = _help(
         True, "on CUDA, replay each decoding step as a CUDA graph (sampling and eval captions); off elsewhere"
+    )
+    zero3_gathered_decoding: bool = _help(
+        True,
+        "under DeepSpeed ZeRO-3, gather the text decoder's weights once per decode (samples, greedy baseline, "
+        "eval) and decode without DeepSpeed's per-module hooks; false for a decoder too large for one device "
+        "(then every token gathers each module's weights and all ranks decode up to the token limit)",
     )
     num_beams: int = _help(GENERATION_DEFAULTS["num_beams"], "beams for evaluation captions")
     max_new_tokens: int = _help(
@@ -296,6 +322,12 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
         if self.log_completions_steps < 0:
             raise ValueError(
                 f"log_completions_steps must be >= 0 (0: never), not {self.log_completions_steps}"
+            )
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, not {self.loss_type!r}")
+        if self.collapse_guard not in GUARD_MODES:
+            raise ValueError(
+                f"collapse_guard must be one of {', '.join(GUARD_MODES)}, not {self.collapse_guard!r}"
             )
         if self.scale_rewards not in ("none", "group"):
             raise ValueError(f"scale_rewards must be none or group, not {self.scale_rewards!r}")

@@ -11,14 +11,16 @@ gradients through K/V flow once per image.
 The engine is the same for every model family: the family (`fashioncap.models`, read from the model's config)
 supplies its `TextDecoder` (embeddings, one layer's forward through its own submodules, cross-attention K/V of
 image embeddings, the LM head, the special token ids) and `encode_images`. What transformers 5.24 offers
-natively for BLIP (static cache, compiled generation) is not usable here: docs/design.md, "Decoding".
+natively for BLIP (static cache, compiled generation) is not usable here: docs/design.md, "Model families".
 
 So this module is the minimal engine: one layer function (the family's `TextDecoder.layer`) serves the
 teacher-forced pass and the per-token step; the step has static shapes (preallocated self-attention cache,
 position as a tensor) so that on CUDA it is captured once per `decode` call as a CUDA graph and replayed per
 token (`cuda_graphs`, default on for CUDA unless `synced_gpus`: sharded parameters are gathered by hooks that a
 replay would skip). Beam search pads finished beams with [PAD] (transformers' BLIP pads them with [SEP]); the
-tokens up to the end token and the lengths are `generate`'s.
+tokens up to the end token and the lengths are `generate`'s. If capturing or replaying a CUDA graph ever raises,
+the process decodes eagerly from then on, after one warning saying why (`cuda_graphs_failure`): a card or driver
+where graphs fail costs speed, never the run.
 
     with torch.no_grad():
         memory = image_memory(model, encode_images(model, pixel_values))   # K/V of every layer, once per image
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +44,25 @@ from fashioncap.models import family_of
 
 # transformers' beam-search score for an impossible candidate (its arithmetic is kept, for identical beams).
 _IMPOSSIBLE = -1.0e9
+
+logger = logging.getLogger(__name__)
+# Why CUDA graphs stopped for the rest of this process (None while they work): see `_give_up_cuda_graphs`.
+_cuda_graphs_failure: str | None = None
+
+
+def cuda_graphs_failure() -> str | None:
+    """Why this process decodes without CUDA graphs after capturing or replaying one failed; None if none did."""
+    return _cuda_graphs_failure
+
+
+def _give_up_cuda_graphs(stage: str, error: Exception) -> None:
+    """Eager decoding for the rest of the process, with one warning line (the first failure's)."""
+    global _cuda_graphs_failure
+    if _cuda_graphs_failure is None:
+        _cuda_graphs_failure = (
+            f"{stage} the decoder step as a CUDA graph failed ({type(error).__name__}: {error})"
+        )
+        logger.warning("%s; decoding without CUDA graphs from now on", " ".join(_cuda_graphs_failure.split()))
 
 
 def text_decoder(model: torch.nn.Module):
@@ -63,6 +85,9 @@ class ImageMemory:
     @property
     def num_images(self) -> int:
         return self.keys[0].size(0)
+
+    def detach(self) -> ImageMemory:
+        return ImageMemory(tuple(k.detach() for k in self.keys), tuple(v.detach() for v in self.values))
 
 
 def image_memory(model: torch.nn.Module, image_embeds: torch.Tensor) -> ImageMemory:
@@ -170,7 +195,8 @@ class DecoderStep:
 
     Rows are image-major (`rows_per_image` consecutive rows per image of `memory`). With `cuda_graphs` the
     step is captured once as a CUDA graph and replayed; the returned logits are then overwritten by the next
-    call.
+    call. A capture or replay that raises falls back to the eager step (`_give_up_cuda_graphs`): a failed replay
+    is redone eagerly, which rewrites the same cache slot.
     """
 
     def __init__(self, decoder, memory: ImageMemory, rows_per_image: int, slots: int, cuda_graphs: bool):
@@ -180,13 +206,24 @@ class DecoderStep:
         like = memory.keys[0]
         self.caches = [(like.new_zeros(shape), like.new_zeros(shape)) for _ in memory.keys]
         self.slots = torch.arange(slots, device=like.device)
-        self._run = self._forward
+        self._graph = None
         if cuda_graphs:
-            self._capture(shape[0])
+            try:
+                self._capture(shape[0])
+            except Exception as error:  # noqa: BLE001 - any capture failure: decode eagerly instead
+                self._graph = None
+                _give_up_cuda_graphs("capturing", error)
 
     def __call__(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         """Float32 logits [rows, vocab] of the token after `tokens` [rows], fed at `position`."""
-        return self._run(tokens, self.slots[position : position + 1])
+        position = self.slots[position : position + 1]
+        if self._graph is not None:
+            try:
+                return self._replay(tokens, position)
+            except Exception as error:  # noqa: BLE001 - any replay failure: this step and the rest eagerly
+                self._graph = None
+                _give_up_cuda_graphs("replaying", error)
+        return self._forward(tokens, position)
 
     def reorder(self, source_rows: torch.Tensor, filled: int) -> None:
         """Beam search: row i continues row source_rows[i]; only the `filled` slots are copied, in place."""
@@ -215,16 +252,22 @@ class DecoderStep:
             for _ in range(2):
                 self._forward(self._tokens, self._position)
         torch.cuda.current_stream(device).wait_stream(side)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph, capture_error_mode="thread_local"), _autocast_uncached("cuda"):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"), _autocast_uncached("cuda"):
             self._logits = self._forward(self._tokens, self._position)
-        self._run = self._replay
+        self._graph = graph
 
     def _replay(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         self._tokens.copy_(tokens)
         self._position.copy_(position)
         self._graph.replay()
         return self._logits
+
+
+def truncated_samples(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """True for each decoded caption ([DEC] first) that reached the length limit without its [SEP]: a caption
+    cut short, not one the model finished (a reward scores it as it is; eval counts it in caption health)."""
+    return ~(sequences[:, 1:] == eos_token_id).any(dim=1)
 
 
 @torch.no_grad()
@@ -265,6 +308,7 @@ def decode(
     memory = _as_memory(decoder, image)
     if cuda_graphs is None:
         cuda_graphs = memory.keys[0].is_cuda and not synced_gpus
+    cuda_graphs = cuda_graphs and _cuda_graphs_failure is None
     rows_per_image = num_beams if num_beams > 1 else num_return_sequences
     step = DecoderStep(decoder, memory, rows_per_image, max_new_tokens, cuda_graphs)
     ids = (decoder.bos_token_id, decoder.eos_token_id, decoder.pad_token_id)

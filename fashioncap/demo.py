@@ -22,6 +22,7 @@ from fashioncap.evaluation import evaluate_run
 from fashioncap.progress import Progress, format_duration
 from fashioncap.report import write_report
 from fashioncap.train import train
+from fashioncap.verdict import verdict_markdown
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 BASE = "base"
@@ -129,7 +130,7 @@ def run_demo(recipes: Path = RECIPES, report_dir: str = "outputs/demo/report", f
     report = write_report(run_dirs, report_dir, data_dir=data_dir, split="test")
     took = format_duration(time.perf_counter() - start)
     print(f"\nTest scores on the synthetic set ({next(iter(summary.values()))['num_images']} images):\n")
-    print(report["table"])
+    print(verdict_markdown(report["verdict"]) + report["table"])
     print(f"Demo finished in {took}. Report: {report_dir}/report.html (table: comparison.md, "
           f"scores: summary.json, training curves: curves/)")  # fmt: skip
     return summary

@@ -45,10 +45,33 @@ class MissingDependencyError(UserError, RuntimeError):
     get it."""
 
 
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: the fewest single-character insertions, deletions and substitutions."""
+    row = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, char_b in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (char_a != char_b))
+    return row[-1]
+
+
+def closest_match(word: str, candidates: Iterable[str]) -> str | None:
+    """Of the candidates difflib finds close to `word`, the one fewest edits away (then the most alike, then
+    the first by name): difflib alone breaks a tie by the larger name, so `00000.png` got `000002.png` although
+    `000000.png` is one insertion away."""
+    candidates = sorted(set(candidates))
+    close = difflib.get_close_matches(word, candidates, n=max(len(candidates), 1))
+    return min(
+        close,
+        key=lambda c: (edit_distance(word, c), -difflib.SequenceMatcher(None, word, c).ratio(), c),
+        default=None,
+    )
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """' (did you mean X?)' for the closest candidate, or '' when none is close."""
-    match = difflib.get_close_matches(word, sorted(candidates), n=1)
-    return f" (did you mean {match[0]}?)" if match else ""
+    match = closest_match(word, candidates)
+    return f" (did you mean {match}?)" if match else ""
 
 
 def closest_existing_path(path: str | os.PathLike) -> Path | None:
@@ -58,10 +81,9 @@ def closest_existing_path(path: str | os.PathLike) -> Path | None:
     for part in parts:
         if not (found / part).exists():
             siblings = [p.name for p in found.iterdir()] if found.is_dir() else []
-            match = difflib.get_close_matches(part, siblings, n=1)
-            if not match:
+            part = closest_match(part, siblings)
+            if part is None:
                 return None
-            part = match[0]
         found = found / part
     return found if found != path else None
 

@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 from fashioncap import rundir
 from fashioncap.data.coco import group_references, load_captions, references_file
 from fashioncap.errors import OutputExistsError
+from fashioncap.hub import refresh_run_card
 from fashioncap.inference import (
-    generate_captions,
+    caption_batches,
     generation_settings,
     load_captioner,
     map_in_shards,
@@ -27,8 +28,8 @@ from fashioncap.inference import (
 )
 from fashioncap.io_utils import atomic_directory, write_json_atomic, write_text_atomic
 from fashioncap.metrics import METRIC_NAMES
-from fashioncap.metrics.files import load_references, score_files
-from fashioncap.metrics.health import caption_health
+from fashioncap.metrics.files import default_categories, load_references, score_files
+from fashioncap.metrics.health import caption_health, collapse_signs
 from fashioncap.metrics.reward_scores import recipe_reward_scores
 from fashioncap.rewards import REWARD_FUNCS
 from fashioncap.scoretable import HEADLINE_METRICS, score_table, unavailable_notes
@@ -48,45 +49,42 @@ def metrics_markdown(metrics: dict, heading: str, name: str) -> str:
 
 def predict_split(
     model, processor, data_dir: str | Path, split: str, batch_size: int, **generate_kwargs
-) -> list[dict]:
-    """Caption every image of the split once; COCO results records in the split's image order. Under
-    `accelerate launch` each rank captions a share of the images and every rank gets all the records.
+) -> tuple[list[dict], list[bool]]:
+    """Caption every image of the split once: (COCO results records in the split's image order, which captions
+    used every new token without ending). Under `accelerate launch` each rank captions a share of the images
+    and every rank gets all the records.
 
     Only the image column reaches the generator: the references are never within its reach.
     """
     images = group_references(load_captions(data_dir, [split])[split]).select_columns(["image_id", "image"])
 
-    def caption_rows(rows: list[int]) -> list[str]:
-        return list(generate_captions(model, processor, (images[i]["image"] for i in rows), batch_size,
-                                      **generate_kwargs))  # fmt: skip
+    def caption_rows(rows: list[int]) -> list[tuple[str, bool]]:
+        batches = caption_batches(model, processor, (images[i]["image"] for i in rows), batch_size,
+                                  **generate_kwargs)  # fmt: skip
+        return [pair for captions, hits in batches for pair in zip(captions, hits, strict=True)]
 
-    captions = map_in_shards(range(len(images)), caption_rows, batch_size)
-    progress = tqdm(captions, total=len(images), desc=f"captioning {split}", unit="img", file=sys.stderr,
+    results = map_in_shards(range(len(images)), caption_rows, batch_size)
+    progress = tqdm(results, total=len(images), desc=f"captioning {split}", unit="img", file=sys.stderr,
                     disable=not process_state().is_main_process)  # fmt: skip
-    return [{"image_id": i, "caption": c} for i, c in zip(images["image_id"], progress, strict=True)]
+    pairs = list(progress)
+    predictions = [{"image_id": i, "caption": c} for i, (c, _) in zip(images["image_id"], pairs, strict=True)]
+    return predictions, [hit for _, hit in pairs]
 
 
-def length_limit_hits(tokenizer, captions: list[str], max_new_tokens: int) -> list[bool]:
-    """Which captions used every new token without ending. A caption that ended spent its last new token on
-    [SEP], so it has at most max_new_tokens - 1 tokens; counted by re-tokenizing the decoded text, which
-    matches the generated ids for WordPiece except in rare cases."""
-    return [len(ids) >= max_new_tokens for ids in tokenizer(captions, add_special_tokens=False).input_ids]
-
-
-def health_of(predictions: list[dict], references: Path, tokenizer, max_new_tokens: int) -> dict:
-    """`caption_health` of the predictions against their references; warns on stderr when they collapsed."""
+def health_of(predictions: list[dict], references: Path, limit_hits: list[bool]) -> dict:
+    """`caption_health` of the predictions against their references (`limit_hits`: which captions used every
+    new token without ending); warns on stderr when they collapsed (repetition, runs to the length limit:
+    template reuse alone is reported, not warned about)."""
     reference_captions = load_references(references)[0]
     captions = [p["caption"] for p in predictions]
-    health = caption_health(
-        captions,
-        [reference_captions[p["image_id"]] for p in predictions],
-        length_limit_hits(tokenizer, captions, max_new_tokens),
+    health = caption_health(captions, [reference_captions[p["image_id"]] for p in predictions], limit_hits)
+    signs = collapse_signs(
+        health["repeated_trigram_share"], health["length_limit_share"], health["mean_length"]
     )
-    if health["collapsed"]:
+    if signs:
         print(
-            f"WARNING: the captions collapsed: the 5 most common are {health['top5_share']:.0%} of "
-            f"{health['num_captions']} images, distinct bigrams {health['distinct_2']:.0%} "
-            "('health' in metrics.json)",
+            f"WARNING: the captions collapsed: of {health['num_captions']}, {', '.join(signs)} "
+            "('health' in metrics.json; in training, turn rl_weight down or use loss_type: grpo)",
             file=sys.stderr,
         )
     return health
@@ -117,22 +115,24 @@ def evaluate_run(
     references = references_file(data_dir, split)
     settings = generation_settings(model_dir, **generation_overrides)
     model, processor = load_captioner(model_dir)
-    predictions = predict_split(model, processor, data_dir, split, batch_size, **settings)
+    predictions, limit_hits = predict_split(model, processor, data_dir, split, batch_size, **settings)
     if not process_state().is_main_process:
         return None  # another rank of `accelerate launch`: the main process scores and writes, once
-    recipe_rewards = ((rundir.run_config(model_dir) or {}).get("reward") or {}).get("reward_funcs") or []
+    recipe = rundir.run_config(model_dir) or {}
+    recipe_rewards = (recipe.get("reward") or {}).get("reward_funcs") or []
+    # the run's own category names (Hub data) score SLS as in training; else the data dir's categories.json
+    categories = (recipe.get("data") or {}).get("category_names")
+    categories = Path(categories) if categories else default_categories(references)
     # every built-in reward for every run, so an MLE run scores its RL twin's rewards too
     reward_specs = list(dict.fromkeys([*REWARD_FUNCS, *recipe_rewards]))
     with atomic_directory(out_dir, overwrite=True) as tmp:
         write_json_atomic(tmp / rundir.PREDICTIONS, predictions)
-        metrics = score_files(references, tmp / rundir.PREDICTIONS, per_image=True)
+        metrics = score_files(references, tmp / rundir.PREDICTIONS, categories, per_image=True)
         write_json_atomic(tmp / rundir.PER_IMAGE, metrics.pop("per_image"))
-        metrics.update(recipe_reward_scores(reward_specs, predictions, references))
+        metrics.update(recipe_reward_scores(reward_specs, predictions, references, categories))
         metrics.update(split=split, data_dir=str(data_dir), model_dir=str(model_dir), generation=settings,
                        versions=rundir.library_versions())  # fmt: skip
-        metrics["health"] = health_of(
-            predictions, references, processor.tokenizer, settings["max_new_tokens"]
-        )
+        metrics["health"] = health_of(predictions, references, limit_hits)
         write_json_atomic(tmp / rundir.METRICS, metrics)
         heading = (
             f"# {model_dir} on {data_dir} ({split})\n\n"
@@ -141,4 +141,5 @@ def evaluate_run(
         write_text_atomic(
             tmp / rundir.METRICS_MARKDOWN, metrics_markdown(metrics, heading, Path(model_dir).name)
         )
+    refresh_run_card(model_dir)  # the run's own card carries the scores just computed
     return metrics

@@ -21,21 +21,6 @@ from fashioncap import rundir
 from fashioncap.errors import MissingPathError, OutputExistsError, UserError, missing_path
 from fashioncap.io_utils import atomic_directory, write_json_atomic
 
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-def adapter_base(run_dir: Path) -> str | None:
-    """The base model an adapter run was trained on, as its adapter_config.json records it: None for a run
-    that is not an adapter, "" for an adapter that names none; a local base is made absolute, so the export
-    loads from any working directory."""
-    config = rundir.read_json(run_dir / ADAPTER_CONFIG)
-    if config is None:
-        return None
-    base = config.get("base_model_name_or_path")
-    if base is None:
-        return ""
-    return str(Path(base).resolve()) if Path(base).exists() else base
-
 
 def refuse_unmergeable(run_dir: Path, base: str | None) -> None:
     """One line for a merge that cannot work: an adapter without a base, or a local base that is gone (a Hub
@@ -59,12 +44,26 @@ def _refuse_existing(out: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{out} is not empty: pass --overwrite to replace it, or pick a new --out")
 
 
+def untie_differing_embeddings(model) -> None:
+    """A run that trained the word embeddings and the LM head apart (`modules_to_save`) merges into different
+    weights (or head biases) where BLIP ties them: its config then says they are not tied, or every load warns
+    that the tied weights differ (and leaves them untied anyway)."""
+    import torch
+
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    tied = model.get_expanded_tied_weights_keys(all_submodels=True).items()
+    if any(not torch.equal(parameters[target], parameters[source]) for target, source in tied):
+        model.config.tie_word_embeddings = False
+        model.config.text_config.tie_word_embeddings = False
+
+
 def _save_merged(run_dir: Path, target: Path) -> None:
     """The merged model, its processor and a generation config carrying the run's generation settings."""
     from fashioncap.inference import generation_settings
     from fashioncap.models import load_for_inference
 
     model, processor = load_for_inference(str(run_dir))
+    untie_differing_embeddings(model)
     model.generation_config.update(**generation_settings(run_dir))
     model.generation_config._from_model_config = False  # the run's own settings, not derived from config.json
     model.save_pretrained(target)
@@ -80,13 +79,13 @@ def _copy_weights(run_dir: Path, target: Path, base: str | None) -> None:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(run_dir / name, target / name)
     if base:
-        config = json.loads((target / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-        write_json_atomic(target / ADAPTER_CONFIG, {**config, "base_model_name_or_path": base})
+        config = json.loads((target / rundir.ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        write_json_atomic(target / rundir.ADAPTER_CONFIG, {**config, "base_model_name_or_path": base})
 
 
 def export_run(model_dir: str | Path, out: str | Path, merge: bool = False, overwrite: bool = False) -> Path:
     """Write the run at `model_dir` to `out` (atomically), merged or as its adapter; returns `out`."""
-    from fashioncap.hub import card_metrics, write_model_card
+    from fashioncap.hub import card_metrics, with_adapter_base, write_model_card
 
     run_dir, out = Path(model_dir), Path(out)
     if not run_dir.is_dir():
@@ -95,13 +94,9 @@ def export_run(model_dir: str | Path, out: str | Path, merge: bool = False, over
     if config is None:
         raise MissingPathError(f"{run_dir} is not a fashioncap run (no {rundir.RUN_CONFIG}): give a run dir")
     _refuse_existing(out, overwrite)
-    base = adapter_base(run_dir)
+    base = rundir.adapter_base(run_dir)  # absolute when local: the export loads from anywhere
     if merge:
         refuse_unmergeable(run_dir, base)
-    card_config = {
-        **config,
-        "model": {**config["model"], "model_name_or_path": base or config["model"]["model_name_or_path"]},
-    }
     with atomic_directory(out, overwrite=True) as tmp:
         if merge:
             _save_merged(run_dir, tmp)
@@ -109,7 +104,7 @@ def export_run(model_dir: str | Path, out: str | Path, merge: bool = False, over
             _copy_weights(run_dir, tmp, base)
         shutil.copy2(run_dir / rundir.RUN_CONFIG, tmp / rundir.RUN_CONFIG)
         write_model_card(
-            tmp, card_config, card_metrics(run_dir), checkpoint=rundir.scored_checkpoint(run_dir),
-            merged=merge, location=str(out.resolve()),
+            tmp, with_adapter_base(run_dir, config), card_metrics(run_dir),
+            checkpoint=rundir.scored_checkpoint(run_dir), merged=merge, location=str(out.resolve()),
         )  # fmt: skip
     return out

@@ -50,8 +50,19 @@ def card_scores(metrics: dict | None) -> dict:
 
 
 def is_hub_id(name: str) -> bool:
-    """`owner/name` and not a local directory."""
-    return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
+    """`owner/name` and not a local directory (nor a relative path such as `../base`)."""
+    return (
+        re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
+        and not {".", ".."} & set(name.split("/"))
+        and not Path(name).exists()
+    )
+
+
+def with_adapter_base(run_dir: Path, config: dict) -> dict:
+    """The run's recipe naming the base its adapter loads onto as it lies now (a local one absolute, found
+    from the run dir wherever it was trained or moved); the recipe as it is for a run that is no adapter."""
+    base = rundir.adapter_base(run_dir)
+    return {**config, "model": {**config["model"], "model_name_or_path": base}} if base else config
 
 
 class UploadRefusedError(UserError, PermissionError):
@@ -250,6 +261,19 @@ def write_model_card(
     )
 
 
+def refresh_run_card(run_dir: str | Path) -> None:
+    """Rewrite a trained run's own card with the scores it has now (after `eval`), so that it never says
+    "(not evaluated)" beside an eval; a dir that is no trained run (a Hub id, an export) is left alone."""
+    run_dir = Path(run_dir)
+    config = rundir.run_config(run_dir)
+    if config is None or not (run_dir / rundir.RESULTS).is_file():
+        return
+    checkpoint = rundir.scored_checkpoint(run_dir)
+    write_model_card(
+        run_dir, with_adapter_base(run_dir, config), card_metrics(run_dir), checkpoint=checkpoint
+    )
+
+
 def files_to_upload(run_dir: Path, extra: list[str] | None = None) -> list[str]:
     """Paths relative to `run_dir`, the card included: the default patterns plus `extra` globs, inside the run."""
     root = run_dir.resolve()
@@ -296,7 +320,7 @@ def prepare_upload(
         raise MissingPathError(f"{run_dir} is not a fashioncap run (no {rundir.RUN_CONFIG})")
     folder = Path(merged_dir) if merged_dir else run_dir
     card = model_card(
-        config,
+        with_adapter_base(run_dir, config),
         card_metrics(run_dir),
         repo_id,
         rundir.scored_checkpoint(run_dir),

@@ -22,7 +22,7 @@ from PIL import Image
 from fashioncap import rundir
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.images import ImageProblem, open_rgb, to_rgb
-from fashioncap.decoding import decode, encode_images
+from fashioncap.decoding import decode, encode_images, text_decoder, truncated_samples
 from fashioncap.errors import closest_path_hint
 from fashioncap.models import load_for_inference
 from fashioncap.text import decode_captions
@@ -53,6 +53,15 @@ def generate_captions(
     model, processor, images: Iterable, batch_size: int = 16, **generate_kwargs
 ) -> Iterator[str]:
     """Yield one caption per PIL image, in order, generating `batch_size` images at a time from pixels alone."""
+    for captions, _ in caption_batches(model, processor, images, batch_size, **generate_kwargs):
+        yield from captions
+
+
+def caption_batches(
+    model, processor, images: Iterable, batch_size: int = 16, **generate_kwargs
+) -> Iterator[tuple[list[str], list[bool]]]:
+    """Per batch of `batch_size` PIL images: their captions, and which of them used every new token without
+    ending (counted on the generated ids, which re-tokenising the text only approximates)."""
     for batch in batched(images, batch_size):
         pixel_values = processor.image_processor(
             [to_rgb(im) for im in batch], return_tensors="pt"
@@ -61,7 +70,8 @@ def generate_captions(
             sequences = caption_pixels(
                 model, pixel_values=pixel_values.to(model.device, model.dtype), **generate_kwargs
             )
-        yield from decode_captions(processor, sequences)
+        cut_short = truncated_samples(sequences, text_decoder(model).eos_token_id)
+        yield decode_captions(processor, sequences), cut_short.tolist()
 
 
 def caption_pixels(model, pixel_values: torch.Tensor, **generate_kwargs) -> torch.Tensor:

@@ -22,12 +22,12 @@ RECIPE_KEYS = {
         "max_length", "augment", "build_synthetic_if_missing", "max_train_samples", "max_eval_samples",
     ),
     "reward": (
-        "reward_funcs", "reward_weights", "mle_weight", "rl_weight", "num_samples", "baseline", "rl_start",
-        "sample_temperature", "sample_top_k", "max_sample_tokens", "mask_truncated_completions", "scale_rewards",
-        "kl_weight", "log_completions_steps",
+        "reward_funcs", "reward_weights", "mle_weight", "rl_weight", "loss_type", "num_samples", "baseline",
+        "rl_start", "sample_temperature", "sample_top_k", "max_sample_tokens", "mask_truncated_completions",
+        "scale_rewards", "kl_weight", "log_completions_steps", "collapse_guard",
     ),
     "generation": tuple(GENERATION_DEFAULTS),
-    "run": ("overwrite_output_dir", "global_batch_size", "cuda_graphs"),
+    "run": ("overwrite_output_dir", "global_batch_size", "cuda_graphs", "zero3_gathered_decoding"),
 }  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
@@ -26,12 +27,11 @@ from fashioncap import rundir
 from fashioncap.completions import read_completions, table_rows
 from fashioncap.data.coco import references_file
 from fashioncap.data.images import ImageProblem, open_rgb
-from fashioncap.errors import ConfigError, missing_path
+from fashioncap.errors import ConfigError, MissingPathError, missing_path
 from fashioncap.io_utils import safe_join, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fashioncap.scoretable import (
     BEST,
     HEADLINE_METRICS,
-    TIE,
     format_interval,
     format_score,
     marked_score_table,
@@ -40,6 +40,7 @@ from fashioncap.scoretable import (
     score_marks,
     unavailable_lines,
 )
+from fashioncap.verdict import find_study, verdict_lines, verdict_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def comparison_table(
     split: str = rundir.DEFAULT_SPLIT,
     evaluated: dict[str, list[str]] | None = None,
     base: str | None = None,
+    ties: bool = True,
 ) -> str:
     """Markdown, one row per run with its scores on `split`, their 95% intervals and marks (best, tie, below
     `base`), what the marks say, and why a metric is n/a. A metric that could not run (or a run not evaluated
@@ -84,7 +86,7 @@ def comparison_table(
     )
     unavailable = "".join(f"- {line}\n" for line in unavailable_lines(metrics))
     return (
-        marked_score_table(metrics, HEADLINE_METRICS, base)
+        marked_score_table(metrics, HEADLINE_METRICS, base, ties)
         + f"\n{marks_legend(metrics, base)}\n"
         + (f"\n{unavailable}" if unavailable else "")
         + note
@@ -92,10 +94,12 @@ def comparison_table(
 
 
 def base_run(run_dirs: dict[str, Path]) -> str | None:
-    """The reported run the others were trained from (their recipe's model_name_or_path), or None."""
+    """The reported run the others were trained from (their adapter's base, else their recipe's
+    model_name_or_path), or None."""
     by_path = {Path(run_dir).resolve(): name for name, run_dir in run_dirs.items()}
     for name, run_dir in run_dirs.items():
-        start = ((rundir.run_config(run_dir) or {}).get("model") or {}).get("model_name_or_path")
+        recipe_model = ((rundir.run_config(run_dir) or {}).get("model") or {}).get("model_name_or_path")
+        start = rundir.adapter_base(run_dir) or recipe_model
         base = by_path.get(Path(start).resolve()) if start else None
         if base and base != name:
             return base
@@ -115,7 +119,8 @@ HEALTH_COLUMNS = {
     "mean_length": "words",
     "reference_mean_length": "reference words",
     "top5_share": "top-5 captions' share",
-    "collapsed": "collapsed",
+    "collapsed": "collapsed",  # repetition or runs to the length limit (fashioncap.metrics.health)
+    "template_reuse": "template reuse",
 }
 
 
@@ -194,11 +199,12 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def _html_table(header: list[str], rows: list[list[str]], css_class: str = "") -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    opening = f'<table class="{css_class}">' if css_class else "<table>"
+    return f"{opening}<tr>{head}</tr>{body}</table>"
 
 
 PAIRED_HEADING = "Paired differences (a - b on the same images; 95% bootstrap interval over the images)"
@@ -304,14 +310,17 @@ img.sample { max-width: 160px; }
 img.curves { max-width: 100%; display: block; margin-bottom: 1em; }
 span.ci { color: #666; font-size: 0.85em; }
 span.mark { color: #a40; font-size: 0.85em; }
-td.completions { vertical-align: top; }
+ol.refs { margin: 0; padding-left: 1.4em; }
+ol.refs li + li { border-top: 1px dotted #ccc; }
+table.completions { table-layout: fixed; width: 100%; max-width: 1100px; font-size: 0.85em; }
+table.completions td, table.completions th { overflow-wrap: anywhere; padding: 3px 5px; }
 """
 
 
 def html_score_cell(scores: dict | None, metric: str, marks: list[str]) -> str:
     """A score cell of the page: the score (bold when best or tied), its interval and its marks."""
     value = format_score((scores or {}).get(metric))
-    value = f"<strong>{value}</strong>" if {BEST, TIE} & set(marks) else value
+    value = f"<strong>{value}</strong>" if BEST in marks else value
     interval = format_interval(score_interval(scores, metric))
     extra = "".join(
         f' <span class="{cls}">{html.escape(text)}</span>'
@@ -330,11 +339,13 @@ def render_html(
     notes: list[str] = (),
     base: str | None = None,
     completions: str = "",
+    verdict: Sequence[str] = (),
+    ties: bool = True,
 ) -> str:
     esc = html.escape
     names = list(metrics)
     head = "".join(f"<th>{esc(m)}</th>" for m in HEADLINE_METRICS)
-    marks = score_marks(metrics, HEADLINE_METRICS, base)
+    marks = score_marks(metrics, HEADLINE_METRICS, base, ties)
     score_rows = "".join(
         f"<tr><td>{esc(name)}</td>"
         + "".join(html_score_cell(scores, m, marks[name][m]) for m in HEADLINE_METRICS)
@@ -344,6 +355,9 @@ def render_html(
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>fashioncap report</title><style>{STYLE}</style>",
         "</head><body><h1>fashioncap: run comparison</h1>",
+        '<h2>Verdict</h2><ul class="verdict">'
+        + "".join(f"<li>{esc(line)}</li>" for line in verdict)
+        + "</ul>",
         f"<h2>Scores on the {esc(split)} split</h2><table><tr><th>run</th>{head}</tr>{score_rows}</table>",
         f"<p>{esc(marks_legend(metrics, base))}</p>",
         *(f'<p class="unavailable">{esc(line)}</p>' for line in unavailable_lines(metrics)),
@@ -366,7 +380,7 @@ def render_html(
                 if row["image"]
                 else "(unreadable)"
             )
-            refs = "<br>".join(esc(r) for r in row["references"])
+            refs = '<ol class="refs">' + "".join(f"<li>{esc(r)}</li>" for r in row["references"]) + "</ol>"
             caps = "".join(f'<td class="cap">{esc(row["captions"][n] or "—")}</td>' for n in names)
             parts.append(f'<tr><td>{image}<br>#{row["image_id"]}</td><td class="ref">{refs}</td>{caps}</tr>')
         parts.append("</table>")
@@ -393,11 +407,11 @@ def completions_html(run_dirs: dict[str, Path]) -> str:
         if not tables:
             continue
         shown = [tables[0], tables[-1]] if len(tables) > 1 else tables
-        heads = "".join(
-            f"<th>{'first' if t is shown[0] else 'last'} table (step {t['step']})</th>" for t in shown
-        )
-        cells = "".join(f'<td class="completions">{_html_table(*table_rows(t))}</td>' for t in shown)
-        parts.append(f"<h3>{esc(name)}</h3><table><tr>{heads}</tr><tr>{cells}</tr></table>")
+        parts.append(f"<h3>{esc(name)}</h3>")
+        for table in shown:  # one under the other, each as wide as the window allows: a 1200 px window fits
+            which = "first" if table is shown[0] else "last"
+            parts.append(f"<h4>{which} table (step {table['step']})</h4>")
+            parts.append(_html_table(*table_rows(table), css_class="completions"))
     if not parts:
         return ""
     return (
@@ -424,26 +438,40 @@ def write_report(
     split: str = "test",
     samples: int = 12,
     compare=(),
+    study_path: str | Path | None = None,
 ) -> dict:
     """Write the table, HTML page, curve PNGs and summary.json for `runs` (name -> run dir) into `out_dir`.
 
     Returns {"metrics": {name: metrics of `split` or None}, "table": the comparison, "sections": the caption
     health and paired differences (Markdown), "comparisons": [...], "files": [paths written]}. The pairs
     compared are `DEFAULT_PAIRS` present among the runs, then `compare` ((a, b) run names). The sample images
-    come from `data_dir` (default: the runs' recipe data dir); without one the page has none.
+    come from `data_dir` (default: the runs' recipe data dir); without one the page has none. The verdict
+    ("verdict": its lines) leads both; a study of these runs (`verdict.find_study`, `study_path`) replaces
+    the one-seed ties with its paired verdicts over seeds.
     """
     out_dir = Path(out_dir)
     run_dirs = {name: Path(d) for name, d in runs.items()}
     for run_dir in run_dirs.values():
         if not run_dir.is_dir():
             raise missing_path("run dir", run_dir)
+        if rundir.run_config(run_dir) is None and not rundir.evaluated_splits(run_dir):
+            raise MissingPathError(
+                f"{run_dir} is not a run: it has neither {rundir.RUN_CONFIG} (from `fashioncap train`) nor "
+                f"{rundir.EVAL_DIR}/<split>/{rundir.METRICS} (from `fashioncap eval`)"
+            )
     metrics = {name: rundir.eval_metrics(d, split) for name, d in run_dirs.items()}
     predictions = {name: rundir.eval_predictions(d, split) for name, d in run_dirs.items()}
     base = base_run(run_dirs)
+    study = find_study(run_dirs, split, study_path)
     table = comparison_table(
-        metrics, split, {name: rundir.evaluated_splits(d) for name, d in run_dirs.items()}, base
+        metrics,
+        split,
+        {name: rundir.evaluated_splits(d) for name, d in run_dirs.items()},
+        base,
+        study is None,
     )
     comparisons, notes = paired_comparisons(run_dirs, comparison_pairs(run_dirs, compare), split)
+    verdict = verdict_lines(metrics, comparisons, study)
     sections = paired_and_health_markdown(metrics, comparisons, notes)
     data_dir = Path(data_dir) if data_dir else _data_dir_of(run_dirs)
     rows = sample_rows(data_dir, split, predictions, samples) if data_dir else []
@@ -455,9 +483,18 @@ def write_report(
             files.append(out_dir / "curves" / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".png"))
             write_bytes_atomic(files[-1], curves[name])
     outputs = {
-        "comparison.md": f"# Scores on the {split} split\n\n" + table + sections,
+        "comparison.md": f"# Scores on the {split} split\n\n" + verdict_markdown(verdict) + table + sections,
         "report.html": render_html(
-            metrics, rows, curves, split, comparisons, notes, base, completions_html(run_dirs)
+            metrics,
+            rows,
+            curves,
+            split,
+            comparisons,
+            notes,
+            base,
+            completions_html(run_dirs),
+            verdict,
+            study is None,
         ),
     }
     for file_name, text in outputs.items():
@@ -467,6 +504,7 @@ def write_report(
     files.append(out_dir / "summary.json")
     return {
         "metrics": metrics,
+        "verdict": verdict,
         "table": table,
         "sections": sections,
         "comparisons": comparisons,

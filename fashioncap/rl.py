@@ -1,5 +1,6 @@
 """The learning signal of the RL term, as pure tensor functions: baselines, advantages and their scaling,
-completion masks, token log-probabilities, the REINFORCE loss and the KL penalty.
+completion masks, token log-probabilities and their normalisation (`loss_type`), the REINFORCE loss and the KL
+penalty.
 
 `fashioncap.trainer.FashionCapTrainer` orchestrates (rollout, rewards, logging, the distributed plumbing) and
 calls these; they know nothing of models, families or the Trainer. docs/design.md, "REINFORCE", says why each
@@ -44,10 +45,33 @@ def reinforce_loss(
     return -(advantages * logprobs.reshape(-1)).mean()
 
 
-def truncated_samples(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """True for each sampled caption that reached the length limit without its [SEP]: its reward scores a
-    caption cut short, not one the policy finished."""
-    return ~(sequences[:, 1:] == eos_token_id).any(dim=1)
+def normalised_logprobs(
+    token_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str,
+    max_tokens: int,
+    mean_tokens: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Each sample's log p(Y') divided as `loss_type` says, so that `reinforce_loss`'s mean over the N samples
+    gives TRL's normalisation of the policy-gradient term (the normalisation is part of the RL dose):
+      sequence_sum: sum_t log p (the per-sample sum: the gradient per token grows with the caption's length);
+      grpo: sum_t log p / T_i (each sample's token mean, then the mean over samples);
+      dapo: sum_t log p / mean_i T_i (one token mean over all the samples' tokens; `mean_tokens` is the mean
+        length over every rank's samples, the local mean when None);
+      dr_grpo: sum_t log p / max_tokens (a constant: TRL divides the batch's sum by N x max_completion_length).
+    `token_logprobs` and `mask` are (N, T-1) over tokens 1..T (the [SEP] counts as a token)."""
+    lengths = mask.sum(dim=1).to(token_logprobs.dtype)
+    sums = token_logprobs.sum(dim=1)
+    if loss_type == "sequence_sum":
+        return sums
+    if loss_type == "grpo":
+        return sums / lengths.clamp(min=1)
+    if loss_type == "dapo":
+        mean = lengths.mean() if mean_tokens is None else mean_tokens
+        return sums / torch.as_tensor(mean, dtype=sums.dtype).clamp(min=1)
+    if loss_type == "dr_grpo":
+        return sums / max_tokens
+    raise ValueError(f"unknown loss_type {loss_type!r}")
 
 
 def tied_groups(rewards: torch.Tensor, group: int) -> torch.Tensor:

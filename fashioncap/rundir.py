@@ -3,7 +3,8 @@
 RUN/fashioncap_config.json   the resolved recipe (model, data, reward, generation, training sections), family
 RUN/all_results.json         {"train": ..., "test": ..., "scored_checkpoint": "final (step N)"}
 RUN/trainer_state.json       the log history (training curves)
-RUN/adapter_*.safetensors    the LoRA adapter (or the model of a full fine-tune) and the processor files
+RUN/adapter_*.safetensors    the LoRA adapter (or the model of a full fine-tune) and the processor files;
+                             adapter_config.json names a local base relative to RUN (`store_base_relative`)
 RUN/README.md                the model card
 RUN/eval/<split>/            predictions.json, metrics.json, metrics.md, per_image.json from `fashioncap eval`
                              (a run evaluated before evals were per split has them in RUN/eval/: its test split)
@@ -12,16 +13,17 @@ RUN/eval/<split>/            predictions.json, metrics.json, metrics.md, per_ima
 from __future__ import annotations
 
 import json
+import os
 import re
 from importlib import metadata
 from pathlib import Path
 
 from fashioncap import __version__
+from fashioncap.io_utils import write_json_atomic
 
 RUN_CONFIG = "fashioncap_config.json"
-FAMILY = (
-    "family"  # RUN_CONFIG's key for the model family; a run saved without one is BLIP (the only one then)
-)
+FAMILY = "family"  # RUN_CONFIG's key for the model family; a run saved without one is BLIP
+ADAPTER_CONFIG = "adapter_config.json"
 RESULTS = "all_results.json"
 TRAINER_STATE = "trainer_state.json"
 EVAL_DIR = "eval"
@@ -119,3 +121,39 @@ def reported_scores(run_dir: str | Path, split: str = DEFAULT_SPLIT) -> dict | N
     scored_split = ((run_config(run_dir) or {}).get("data") or {}).get("test_split", DEFAULT_SPLIT)
     at_training = (read_json(Path(run_dir) / RESULTS) or {}).get("test")
     return {**at_training, "split": split} if at_training is not None and scored_split == split else None
+
+
+def resolve_base(run_dir: str | Path, base: str | None) -> str | None:
+    """Where the base model an adapter at `run_dir` names lies, so a run loads from any working directory and
+    after its outputs/ tree is moved: an absolute path as it is; a relative one against the run dir (how `train`
+    stores it), else, for a run trained before that, against the working directory and then each folder above
+    the run (training stored it relative to where it ran). A Hub id, or a base found nowhere, is returned as
+    named (a missing one stored relative to the run is named from the run, for the error)."""
+    if not base or Path(base).is_absolute():
+        return base
+    run = Path(run_dir).resolve()
+    for root in (run, Path.cwd(), *run.parents):
+        if (root / base).exists():
+            return str((root / base).resolve())
+    return str(run / base) if Path(base).parts[0] == ".." else base
+
+
+def adapter_base(run_dir: str | Path) -> str | None:
+    """The base model of the adapter at `run_dir`, resolved (`resolve_base`): None for a dir that holds no
+    adapter, "" for an adapter that names none (trained on a model built in memory)."""
+    config = read_json(Path(run_dir) / ADAPTER_CONFIG)
+    if config is None:
+        return None
+    return resolve_base(run_dir, config.get("base_model_name_or_path")) or ""
+
+
+def store_base_relative(run_dir: str | Path) -> None:
+    """Rewrite the adapter's local base as a path relative to `run_dir`, so that the run keeps finding it from
+    any working directory and when the tree holding both is moved or copied (a Hub id stays as it is)."""
+    path = Path(run_dir) / ADAPTER_CONFIG
+    config = read_json(path)
+    base = resolve_base(run_dir, (config or {}).get("base_model_name_or_path"))
+    if not base or not Path(base).exists():
+        return
+    relative = os.path.relpath(base, Path(run_dir).resolve())
+    write_json_atomic(path, {**config, "base_model_name_or_path": relative})

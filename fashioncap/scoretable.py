@@ -93,13 +93,15 @@ def below_base(rows: Mapping[str, Mapping | None], metric: str, base: str | None
 
 
 def score_marks(
-    rows: Mapping[str, Mapping | None], metrics: Sequence[str], base: str | None
+    rows: Mapping[str, Mapping | None], metrics: Sequence[str], base: str | None, ties: bool = True
 ) -> dict[str, dict[str, list[str]]]:
-    """name -> metric -> its marks (BEST or TIE first, then BELOW_BASE)."""
+    """name -> metric -> its marks (BEST or TIE first, then BELOW_BASE); `ties` false leaves TIE out (a study
+    over seeds says what one seed's ties cannot)."""
     marks: dict[str, dict[str, list[str]]] = {name: {m: [] for m in metrics} for name in rows}
     for metric in metrics:
         for name, mark in top_marks(rows, metric).items():
-            marks[name][metric].append(mark)
+            if ties or mark != TIE:
+                marks[name][metric].append(mark)
         for name in below_base(rows, metric, base):
             marks[name][metric].append(BELOW_BASE)
     return marks
@@ -110,15 +112,19 @@ def format_interval(interval: tuple[float, float] | None) -> str:
 
 
 def marked_score_table(
-    rows: Mapping[str, Mapping | None], metrics: Sequence[str] = HEADLINE_METRICS, base: str | None = None
+    rows: Mapping[str, Mapping | None],
+    metrics: Sequence[str] = HEADLINE_METRICS,
+    base: str | None = None,
+    ties: bool = True,
 ) -> str:
-    """`score_table` with each score's 95% interval and its marks; the best (or tied) scores in bold."""
-    marks = score_marks(rows, metrics, base)
+    """`score_table` with each score's 95% interval and its marks; bold only for a best whose interval clears
+    every other run's (a tie is no winner)."""
+    marks = score_marks(rows, metrics, base, ties)
 
     def cell(name: str, metric: str) -> str:
         scores, own = rows[name], marks[name][metric]
         value = format_score((scores or {}).get(metric))
-        value = f"**{value}**" if {BEST, TIE} & set(own) else value
+        value = f"**{value}**" if BEST in own else value
         return " ".join(
             part for part in (value, format_interval(score_interval(scores, metric)), ", ".join(own)) if part
         )
@@ -130,12 +136,12 @@ def marks_legend(rows: Mapping[str, Mapping | None], base: str | None) -> str:
     """What the cells of `marked_score_table` say, in one paragraph."""
     if any(score_interval(scores, m) for scores in rows.values() for m in HEADLINE_METRICS):
         parts = [
-            "Each cell: the score [its 95% bootstrap interval over the images]; bold: at the top of its metric.",
+            "Each cell: the score [its 95% bootstrap interval over the images]; bold: a best.",
             f"{BEST}: the highest score, its interval clear of every other run's;",
             f"{TIE}: the highest score and the runs whose intervals overlap it: which is higher is not settled.",
         ]
     else:
-        parts = [f"Bold: at the top of its metric. {BEST}: the highest score; {TIE}: equal highest scores."]
+        parts = [f"Bold: a best. {BEST}: the highest score; {TIE}: equal highest scores."]
     if base:
         parts.append(f"{BELOW_BASE}: lower than {base}, the model the other runs were trained from.")
     return " ".join(parts)

@@ -5,14 +5,16 @@ evaluates each on the test split (`--split val` to choose settings without looki
 - per trial and metric: the mean over seeds, the standard deviation (n - 1) and a 95% t-interval of the mean;
 - per pair (each RL trial against its MLE twin, as `report` pairs them, and pairs asked for): the mean over
   seeds of the difference a - b with, as the headline, a 95% t-interval over the per-seed differences, and,
-  second, a 95% bootstrap interval over the test images (`paired_seed_differences`). Seed k of a is paired with
-  seed k of b (the same data order and initialisation), and both are scored on the same images. Each seed's
-  difference is that of the two runs' reported scores, computed from per-image scores or statistics as
-  `metrics.STATISTICS` says (corpus BLEU-4 and METEOR from summed statistics, means of the others).
+  second, a 95% bootstrap interval over the test images (`paired_seed_differences`). a's run with seed s is
+  paired with b's run with seed s (the same data order and initialisation), both scored on the same images.
+  Each seed's difference is that of the two runs' reported scores, computed from per-image scores or
+  statistics as `metrics.STATISTICS` says (corpus BLEU-4 and METEOR from summed statistics, means of the
+  others).
 
 Resumable: a seed run that finished (all_results.json) with its recipe, data and base unchanged is reused, and
-so is its evaluation when it is newer than the training. On one machine with the same thread count every run
-repeats exactly; another machine (other CPU kernels) gives other runs: that spread is what the seeds measure.
+so is its evaluation when it is of the same data dir and newer than the training. On one machine with the
+same thread count every run repeats exactly; another machine (other CPU kernels) gives other runs: that
+spread is what the seeds measure.
 """
 
 from __future__ import annotations
@@ -59,16 +61,19 @@ def seed_run_dir(out_dir: Path, trial: str, seed: int) -> Path:
     return Path(out_dir) / trial / f"seed{seed}"
 
 
-def _eval_is_current(run_dir: Path, split: str) -> bool:
-    """The run's eval of `split` has per-image scores (METEOR's as the statistics its corpus score sums, unless
-    METEOR could not run: an older eval kept per-caption scores) and is newer than its training."""
+def _eval_is_current(run_dir: Path, split: str, data_dir: str | Path) -> bool:
+    """The run's eval of `split` is of `data_dir` (other data sets number images 1..N too), has per-image
+    scores (METEOR's as the statistics its corpus score sums, unless METEOR could not run: an older eval kept
+    per-caption scores) and is newer than its training."""
     metrics = rundir.default_eval_dir(str(run_dir), split) / rundir.METRICS
     per_image = rundir.eval_per_image(run_dir, split)
+    if per_image is None or not metrics.is_file():
+        return False
+    scores = rundir.eval_metrics(run_dir, split)
     return (
-        per_image is not None
-        and metrics.is_file()
+        Path(scores.get("data_dir") or "").resolve() == Path(data_dir).resolve()
         and metrics.stat().st_mtime_ns > (run_dir / rundir.RESULTS).stat().st_mtime_ns
-        and ("METEOR" in per_image or rundir.eval_metrics(run_dir, split).get("METEOR") is None)
+        and ("METEOR" in per_image or scores.get("METEOR") is None)
     )
 
 
@@ -119,7 +124,7 @@ def run_study(
             run_dir = identical_finished_run(
                 config, [run_dir, same_run_elsewhere], data_dir
             ) or train_unless_current(f"{trial} seed {seed}", config, recipe, data_dir)
-            if not _eval_is_current(run_dir, split):
+            if not _eval_is_current(run_dir, split, data_dir):
                 print(f"\n== evaluating {trial} seed {seed} on the {split} split ==", flush=True)
                 evaluate_run(
                     str(run_dir), data_dir, split, batch_size=config.training.per_device_eval_batch_size
@@ -215,10 +220,24 @@ def paired_seed_differences(
     }
 
 
+def paired_by_seed(results: Mapping[str, Sequence[dict]], a: str, b: str) -> tuple[list[dict], list[dict]]:
+    """The seed runs of trials a and b matched by seed (the same data order and initialisation), in a's order;
+    trials with different seeds cannot be paired: an error naming both and their seeds."""
+    b_by_seed = {r["seed"]: r for r in results[b]}
+    a_seeds = [r["seed"] for r in results[a]]
+    if sorted(a_seeds) != sorted(b_by_seed) or len(b_by_seed) != len(results[b]):
+        raise ConfigError(
+            f"cannot pair {a} (seeds {', '.join(map(str, a_seeds))}) with {b} (seeds "
+            f"{', '.join(str(r['seed']) for r in results[b])}): compare trials run with the same seeds"
+        )
+    return list(results[a]), [b_by_seed[seed] for seed in a_seeds]
+
+
 def summarize(
     results: Mapping[str, Sequence[dict]], pairs: Sequence[tuple[str, str]], split: str = "test"
 ) -> dict:
-    """study.json from each trial's seed runs ({"seed", "run_dir", "metrics", "per_image"}, in seed order)."""
+    """study.json from each trial's seed runs ({"seed", "run_dir", "metrics", "per_image"}); each pair's runs
+    are matched by seed (`paired_by_seed`)."""
     runs = {}
     for trial, seed_runs in results.items():
         metrics = {
@@ -234,11 +253,12 @@ def summarize(
         }
     comparisons = []
     for a, b in pairs:
+        a_runs, b_runs = paired_by_seed(results, a, b)
         for metric in HEADLINE_METRICS:
-            if all(metric in r["per_image"] for r in [*results[a], *results[b]]):
+            if all(metric in r["per_image"] for r in [*a_runs, *b_runs]):
                 paired = paired_seed_differences(
-                    [r["per_image"][metric] for r in results[a]],
-                    [r["per_image"][metric] for r in results[b]],
+                    [r["per_image"][metric] for r in a_runs],
+                    [r["per_image"][metric] for r in b_runs],
                     STATISTICS[metric],
                 )
                 comparisons.append({"a": a, "b": b, "metric": metric, **paired})

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 
 _NON_WORD = re.compile(r"[\W_]+")
 _SPACED_HYPHEN = re.compile(r"(?<=\w) - (?=\w)")
+_COMPOUND = re.compile(r"[^\W_]+(?:-[^\W_]+)*")
 
 
 def normalize_text(text: str) -> str:
@@ -21,6 +22,12 @@ def normalize_text(text: str) -> str:
 def caption_vocabulary(captions: Iterable[str]) -> list[str]:
     """Sorted unique words: deterministic across processes, unlike WordPiece training (a tiny model's vocabulary)."""
     return sorted({w for c in captions for w in normalize_text(c).split()})
+
+
+def compound_words(text: str) -> list[tuple[str, ...]]:
+    """`normalize_text`'s words grouped by hyphenated compound: 'Boot-cut jeans' -> [('boot', 'cut'),
+    ('jeans',)] (a compound spelt as BLIP decodes it, 'boot - cut', too)."""
+    return [tuple(m.group().split("-")) for m in _COMPOUND.finditer(join_spaced_hyphens(text.lower()))]
 
 
 def join_spaced_hyphens(text: str) -> str:

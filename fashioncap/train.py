@@ -40,6 +40,7 @@ from fashioncap.models import (
 )
 from fashioncap.models.lora import apply_lora, continue_from_run
 from fashioncap.models.source import check_hub_model, is_hub_id
+from fashioncap.ranks import agreed_by_any_rank
 from fashioncap.rewards import reward_name
 from fashioncap.text import caption_vocabulary, decode_captions
 from fashioncap.trainer import FashionCapTrainer, build_trainer
@@ -75,15 +76,6 @@ class PreemptionCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
-
-
-def agreed_by_any_rank(flag: bool, device) -> bool:
-    """True on every rank when `flag` is true on at least one (one tiny all-reduce; just `flag` alone)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
 
 
 class SelectAfterRLStart(TrainerCallback):
@@ -271,7 +263,8 @@ def make_compute_metrics(processor, references, category_wordmap):
 
 
 def fit(trainer: FashionCapTrainer, training) -> dict:
-    """Train (resuming when asked); a SIGTERM saves a checkpoint and exits 143 so a scheduler can requeue."""
+    """Train (resuming when asked); a SIGTERM saves a checkpoint and exits 143 so a scheduler can requeue; a
+    collapse under `collapse_guard: stop` saved a checkpoint and ends the run with a CollapseError."""
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(training))
@@ -280,6 +273,8 @@ def fit(trainer: FashionCapTrainer, training) -> dict:
             "stopped by SIGTERM at step %d; resume with --resume_from_checkpoint", trainer.state.global_step
         )
         sys.exit(143)
+    if trainer.collapse_guard.stopped:
+        raise trainer.collapse_guard.error(training.output_dir)
     return result.metrics
 
 
@@ -299,6 +294,7 @@ def save_run(trainer: FashionCapTrainer, config: RecipeConfig) -> Path:
     trainer.save_model(str(output_dir))
     trainer.save_state()  # trainer_state.json: the log history the report's training curves read
     if trainer.is_world_process_zero():
+        rundir.store_base_relative(output_dir)  # the run then works from any directory, and when moved
         family = family_of(trainer.model).NAME
         write_json_atomic(output_dir / rundir.RUN_CONFIG, {**config.to_dict(), rundir.FAMILY: family})
     return output_dir

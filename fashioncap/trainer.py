@@ -2,12 +2,13 @@
 
 One training step (docs/design.md, "The training step"):
   1. encode the images once (with gradient: trials 3/4 train vision LoRA);
-  2. sample H captions per image from the detached image embeddings (no gradient, dropout off), each image's
-     cross-attention K/V computed once and shared by its samples and its greedy baseline (fashioncap.decoding);
+  2. sample H captions per image (no gradient, dropout off), each image's cross-attention K/V projected once,
+     without dropout, and shared by its samples, its greedy baseline and their log-prob pass (fashioncap.decoding);
   3. score them with the reward functions, subtract the baseline (optionally scale each image's advantages);
-  4. the decoder over the reference captions (MLE) and, with dropout off as when they were drawn, over the
-     samples (their log-probabilities under the sampling temperature): each image's K/V computed once per pass;
-  5. loss = w_mle * L_mle + w_rl * L_rl (+ w_kl * KL to the base policy), L_rl = -mean_ij A_ij * log p(Y'_ij).
+  4. the decoder over the reference captions (MLE, its own K/V with dropout) and, with dropout off as when they
+     were drawn, over the samples (their log-probabilities under the sampling temperature);
+  5. loss = w_mle * L_mle + w_rl * L_rl (+ w_kl * KL to the base policy), L_rl = -mean_ij A_ij * log p(Y'_ij),
+     log p normalised as `loss_type` says (`normalised_logprobs`).
 
 Steps 1-5 run inside ONE forward call of the wrapped model: DDP and DeepSpeed arm their gradient hooks in
 forward, so calling submodules directly would silently skip the gradient all-reduce.
@@ -23,31 +24,35 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 from accelerate.utils import gather_object
-from transformers import Seq2SeqTrainer
+from transformers import Seq2SeqTrainer, TrainerCallback
 
+from fashioncap.collapse_guard import CollapseGuard, rollout_health
 from fashioncap.completions import completions_table, write_completions
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.collator import IGNORE_INDEX, MODEL_INPUTS, CaptionCollator
 from fashioncap.decoding import (
+    ImageMemory,
     decode,
     decoder_logits,
     dropout_disabled,
     encode_images,
     image_memory,
     text_decoder,
+    truncated_samples,
 )
 from fashioncap.rewards import get_reward_funcs, prepare_rewards
 from fashioncap.rl import (
     completion_mask,
     compute_baseline,
+    normalised_logprobs,
     reinforce_loss,
     scale_by_group_rms,
     tied_groups,
     token_kl,
     token_logprobs,
-    truncated_samples,
 )
 from fashioncap.text import decode_captions
+from fashioncap.zero3 import gathered_without_hooks
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +78,17 @@ def eval_mode(module: torch.nn.Module):
         module.train(was_training)
 
 
+class SkipFlagReset(TrainerCallback):
+    """Clears the trainer's skip-the-optimizer-step flag once the step is over (after every parameter group's
+    step() call, however many the optimizer wrapper makes), so the next step runs."""
+
+    def __init__(self, trainer: FashionCapTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._skip_optimizer_step = False
+
+
 class FashionCapTrainer(Seq2SeqTrainer):
     # compute_loss normalises MLE by the token count of the whole accumulated, all-rank batch and divides the RL
     # term by the accumulation steps itself, so the Trainer must not divide again.
@@ -96,6 +112,10 @@ class FashionCapTrainer(Seq2SeqTrainer):
         self._nonfinite_in_a_row = 0
         self._skip_optimizer_step = False
         self._completions_step: int | None = None
+        self._rollout_greedy: torch.Tensor | None = None
+        self.collapse_guard = CollapseGuard(self.args.collapse_guard)
+        self.add_callback(self.collapse_guard)
+        self.add_callback(SkipFlagReset(self))
 
     # --- plumbing ---
 
@@ -114,15 +134,23 @@ class FashionCapTrainer(Seq2SeqTrainer):
         that already writes the captions' style (every rank sees the same global step, so all agree)."""
         return self.state.global_step >= self.args.rl_start * self.state.max_steps
 
-    @property
-    def _cuda_graphs(self) -> bool | None:
-        """None lets `decode` capture CUDA graphs where it can (CUDA, not `synced_gpus`: under ZeRO-3 the
-        parameter-gathering hooks must run at every step, which a graph replay would skip); False never."""
-        return None if self.args.cuda_graphs else False
-
     def _is_zero3(self) -> bool:
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         return plugin is not None and plugin.zero_stage == 3
+
+    def _decoder_gathered(self, captioner):
+        """Under ZeRO-3 (with `zero3_gathered_decoding`): the decoder's weights gathered once for the block and
+        DeepSpeed's per-module hooks lifted (fashioncap.zero3); elsewhere nothing."""
+        gathered = self._is_zero3() and self.args.zero3_gathered_decoding
+        return gathered_without_hooks(text_decoder(captioner).module, enabled=gathered)
+
+    @property
+    def _decode_kwargs(self) -> dict:
+        """`synced_gpus` where DeepSpeed's hooks gather weights at every decoding step (ZeRO-3 without the gathered
+        decoder: every rank must take every step, and a CUDA graph replay would skip the hooks); `cuda_graphs`
+        None lets `decode` capture graphs where it can (CUDA, not synced), False never."""
+        synced = self._is_zero3() and not self.args.zero3_gathered_decoding
+        return dict(synced_gpus=synced, cuda_graphs=None if self.args.cuda_graphs else False)
 
     def _decode(self, sequences: torch.Tensor) -> list[str]:
         return decode_captions(self.processing_class, sequences)
@@ -143,27 +171,28 @@ class FashionCapTrainer(Seq2SeqTrainer):
         return sum(w * rewards[name] for name, w in zip(self.reward_funcs, self.args.weights, strict=True))
 
     @torch.no_grad()
-    def rollout(self, captioner, image_embeds: torch.Tensor, columns: dict):
+    def rollout(
+        self, captioner, image_embeds: torch.Tensor, columns: dict, memory: ImageMemory | None = None
+    ):
         """H sampled captions per image and their rewards; the baseline (and, for `greedy`, its captions).
+        `memory`: the images' cross-attention K/V without dropout when the caller has them (else projected here).
 
-        Under ZeRO-3 each decoding step gathers the decoder's partitioned weights through DeepSpeed's module
-        hooks, a collective: every decode runs `synced_gpus` (all ranks take all max_sample_tokens steps, though
-        one rank's samples end sooner) and never as a CUDA graph."""
+        Under ZeRO-3 the decoder's partitioned weights are gathered once for the samples and the greedy baseline
+        together (`_decoder_gathered`); with `zero3_gathered_decoding: false` each decoding step gathers them
+        through DeepSpeed's module hooks instead, a collective, so every decode runs `synced_gpus`."""
         args = self.args
         h = args.num_samples
         repeated = {k: _repeat_each(v, h) for k, v in columns.items()}
-        decoding = dict(
-            max_new_tokens=args.max_sample_tokens, synced_gpus=self._is_zero3(), cuda_graphs=self._cuda_graphs
-        )
-        with eval_mode(captioner):
-            memory = image_memory(
-                captioner, image_embeds
-            )  # each image's cross-attention K/V, for its samples
+        decoding = dict(max_new_tokens=args.max_sample_tokens, **self._decode_kwargs)
+        with eval_mode(captioner), self._decoder_gathered(captioner):
+            if memory is None:  # each image's cross-attention K/V, for all its samples
+                memory = image_memory(captioner, image_embeds)
             samples = decode(
                 captioner, memory, do_sample=True, num_return_sequences=h, temperature=args.sample_temperature,
                 top_k=args.sample_top_k, **decoding,
             )  # fmt: skip
             greedy = decode(captioner, memory, **decoding) if args.baseline == "greedy" else None
+        self._rollout_greedy = greedy  # the collapse guard's greedy captions, when the baseline drew them
         rewards = self.score(self._decode(samples), repeated)
         total = self._total_reward(rewards).to(image_embeds.device)
         greedy_total = (
@@ -216,8 +245,8 @@ class FashionCapTrainer(Seq2SeqTrainer):
         unguarded = optimizer.step
 
         def step(*step_args, **step_kwargs):
+            # Not cleared here: DeepSpeed calls step() once per parameter group; `SkipFlagReset` clears it.
             if self._skip_optimizer_step:
-                self._skip_optimizer_step = False
                 return None
             return unguarded(*step_args, **step_kwargs)
 
@@ -264,14 +293,23 @@ class FashionCapTrainer(Seq2SeqTrainer):
         if not (self._uses_rl and captioner.training and self._rl_started):
             return {"loss": loss}
 
-        samples, rewards, total, baseline = self.rollout(captioner, image_embeds.detach(), columns)
+        # Each image's cross-attention K/V without dropout, projected once: detached they draw the samples (the
+        # values eval mode gives), with gradient they score them.
+        with dropout_disabled(text_decoder(captioner).module):
+            memory = image_memory(captioner, image_embeds)
+        samples, rewards, total, baseline = self.rollout(
+            captioner, image_embeds.detach(), columns, memory.detach()
+        )
         sep = text_decoder(captioner).eos_token_id
         sample_mask = completion_mask(samples, sep)
         truncated = truncated_samples(samples, sep)
         # scored by the policy that drew them: no dropout (and none in gradient checkpointing's recomputation)
-        sample_logits = decoder_logits(captioner, samples, sample_mask, image_embeds, dropout=False)
+        sample_logits = decoder_logits(captioner, samples, sample_mask, memory, dropout=False)
         sample_token_logprobs = token_logprobs(sample_logits, samples, sample_mask, args.sample_temperature)
-        logprobs = sample_token_logprobs.sum(dim=1)
+        logprobs = normalised_logprobs(
+            sample_token_logprobs, sample_mask[:, 1:], args.loss_type, args.max_sample_tokens,
+            self._mean_sample_tokens(sample_mask) if args.loss_type == "dapo" else None,
+        )  # fmt: skip
         mean_reward = total.mean()  # before any scaling: what the rewards say
         tied = tied_groups(total, args.num_samples)
         if args.scale_rewards == "group":
@@ -279,7 +317,10 @@ class FashionCapTrainer(Seq2SeqTrainer):
         rl_scale = 1.0 if num_items_in_batch is None else 1.0 / self.current_gradient_accumulation_steps
         keep = ~truncated if args.mask_truncated_completions else None
         rl_loss = reinforce_loss(logprobs, total, baseline, keep)
-        self._log_completions(samples, rewards, total, baseline, columns)
+        collapsing = self.collapse_guard.active and self._check_collapse(
+            captioner, image_embeds, samples, truncated
+        )
+        self._log_completions(samples, rewards, total, baseline, columns, keep, force=collapsing)
         loss = loss + args.rl_weight * rl_loss * rl_scale
         if args.kl_weight:
             kl = self._kl_to_base(model, captioner, pixel_values, samples, sample_mask, sample_token_logprobs)
@@ -293,6 +334,16 @@ class FashionCapTrainer(Seq2SeqTrainer):
         self._log_metric("completions/truncated_share", truncated.float().mean())
         self._log_metric("rl/tied_groups", tied.float().mean())
         return {"loss": loss}
+
+    def _mean_sample_tokens(self, sample_mask: torch.Tensor) -> torch.Tensor:
+        """The mean sampled-caption length over every rank's samples of this micro-batch (`dapo`'s token mean is
+        over the whole batch; DDP then averages the ranks' gradients, equal sample counts on each)."""
+        counts = torch.stack([sample_mask[:, 1:].sum(), torch.tensor(sample_mask.size(0))]).to(
+            sample_mask.device
+        )
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return counts[0].float() / counts[1].float()
 
     def _kl_to_base(
         self, model, captioner, pixel_values, samples, sample_mask, policy_logprobs
@@ -309,18 +360,53 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     # --- logging ---
 
-    def _log_completions(self, samples, rewards, total, baseline, columns) -> None:
-        """Every `log_completions_steps` RL steps (the first included), a table of the main process's sampled
-        captions to RUN/completions.jsonl and the trackers (fashioncap.completions)."""
+    def _check_collapse(self, captioner, image_embeds, samples, truncated) -> bool:
+        """Log the sampled and the greedy captions' health (the greedy baseline's captions, else decoded here);
+        True when the guard finds the greedy ones (what evaluation shows) collapsing for the first time
+        (fashioncap.collapse_guard)."""
+        greedy, self._rollout_greedy = self._rollout_greedy, None
+        if greedy is None:
+            with torch.no_grad(), eval_mode(captioner), self._decoder_gathered(captioner):
+                greedy = decode(
+                    captioner,
+                    image_embeds.detach(),
+                    max_new_tokens=self.args.max_sample_tokens,
+                    **self._decode_kwargs,
+                )
+        greedy_captions = self._decode(greedy)
+        greedy_cut = truncated_samples(greedy, text_decoder(captioner).eos_token_id).tolist()
+        health = {
+            "sampled": rollout_health(self._decode(samples), truncated.tolist()),
+            "greedy": rollout_health(greedy_captions, greedy_cut),
+        }
+        for kind, figures in health.items():
+            for name, value in figures.items():
+                self._log_metric(f"health/{kind}_{name}", value)
+        return self.collapse_guard.check(self.state.global_step, health["greedy"], greedy_captions[0])
+
+    def _log_completions(
+        self, samples, rewards, total, baseline, columns, keep=None, force: bool = False
+    ) -> None:
+        """Every `log_completions_steps` RL steps (the first included), and at the step the collapse guard
+        fires (`force`), a table of the main process's sampled captions to RUN/completions.jsonl and the
+        trackers (fashioncap.completions)."""
         step, every, last = self.state.global_step, self.args.log_completions_steps, self._completions_step
-        if not every or not self.is_world_process_zero() or (last is not None and step - last < every):
+        due = force or last is None or step - last >= every
+        if not every or not self.is_world_process_zero() or not due:
             return
         self._completions_step = step
         tensorboard = next(
             (c.tb_writer for c in self.callback_handler.callbacks if getattr(c, "tb_writer", None)), None
         )
         table = completions_table(
-            step, columns["image_id"], columns["caption"], self._decode(samples), rewards, total, baseline
+            step,
+            columns["image_id"],
+            columns["caption"],
+            self._decode(samples),
+            rewards,
+            total,
+            baseline,
+            keep,
         )
         write_completions(self.args.output_dir, table, tensorboard, "trackio" in self.args.report_to)
 
@@ -359,10 +445,10 @@ class FashionCapTrainer(Seq2SeqTrainer):
         captioner = self._captioner(model)
         with torch.no_grad(), eval_mode(captioner):
             image_embeds = encode_images(captioner, inputs["pixel_values"])
-            generated = decode(
-                captioner, image_embeds, synced_gpus=self._is_zero3(), cuda_graphs=self._cuda_graphs,
-                **self.args.generate_kwargs(),
-            )  # fmt: skip
+            with self._decoder_gathered(captioner):
+                generated = decode(
+                    captioner, image_embeds, **self._decode_kwargs, **self.args.generate_kwargs()
+                )
         return None, generated, image_ids
 
 
@@ -386,13 +472,15 @@ def build_trainer(
     **kwargs,
 ) -> FashionCapTrainer:
     """The trainer with its collator (caption tokens up to `max_length`, optional augmentation seeded by the
-    run), its rewards prepared on the training split (`rewards.prepare_rewards`)."""
+    run's seed and rank), its rewards prepared on the training split (`rewards.prepare_rewards`)."""
     trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=CaptionCollator(processor, max_length=max_length, augment=augment, seed=args.seed),
+        data_collator=CaptionCollator(
+            processor, max_length=max_length, augment=augment, seed=args.seed, rank=args.process_index
+        ),
         processing_class=processor,
         category_wordmap=category_wordmap,
         **kwargs,

@@ -20,6 +20,7 @@ import os
 import random
 import signal
 import sys
+import time
 from pathlib import Path
 
 import deepspeed
@@ -75,11 +76,15 @@ def build_dataset() -> Dataset:
     )
 
 
-def build_model():
-    """Tiny BLIP + LoRA on decoder and vision, with lora_B made non-zero so the gradient reaches lora_A too."""
+def build_model(second_group: bool = False):
+    """Tiny BLIP + LoRA on decoder and vision, with lora_B made non-zero so the gradient reaches lora_A too.
+    `second_group`: the decoder's embedding LayerNorm trained too, which the Trainer puts in a second optimizer
+    parameter group (no weight decay)."""
     model, processor = build_tiny(caption_vocabulary(CAPTIONS), seed=SEED)
     target = lora_target_regex("decoder+vision", model.config.vision_config.num_hidden_layers, 2)
     model = apply_lora(model, target, r=4, alpha=8, dropout=0.0)
+    if second_group:
+        model.get_base_model().text_decoder.bert.embeddings.LayerNorm.requires_grad_(True)
     generator = torch.Generator().manual_seed(SEED)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -114,7 +119,7 @@ class FixedRolloutTrainer(FashionCapTrainer):
     """The real trainer, with sampling replaced by `fixed_rollout` so runs differ only in how work is split."""
 
     @torch.no_grad()
-    def rollout(self, blip, image_embeds, columns):
+    def rollout(self, blip, image_embeds, columns, memory=None):
         text = blip.config.text_config
         samples, rewards, total, baseline = fixed_rollout(columns["caption"], text, self.args)
         return samples.to(image_embeds.device), rewards, total.to(image_embeds.device), baseline
@@ -126,7 +131,7 @@ class ForcedLengthTrainer(FashionCapTrainer):
     in CAPTIONS). The rollout is then deterministic (a 2-rank run equals one process) and a rank's samples end
     at the length of its longest image: the two ranks' decode loops stop at different steps unless synced."""
 
-    def rollout(self, blip, image_embeds, columns):
+    def rollout(self, blip, image_embeds, columns, memory=None):
         decoder = blip.text_decoder
         plan = [CAPTIONS.index(c) for c in columns["caption"]]
         h, sep, first_word = self.args.num_samples, decoder.config.sep_token_id, len(SPECIAL_TOKENS)
@@ -146,7 +151,7 @@ class ForcedLengthTrainer(FashionCapTrainer):
 
         decoder.cls.forward = forced
         try:
-            return super().rollout(blip, image_embeds, columns)
+            return super().rollout(blip, image_embeds, columns, memory)
         finally:
             del decoder.cls.forward
 
@@ -163,10 +168,41 @@ class GradCapture(TrainerCallback):
             self.grads = torch.cat([p.grad.detach().reshape(-1).float().cpu() for p in params])
 
 
+# "rl" is the sequence-sum REINFORCE term; "rl_<loss_type>" each other normalisation (configs.LOSS_TYPES).
+MODES = ("rl", "mle", "rl_grpo", "rl_dapo", "rl_dr_grpo")
+
+
 def rl_settings(mode: str) -> dict:
-    if mode == "rl":
-        return dict(reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=NUM_SAMPLES, max_sample_tokens=8)
+    if mode.startswith("rl"):
+        loss_type = mode.removeprefix("rl_") if mode != "rl" else "sequence_sum"
+        return dict(reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=NUM_SAMPLES, max_sample_tokens=8,
+                    loss_type=loss_type)  # fmt: skip
     return {}
+
+
+class StepTimes(TrainerCallback):
+    """Wall seconds of every optimizer step (bench/bench_zero3.py reads them)."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(round(time.perf_counter() - self._started, 4))
+
+
+def divisors_by_hand(loss_type: str, lengths: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """What each sample's summed log p is divided by, per TRL's normalisations (see fashioncap.trainer)."""
+    lengths = lengths.float()
+    return {
+        "sequence_sum": torch.ones_like(lengths),
+        "grpo": lengths,
+        "dapo": lengths.mean().expand_as(lengths),
+        "dr_grpo": torch.full_like(lengths, max_tokens),
+    }[loss_type]
 
 
 class StepDigests(TrainerCallback):
@@ -202,6 +238,13 @@ class Fault(TrainerCallback):
         head.forward = forward
 
 
+def trained_param_groups(trainer) -> int:
+    """How many of the Trainer's optimizer parameter groups (weight decay or not) hold trained parameters (read
+    from the names: under ZeRO-3 the optimizer's own groups hold flat partitions)."""
+    decay = set(trainer.get_decay_parameter_names(trainer.model))
+    return len({name in decay for name, p in trainer.model.named_parameters() if p.requires_grad})
+
+
 def trainable_digest(model) -> str:
     """A hash of the trainable weights: equal on every rank while they are kept in step (under ZeRO-3, of the
     whole weights, gathered: every rank calls this)."""
@@ -223,8 +266,10 @@ def train_one(
     real_rollout: bool = False,
     fault: Fault | None = None,
     forced_lengths: bool = False,
+    second_group: bool = False,
+    synced_decoding: bool = False,
 ) -> tuple[dict, torch.Tensor | None, dict]:
-    model, processor = build_model()
+    model, processor = build_model(second_group)
     args = FashionCapTrainingArguments(
         output_dir=str(out / f"trainer_{mode}"),
         per_device_train_batch_size=batch,
@@ -244,9 +289,11 @@ def train_one(
         # Without it, ranks started by accelerate's multi-GPU launcher on a CPU machine each train alone
         # (PartialState(cpu=False) finds no GPU: DistributedType.NO, world_size 1, half the data each).
         use_cpu=not torch.cuda.is_available(),
+        zero3_gathered_decoding=not synced_decoding,
         **rl_settings(mode),
     )
     capture = GradCapture()
+    step_times = StepTimes()
     trainer = build_trainer(
         model,
         processor,
@@ -259,7 +306,7 @@ def train_one(
         else FashionCapTrainer
         if real_rollout
         else FixedRolloutTrainer,
-        callbacks=[capture],
+        callbacks=[capture, step_times],
     )
     steps_digests = StepDigests()
     if fault is not None:
@@ -283,6 +330,8 @@ def train_one(
         "digests": gather_object([trainable_digest(trainer.model)]),
         "step_digests": steps_digests.digests,
         "checkpoints": sorted(p.name for p in Path(args.output_dir).glob("checkpoint-*")),
+        "param_groups": trained_param_groups(trainer),
+        "step_seconds": step_times.seconds,
     }
     env = {
         "world_size": trainer.args.world_size,
@@ -293,7 +342,8 @@ def train_one(
 
 
 def reference_one(mode: str) -> tuple[dict, torch.Tensor]:
-    """The objective by hand on all rows at once: token-mean MLE plus -mean_ij (r_ij - b_ij) log p(Y'_ij)."""
+    """The objective by hand on all rows at once: token-mean MLE plus -mean_ij (r_ij - b_ij) log p(Y'_ij) / d_ij,
+    d_ij as the mode's loss_type says (`divisors_by_hand`)."""
     model, processor = build_model()
     rows = list(build_dataset())
     batch = CaptionCollator(processor, max_length=32)(rows)
@@ -306,7 +356,7 @@ def reference_one(mode: str) -> tuple[dict, torch.Tensor]:
         labels=batch["labels"],
     ).loss
     reward_args = FashionCapTrainingArguments(output_dir="unused", use_cpu=True, **rl_settings(mode))
-    if mode == "rl":
+    if mode.startswith("rl"):
         text = blip.config.text_config
         samples, _, total, baseline = fixed_rollout(batch["caption"], text, reward_args)
         mask = (samples != text.pad_token_id).long()
@@ -317,7 +367,8 @@ def reference_one(mode: str) -> tuple[dict, torch.Tensor]:
             labels=samples.masked_fill(mask == 0, IGNORE_INDEX),
             reduction="none",
         ).loss
-        loss = loss + reward_args.rl_weight * reinforce_loss(-neg_logp, total, baseline)
+        divisors = divisors_by_hand(reward_args.loss_type, mask[:, 1:].sum(1), reward_args.max_sample_tokens)
+        loss = loss + reward_args.rl_weight * reinforce_loss(-neg_logp / divisors, total, baseline)
     loss.backward()
     grads = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad])
     return {"losses": [loss.item()], "grad_norms": [grads.norm().item()]}, grads
@@ -329,11 +380,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=4, help="per-device train batch size")
     parser.add_argument("--ga", type=int, default=1, help="gradient accumulation steps")
     parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--modes", nargs="+", default=["rl", "mle"], choices=["rl", "mle"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--reference", action="store_true", help="the objective by hand, no Trainer")
     parser.add_argument("--real-rollout", action="store_true", help="sample captions (not the fixed rollout)")
     parser.add_argument(
         "--forced-lengths", action="store_true", help="the real rollout, samples forced to per-image lengths"
+    )
+    parser.add_argument(
+        "--second-group",
+        action="store_true",
+        help="train a LayerNorm too: a second optimizer parameter group",
+    )
+    parser.add_argument(
+        "--synced-decoding",
+        action="store_true",
+        help="zero3_gathered_decoding false: under ZeRO-3, DeepSpeed's hooks gather weights at every token",
     )
     parser.add_argument("--fault", nargs=3, metavar=("KIND", "RANK", "STEP"), help="nan|sigterm on one rank")
     args = parser.parse_args(argv)
@@ -349,8 +410,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             fault = Fault(args.fault[0], int(args.fault[1]), int(args.fault[2])) if args.fault else None
             run, grads[mode], env = train_one(
-                mode, args.batch, args.ga, args.steps, args.out, args.real_rollout, fault, args.forced_lengths
-            )
+                mode, args.batch, args.ga, args.steps, args.out, args.real_rollout, fault, args.forced_lengths,
+                args.second_group, args.synced_decoding,
+            )  # fmt: skip
         result.update(env)
         result["runs"][mode] = run
     if not dist.is_initialized() or dist.get_rank() == 0:

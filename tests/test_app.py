@@ -122,3 +122,42 @@ def test_without_gradio_the_app_command_says_how_to_get_it(page_run, monkeypatch
     assert (
         err.count("\n") == 0 and err.startswith("fashioncap app: error:") and "pip install -e '.[app]'" in err
     )
+
+
+def test_the_app_command_stays_local_and_prints_no_share_hint(page_run, monkeypatch, capsys):
+    """GRADIO_SHARE=true must not open a tunnel (the page passes share=False), and Gradio's "set share=True in
+    launch()" hint, which a command-line user cannot act on, is not printed."""
+    import gradio
+    from gradio import networking
+
+    from fashioncap.cli import main
+
+    tunnels = []
+    monkeypatch.setenv("GRADIO_SHARE", "true")
+    monkeypatch.setattr(
+        networking, "setup_tunnel", lambda *a, **k: tunnels.append(k) or "https://x.gradio.live"
+    )
+    monkeypatch.setattr(gradio.Blocks, "block_thread", lambda page: page.close())  # serve, then stop at once
+    assert main(["app", "--model-dir", str(page_run), "--max-file-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert not tunnels, "a public tunnel was opened"
+    assert "share=True" not in out and "public URL" not in out
+    assert "fashioncap app: serving http://127.0.0.1:" in out and "uploads up to 2 MB" in out
+
+
+def test_an_upload_over_the_size_limit_is_refused(page_run, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from fashioncap.app import launch
+
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    small.write_bytes(b"\x89PNG" + bytes(1000))
+    large.write_bytes(b"\x89PNG" + bytes(300_000))
+    page, url = launch(str(page_run), block=False, max_file_size_mb=0.1)
+    try:
+        client = Client(url, verbose=False)
+        assert "small.png" in client.predict([handle_file(str(small))], 1, 4, api_name="/caption")
+        with pytest.raises(Exception, match="(?i)size"):
+            client.predict([handle_file(str(large))], 1, 4, api_name="/caption")
+    finally:
+        page.close()

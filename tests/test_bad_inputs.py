@@ -161,7 +161,7 @@ def test_caption_skips_a_decompression_bomb_and_a_missing_file_and_captions_the_
     (folder / "b_bomb.png").write_bytes(bomb_png())
     Image.new("RGB", (32, 32), (30, 30, 200)).save(folder / "c_good.png")
     missing = tmp_path / "missing.png"
-    assert main(["caption", "--model-dir", str(tiny_model_dir), str(folder), str(missing), *FAST]) == 0
+    assert main(["caption", "--model-dir", str(tiny_model_dir), str(folder), str(missing), *FAST]) == 1
     out, err = capsys.readouterr()
     records = {Path(r["path"]).name: r for r in map(json.loads, out.splitlines())}
     assert set(records) == {"a_good.png", "b_bomb.png", "c_good.png", "missing.png"}

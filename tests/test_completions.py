@@ -52,6 +52,13 @@ def test_a_table_holds_each_images_samples_rewards_baseline_and_advantage():
     markdown = table_markdown(table)
     assert "| image | caption | als | sls | total | baseline | advantage |" in markdown
     assert "#12 (reference: ref b) | blue jeans | 1.000 | 0.000 | 1.000 | 1.500 | -0.500 |" in markdown
+    # Issue 26: a sample the truncation mask left out of the REINFORCE term shows the advantage it had: 0
+    keep = torch.tensor([True, False, True, True])
+    masked = completions_table(
+        7, torch.tensor([11, 12]), ["ref a", "ref b"], captions, rewards, total, baseline, keep
+    )
+    assert [s["advantage"] for i in masked["images"] for s in i["samples"]] == [0.75, 0.0, -0.5, 0.5]
+    assert masked["images"][0]["samples"][1]["total"] - masked["images"][0]["samples"][1]["baseline"] == -0.75
 
 
 def test_rl_training_writes_completion_tables_and_tensorboard_offline(synthetic_dir, tmp_path, monkeypatch):

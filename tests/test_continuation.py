@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -38,6 +40,10 @@ def _model(tiny_model_dir, synthetic_dir, *overrides):
 
 
 def test_a_continuation_starts_from_the_runs_adapter(finished_run, tiny_model_dir, synthetic_dir):
+    stored = json.loads((finished_run / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert stored == os.path.relpath(tiny_model_dir, finished_run), (
+        "train stores a local base relative to the run"
+    )
     saved = load_file(finished_run / "adapter_model.safetensors")
     fresh = get_peft_model_state_dict(_model(tiny_model_dir, synthetic_dir))
     continued = get_peft_model_state_dict(

@@ -76,11 +76,18 @@ def test_every_problem_is_named(make_coco_dir, capsys):
     assert json.loads(capsys.readouterr().out)["usable"] is False
 
 
-def test_missing_categories_is_a_warning_and_missing_dir_an_error(make_coco_dir, tmp_path):
+def test_missing_categories_is_a_warning_and_missing_dir_an_error(make_coco_dir, tmp_path, capsys):
     root = make_coco_dir([("a.png", [{"caption": "a red dress"}])])
     (root / "categories.json").unlink()
     report = check_data_dir(root)
     assert report.ok and [p.severity for p in report.problems] == ["warning"]
+    assert main(["data", "check", str(root)]) == 0
+    verdict = capsys.readouterr().out.strip().splitlines()[-1]
+    assert verdict.startswith("usable, but") and "SLS metric and the SLS reward" in verdict, (
+        "not plain usable"
+    )
+    assert main(["data", "check", str(root), "--json"]) == 0
+    assert "SLS" in json.loads(capsys.readouterr().out)["cannot_run"][0]
     assert not check_data_dir(tmp_path / "nowhere").ok
     assert not check_data_dir(tmp_path).ok  # no annotations
 

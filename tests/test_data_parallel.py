@@ -28,10 +28,12 @@ def test_two_rank_eval_writes_the_predictions_of_one_process(tiny_model_dir, syn
         "--split", "test", "--out-dir", str(out), "--batch-size", "3", *FAST_FLAGS,
     )  # fmt: skip
     model, processor = load_captioner(str(tiny_model_dir))
-    one_process = predict_split(model, processor, synthetic_dir, "test", 3, **FAST)
+    one_process, limit_hits = predict_split(model, processor, synthetic_dir, "test", 3, **FAST)
     assert len({p["caption"] for p in one_process}) > 1, "identical captions would not show the order"
     assert json.loads((out / "predictions.json").read_text()) == one_process
-    assert json.loads((out / "metrics.json").read_text())["num_images"] == len(one_process) == 8
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == len(one_process) == 8
+    assert metrics["health"]["length_limit_share"] == sum(limit_hits) / 8
     assert output.count(f"# {tiny_model_dir} on {synthetic_dir} (test)") == 1, (
         "printed by the main process only"
     )

@@ -5,11 +5,15 @@ decoders' weight matrices are scaled up so the choices are clear, and the [SEP] 
 end at varied lengths (and some never do).
 """
 
+import logging
+
 import pytest
 import torch
 from transformers import BlipTextConfig, BlipTextLMHeadModel
 
-from fashioncap.decoding import decode, decoder_logits, encode_images, image_memory
+from fashioncap import decoding
+from fashioncap.decoding import DecoderStep, decode, decoder_logits, encode_images, image_memory
+from fashioncap.inference import caption_pixels
 from fashioncap.models import build_tiny_model
 from fashioncap.models.blip import build_tiny, lora_target_regex, sdpa_attention
 from fashioncap.models.lora import apply_lora
@@ -274,6 +278,76 @@ def test_decode_refuses_what_it_cannot_do(tiny, settings):
     image_embeds = torch.zeros(1, 17, 128)
     with pytest.raises(ValueError):
         decode(model, image_embeds, **{"max_new_tokens": 5, **settings})
+
+
+CAPTURED_PATHS = {  # the rollout's samples and greedy baseline, eval's and `caption`'s beams
+    "samples": dict(do_sample=True, num_return_sequences=3, top_k=0, max_new_tokens=12),
+    "greedy": SETTINGS["greedy"],
+    "beam3": SETTINGS["beam3_return2_min3"],
+}
+
+
+def graph_failures(monkeypatch, caplog, capture=None, replay=None) -> list[int]:
+    """Make CUDA graphs fail as a card might (CPU has none to capture: the capture/replay calls are replaced),
+    from a process where none has failed yet; the list counts the capture attempts."""
+    attempts = []
+
+    def fake_capture(step, rows):
+        attempts.append(rows)
+        if capture:
+            raise capture
+        step._graph = "captured"
+
+    def fake_replay(step, tokens, position):
+        raise replay
+
+    monkeypatch.setattr(decoding, "_cuda_graphs_failure", None)
+    monkeypatch.setattr(DecoderStep, "_capture", fake_capture)
+    monkeypatch.setattr(DecoderStep, "_replay", fake_replay)
+    caplog.set_level(logging.WARNING, logger="fashioncap.decoding")
+    return attempts
+
+
+def eager_and_forced(model, image_embeds, settings) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    eager = decode(model, image_embeds, cuda_graphs=False, **settings)
+    torch.manual_seed(0)
+    return eager, decode(model, image_embeds, cuda_graphs=True, **settings)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [dict(capture=RuntimeError("CUDA error: operation not permitted when stream is capturing\nat line 2")),
+     dict(replay=RuntimeError("CUDA error: an illegal instruction was encountered"))],
+    ids=["capture", "replay"],
+)  # fmt: skip
+def test_a_failing_cuda_graph_falls_back_to_eager_once_for_the_whole_process(
+    tiny, monkeypatch, caplog, failure
+):
+    """Capturing (or replaying) the decoder step raises: every decode path, `caption` included, gives the eager
+    captions, with one warning line naming the error, and no later decode tries a graph again."""
+    model, pixel_values = tiny
+    attempts = graph_failures(monkeypatch, caplog, **failure)
+    image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
+    for settings in CAPTURED_PATHS.values():
+        eager, forced = eager_and_forced(model, image_embeds, settings)
+        assert torch.equal(forced, eager)
+    eager = caption_pixels(model, pixel_values, cuda_graphs=False, **SETTINGS["beam3"])
+    assert torch.equal(caption_pixels(model, pixel_values, cuda_graphs=True, **SETTINGS["beam3"]), eager)
+    assert len(attempts) == 1, "a graph was tried again after one failed"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+    error = next(iter(failure.values()))
+    assert str(error).splitlines()[0] in warnings[0].getMessage()
+    assert decoding.cuda_graphs_failure() is not None
+
+
+def test_cuda_graphs_false_never_tries_a_graph(tiny, monkeypatch, caplog):
+    model, pixel_values = tiny
+    attempts = graph_failures(monkeypatch, caplog, capture=RuntimeError("never raised"))
+    image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
+    decode(model, image_embeds, cuda_graphs=False, **SETTINGS["greedy"])
+    assert attempts == [] and decoding.cuda_graphs_failure() is None and not caplog.records
 
 
 # --- Florence-2: the same engine through its family's TextDecoder -------------------------------------------------

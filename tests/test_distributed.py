@@ -25,7 +25,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(worker.__file__).resolve()
 ACCELERATE = Path(sys.executable).with_name("accelerate")
-MODES = ("rl", "mle")
+MODES = worker.MODES
+# dapo's token mean is over one micro-batch's samples (all ranks'): under gradient accumulation the later
+# micro-batches' samples are not drawn yet, so GA 2 is the mean of two token means, not the batch's token mean.
+MODES_EXACT_UNDER_GA = tuple(m for m in MODES if m != "rl_dapo")
+SEED_MODES = (
+    "rl",
+    "mle",
+)  # the ZeRO runs check the sharding with the default loss_type (DDP checks them all)
 # The first ZeRO run JIT-builds DeepSpeed's shm comm op (~35-100 s); keep the build where later runs find it.
 TORCH_EXTENSIONS_DIR = Path.home() / ".cache" / "torch_extensions"
 LAUNCH_TIMEOUT_S = 300
@@ -123,7 +130,7 @@ def test_trainer_logs_the_global_objective(one_process, reference, mode):
     assert_same_step(run, grads, *reference[mode])
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES_EXACT_UNDER_GA)
 def test_gradient_accumulation_matches_one_batch(one_process, reference, mode):
     """Batch 2 x GA 2 = batch 4 x GA 1: MLE normalised by the accumulated token count, RL divided by GA steps."""
     run, grads = one_process[2, 2][mode]
@@ -138,7 +145,7 @@ def test_ddp_two_processes_match_one(tmp_path, one_process, reference, batch, ga
     result, out = launch("accelerate_configs/cpu_ddp.yaml", tmp_path, "--batch", str(batch), "--ga", str(ga))
     assert (result["world_size"], result["backend"]) == (2, "gloo")
     assert result["distributed_type"] == "DistributedType.MULTI_CPU"
-    for mode in MODES:
+    for mode in MODES if ga == 1 else MODES_EXACT_UNDER_GA:
         assert_same_step(result["runs"][mode], load_grads(out, mode), *one_process[4, 1][mode])
         assert_same_step(result["runs"][mode], load_grads(out, mode), *reference[mode])
 
@@ -146,9 +153,11 @@ def test_ddp_two_processes_match_one(tmp_path, one_process, reference, batch, ga
 @pytest.mark.slow
 def test_deepspeed_zero2_runs_on_cpu(tmp_path, reference):
     """ZeRO-2 through accelerate on 2 CPU ranks: 3 steps with finite losses; the first step is the objective's."""
-    result, _ = launch("accelerate_configs/zero2.yaml", tmp_path, "--batch", "2", "--steps", "3")
+    result, _ = launch(
+        "accelerate_configs/zero2.yaml", tmp_path, "--batch", "2", "--steps", "3", "--modes", *SEED_MODES
+    )
     assert (result["world_size"], result["distributed_type"]) == (2, "DistributedType.DEEPSPEED")
-    for mode in MODES:
+    for mode in SEED_MODES:
         run = result["runs"][mode]
         assert len(run["losses"]) == 3 and all(math.isfinite(x) for x in run["losses"] + run["grad_norms"])
         assert_same_step(run, None, *reference[mode])
@@ -158,9 +167,18 @@ def test_deepspeed_zero2_runs_on_cpu(tmp_path, reference):
 def test_deepspeed_zero3_with_rl_matches_the_objective_and_samples(tmp_path, reference):
     """ZeRO-3 on 2 CPU ranks: the first step's loss and gradient norm are the objective's (MLE and RL); with real
     sampling (the decoder's partitioned weights gathered once per rollout) training runs and stays finite."""
-    result, _ = launch("accelerate_configs/zero3.yaml", tmp_path / "fixed", "--batch", "2", "--steps", "2")
+    result, _ = launch(
+        "accelerate_configs/zero3.yaml",
+        tmp_path / "fixed",
+        "--batch",
+        "2",
+        "--steps",
+        "2",
+        "--modes",
+        *SEED_MODES,
+    )
     assert (result["world_size"], result["distributed_type"]) == (2, "DistributedType.DEEPSPEED")
-    for mode in MODES:
+    for mode in SEED_MODES:
         assert_same_step(result["runs"][mode], None, *reference[mode])
     sampled, _ = launch(
         "accelerate_configs/zero3.yaml", tmp_path / "sampled", "--batch", "2", "--steps", "2", "--modes", "rl",
@@ -171,13 +189,16 @@ def test_deepspeed_zero3_with_rl_matches_the_objective_and_samples(tmp_path, ref
 
 
 @pytest.mark.slow
-def test_deepspeed_zero3_rollout_where_the_ranks_samples_end_at_different_lengths(tmp_path):
+@pytest.mark.parametrize("decoding", ["gathered", "synced"])
+def test_deepspeed_zero3_rollout_where_the_ranks_samples_end_at_different_lengths(tmp_path, decoding):
     """Each image's samples end after a length of its own (forced: worker.ForcedLengthTrainer), so one rank's
-    samples always end before the other's: every decoding step gathers the decoder's partitioned weights through
-    DeepSpeed's hooks, a collective, so both ranks must take the same number of steps (no "collective mismatch",
-    no hang), and the step's loss is one process's on the same 4 rows."""
+    samples always end before the other's. Gathered (the default): the decoder's weights are gathered once per
+    rollout and each rank stops at its own length. Synced (`zero3_gathered_decoding: false`): every decoding step
+    gathers the weights through DeepSpeed's hooks, a collective, so both ranks must take the same number of steps
+    (no "collective mismatch", no hang). Either way the step's loss is one process's on the same 4 rows."""
+    extra = ("--synced-decoding",) if decoding == "synced" else ()
     result, _ = launch(
-        "accelerate_configs/zero3.yaml", tmp_path, "--batch", "2", "--modes", "rl", "--forced-lengths"
+        "accelerate_configs/zero3.yaml", tmp_path, "--batch", "2", "--modes", "rl", "--forced-lengths", *extra
     )
     expected, _, _ = worker.train_one("rl", 4, 1, steps=1, out=tmp_path / "one", forced_lengths=True)
     run = result["runs"]["rl"]
@@ -186,17 +207,24 @@ def test_deepspeed_zero3_rollout_where_the_ranks_samples_end_at_different_length
 
 
 @pytest.mark.parametrize(
-    "config",
-    ["cpu_ddp", pytest.param("zero3", marks=pytest.mark.slow)],
+    "config, param_groups",
+    [
+        ("cpu_ddp", 1),
+        pytest.param("zero3", 1, marks=pytest.mark.slow),
+        pytest.param("zero2", 2, marks=pytest.mark.slow, id="zero2-two-param-groups"),
+    ],
 )
-def test_a_nan_on_one_rank_skips_that_step_on_every_rank(tmp_path, config):
+def test_a_nan_on_one_rank_skips_that_step_on_every_rank(tmp_path, config, param_groups):
     """Rank 1 alone gets a NaN loss at step 2: both ranks skip the optimizer step (weights stay identical across
     ranks), both log the skip under the same metric names (no gather of mismatched shapes: no hang), and training
     goes on to the last step. Under ZeRO-3 too, where the skipped step's zero gradient runs over partitioned
-    parameters."""
+    parameters; and under ZeRO-2 with two parameter groups, where DeepSpeed calls the optimizer's step() once per
+    group: no group may step."""
+    extra = ("--second-group",) if param_groups > 1 else ()
     result, _ = launch(f"accelerate_configs/{config}.yaml", tmp_path, "--batch", "1", "--steps", "4", "--modes",
-                       "mle", "--fault", "nan", "1", "2")  # fmt: skip
+                       "mle", "--fault", "nan", "1", "2", *extra)  # fmt: skip
     run = result["runs"]["mle"]
+    assert run["param_groups"] == param_groups
     assert run["global_step"] == 4 and run["skipped_steps"] == [2]
     assert len(set(run["digests"])) == 1, "the ranks' weights diverged"
     first, skipped, third, _ = run["step_digests"]

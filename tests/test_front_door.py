@@ -173,6 +173,7 @@ def test_a_mistyped_data_path_does_not_exist_and_the_closest_one_is_named(
     """As `train` says it: eval used to say "no annotation file for split 'test'"."""
     shutil.copytree(synthetic_dir, tmp_path / "data/synthetic")
     (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "fashioncap_config.json").write_text("{}")  # a run, so only the data path is wrong
     (tmp_path / "preds.json").write_text("[]")
     error = one_line_error(run_fashioncap(*args, cwd=tmp_path), command)
     closest = message.split(" ", 2)[-1].replace("synthtic", "synthetic")
@@ -305,20 +306,27 @@ def test_debug_shows_the_traceback_instead(tiny_recipe, tmp_path, how):
             ". already exists (pass overwrite=True / --overwrite",
         ),
         (["report", "no-such-run", "--out", "report"], "report", "run dir "),
+        (["report", "plain", "--out", "report"], "report", "plain is not a run: it has neither"),
+        (
+            ["study", "--split", "tset", "--runs", "trial1", "--out", "report"],
+            "study",
+            "(did you mean test?)",
+        ),
         (
             ["score", "--references", "refs.json", "--predictions", "preds.json"],
             "score",
             "not in the references: 1 image(s): 999",
         ),
     ],
-    ids=["output exists", "missing run dir", "score input"],
+    ids=["output exists", "missing run dir", "a dir that is no run", "study split", "score input"],
 )
 def test_known_errors_of_other_commands_are_one_line(tmp_path, args, command, message):
     refs = {"images": [{"id": 1}], "annotations": [{"id": 1, "image_id": 1, "caption": "a red dress"}]}
     (tmp_path / "refs.json").write_text(json.dumps(refs))
     (tmp_path / "preds.json").write_text(json.dumps([{"image_id": 999, "caption": "a dress"}]))
+    (tmp_path / "plain").mkdir()
     assert message in one_line_error(run_fashioncap(*args, cwd=tmp_path), command)
-    assert not (tmp_path / "report").exists()
+    assert not (tmp_path / "report").exists() and not (tmp_path / "data").exists(), "nothing built or trained"
 
 
 @pytest.mark.parametrize(
@@ -538,7 +546,7 @@ def test_caption_reports_every_skipped_file_in_csv_and_its_summary(tiny_model_di
     args = ["caption", "--model-dir", tiny_model_dir, "photos", "photos/a.pgn", "--csv", "--out", "captions.csv",
             *FAST]  # fmt: skip
     result = run_fashioncap(*args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, "any file skipped: exit 1 (0 means every input was captioned)"
     rows = {Path(r["path"]).name: r for r in csv.DictReader((tmp_path / "captions.csv").open())}
     assert rows["a.png"]["caption"] and not rows["a.png"]["error"]
     assert rows["b_broken.png"]["error"] == "not an image (unrecognised format)"
@@ -621,3 +629,16 @@ def test_spice_heap_is_8g_unless_set(tmp_path, monkeypatch):
     assert "-Xmx8G" in coco_caption.spice_command()
     monkeypatch.setenv(coco_caption.SPICE_HEAP_ENV, "2G")
     assert "-Xmx2G" in coco_caption.spice_command() and "-Xmx8G" not in coco_caption.spice_command()
+
+
+def test_the_closest_path_hint_picks_the_closest_existing_name(tmp_path, monkeypatch):
+    from fashioncap.errors import closest_path_hint, did_you_mean
+
+    (tmp_path / "imgs").mkdir()
+    for name in ("000000.png", "000001.png", "000002.png", "000010.png"):
+        (tmp_path / "imgs" / name).touch()
+    monkeypatch.chdir(tmp_path)
+    assert closest_path_hint("imgs/00000.png") == " (did you mean imgs/000000.png?)", "one insertion away"
+    assert closest_path_hint("img/00010.png") == " (did you mean imgs/000010.png?)"
+    assert did_you_mean("tset", ["train", "val", "test"]) == " (did you mean test?)"
+    assert closest_path_hint("imgs/zzz.txt") == ""

@@ -31,9 +31,7 @@ def run_dir(tmp_path, recipe, monkeypatch) -> Path:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     run = tmp_path / "trial4"
     files = {
-        "adapter_config.json": json.dumps(
-            {"base_model_name_or_path": "outputs/demo/base", "peft_type": "LORA"}
-        ),
+        "adapter_config.json": json.dumps({"base_model_name_or_path": DEFAULT_MODEL, "peft_type": "LORA"}),
         "adapter_model.safetensors": "weights",
         "processor_config.json": "{}",
         "tokenizer.json": "{}",

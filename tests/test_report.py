@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -67,9 +68,15 @@ def test_report_writes_table_html_plots_and_summary(runs, synthetic_dir, tmp_pat
 
     table = (out / "comparison.md").read_text()
     assert "| run | BLEU-4 | METEOR | ROUGE-L | CIDEr | SPICE | ALS | SLS |" in table
-    assert "| trial2 | **0.1234** tie | **0.2000** tie | **0.3000** tie | **1.2500** best | n/a |" in table
-    assert "| trial1 | **0.1234** tie | **0.2000** tie | **0.3000** tie | 0.5000 | n/a |" in table
+    assert "| trial2 | 0.1234 tie | 0.2000 tie | 0.3000 tie | **1.2500** best | n/a |" in table, (
+        "bold: a best"
+    )
+    assert "| trial1 | 0.1234 tie | 0.2000 tie | 0.3000 tie | 0.5000 | n/a |" in table
     assert "- SPICE is n/a for every run: no CoreNLP jars" in table
+    assert not any("leads" in line for line in result["verdict"]), (
+        "no intervals: no lead is clear of the noise"
+    )
+    assert "On BLEU-4, METEOR, ROUGE-L, CIDEr, ALS, SLS no run is shown apart" in result["verdict"][0]
 
     html = (out / "report.html").read_text()
     assert 'src="http' not in html and "<link" not in html, "self-contained"
@@ -116,16 +123,25 @@ def test_the_tables_show_intervals_mark_the_best_and_ties_and_flag_runs_below_th
     cider, sls = 4, 7  # columns: run, BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE, ALS, SLS
     assert rows["trial3"][cider] == "**3.6000** [3.5000, 3.7000] best"
     assert rows["trial1"][cider] == "3.1600 [3.0500, 3.2700]"
-    assert rows["base"][sls] == "**0.8950** [0.8500, 0.9400] tie"
-    assert rows["trial3"][sls] == "**0.8650** [0.8200, 0.9100] tie, below base"
+    assert rows["base"][sls] == "0.8950 [0.8500, 0.9400] tie", "a tie is no winner: not bold"
+    assert rows["trial3"][sls] == "0.8650 [0.8200, 0.9100] tie, below base"
     assert rows["trial1"][sls] == "0.8000 [0.7600, 0.8400] below base"
     assert "below base: lower than base, the model the other runs were trained from" in result["table"]
 
     html = (tmp_path / "report" / "report.html").read_text()
     assert (
-        '<td class="num"><strong>0.8650</strong> <span class="ci">[0.8200, 0.9100]</span> '
+        '<td class="num">0.8650 <span class="ci">[0.8200, 0.9100]</span> '
         '<span class="mark">tie, below base</span></td>'
     ) in html
+    assert result["verdict"] == [
+        "trial3 leads on CIDEr: 3.600 vs 3.160 for trial1, their 95% intervals apart.",
+        "On BLEU-4, METEOR, ROUGE-L, ALS, SLS no run is shown apart from the others on one seed: run `make study` "
+        "(several seeds, paired) before calling a winner.",
+    ]
+    verdict = html.split("<h2>Verdict</h2>")[1].split("<h2>")[0]
+    assert html.index("<h2>Verdict</h2>") < html.index("<h2>Scores") and "trial3 leads on CIDEr" in verdict
+    markdown = (tmp_path / "report" / "comparison.md").read_text()
+    assert markdown.index("## Verdict") < markdown.index("| run |") and "- trial3 leads on CIDEr" in markdown
     assert "SPICE is n/a for every run: no CoreNLP jars" in html
 
 
@@ -135,6 +151,7 @@ def test_report_cli_without_eval_or_logs(tmp_path, synthetic_dir, capsys):
     (evaluated / "trainer_state.json").unlink()
     bare = tmp_path / "b" / "trial"
     bare.mkdir(parents=True)
+    (bare / "fashioncap_config.json").write_text("{}")  # trained, never evaluated
     code = main(
         ["report", str(evaluated), str(bare), "--out", str(tmp_path / "out"), "--data", str(synthetic_dir)]
     )
@@ -164,8 +181,9 @@ def _add_per_image_scores_and_health(
     )
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     health = {"distinct_1": 0.25, "distinct_2": 0.05 if collapsed else 0.5, "vocabulary_size": 40,
-              "repeated_trigram_share": 0.0, "length_limit_share": None, "mean_length": 11.5,
-              "reference_mean_length": 12.25, "top5_share": 0.9 if collapsed else 0.1, "collapsed": collapsed}  # fmt: skip
+              "repeated_trigram_share": 0.9 if collapsed else 0.0, "length_limit_share": None, "mean_length": 11.5,
+              "reference_mean_length": 12.25, "top5_share": 0.1, "collapsed": collapsed,
+              "template_reuse": not collapsed}  # fmt: skip
     (run / "eval" / "metrics.json").write_text(json.dumps({**metrics, "health": health}))
 
 
@@ -199,6 +217,7 @@ def test_report_compares_each_rl_trial_with_its_mle_twin_and_shows_health(tmp_pa
     assert (
         table_row(health, "trial2")["collapsed"] == "yes" and table_row(health, "trial1")["collapsed"] == "no"
     )
+    assert table_row(health, "trial1")["template reuse"] == "yes"  # its own column, not a collapse
     assert table_row(health, "trial1")["hit the length limit"] == "n/a" and "trial3" not in health
     html = (out / "report.html").read_text()
     assert "<td>yes: trial2 higher</td>" in html and "<td>top-5 captions&#x27; share</td>" not in html
@@ -223,3 +242,82 @@ def test_report_cli_compare_names_runs_it_has(runs, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert main([*args, "--compare", "trial1", "trial2"]) == 0
     assert "trial1 vs trial2: no per-image scores of trial1, trial2" in capsys.readouterr().out
+
+
+def test_a_study_of_these_runs_gives_its_paired_verdicts_instead_of_the_one_seed_ties(
+    tmp_path, synthetic_dir
+):
+    demo = tmp_path / "outputs" / "demo"
+    runs = {name: make_run(demo, name, synthetic_dir, "a dress") for name in ("trial3", "trial4")}
+    study = {
+        "split": "test",
+        "runs": {"trial3": {"n_seeds": 5}, "trial4": {"n_seeds": 5}},
+        "comparisons": [
+            {"a": "trial4", "b": "trial3", "metric": "CIDEr", "delta": 0.1, "ci95": [0.05, 0.15]},
+            {"a": "trial4", "b": "trial3", "metric": "SLS", "delta": 0.0, "ci95": [-0.1, 0.1]},
+        ],
+    }
+    (tmp_path / "outputs" / "study").mkdir()
+    (tmp_path / "outputs" / "study" / "study.json").write_text(json.dumps(study))
+    result = write_report(runs, tmp_path / "report", data_dir=synthetic_dir, samples=0)
+    assert (
+        "trial4 is above trial3 on CIDEr by +0.100 (over 5 seeds, 95% interval [+0.050, +0.150])."
+        in result["verdict"]
+    )
+    assert any(
+        line.startswith("trial4 and trial3 are not apart on SLS over 5 seeds") for line in result["verdict"]
+    )
+    assert not any("make study" in line for line in result["verdict"])
+    assert " tie |" not in result["table"], "the study's verdicts replace the one-seed ties"
+    (tmp_path / "outputs" / "study" / "study.json").write_text(json.dumps({**study, "split": "val"}))
+    other_split = write_report(runs, tmp_path / "report", data_dir=synthetic_dir, samples=0)
+    assert " tie |" in other_split["table"], "a study of another split says nothing about this one"
+
+
+def test_the_page_separates_each_reference_and_its_rl_tables_fit_a_1200px_window(
+    runs, synthetic_dir, tmp_path
+):
+    import torch
+
+    from fashioncap.completions import completions_table, write_completions
+
+    long = "a long sampled caption with many words about a dress " * 3
+    for step in (2, 10):
+        rewards = {name: torch.rand(8) for name in ("als", "sls", "cider", "repetition")}
+        table = completions_table(
+            step, torch.arange(4), ["a reference caption of some length"] * 4, [long] * 8, rewards,
+            torch.rand(8), torch.rand(8),
+        )  # fmt: skip
+        write_completions(runs["trial2"], table)
+    write_report(runs, tmp_path / "report", data_dir=synthetic_dir, samples=2)
+    page = (tmp_path / "report" / "report.html").read_text()
+    test = json.loads((synthetic_dir / "annotations" / "test.json").read_text())
+    first = test["images"][0]["id"]
+    references = [a["caption"] for a in test["annotations"] if a["image_id"] == first]
+    assert len(references) == 5
+    listed = "".join(f"<li>{html.escape(r)}</li>" for r in references)
+    assert f'<ol class="refs">{listed}</ol>' in page, "each of the five references its own item"
+    rl = page.split("<h2>Sampled captions during RL")[1].split("<h2>")[0]
+    assert rl.count('<table class="completions">') == 2 and "<td><table" not in rl, (
+        "stacked, not side by side"
+    )
+    assert re.search(r"table\.completions \{[^}]*table-layout: fixed; width: 100%; max-width: 1100px", page)
+    chromium = _chromium()
+    if chromium is not None:  # measured where a browser is installed (.ci/run installs one)
+        browser = chromium(width=1200, height=900)
+        try:
+            browser.navigate((tmp_path / "report" / "report.html").as_uri())
+            widths = browser.wait_for(  # navigate returns before the page has loaded
+                "document.readyState === 'complete' && "
+                "[...document.querySelectorAll('table.completions')].map(t => t.getBoundingClientRect().right)"
+            )
+        finally:
+            browser.close()
+        assert widths and max(widths) <= 1200, widths
+
+
+def _chromium():
+    from headless_chromium import Chromium, find_chromium
+
+    executable = find_chromium()
+    return None if executable is None else (lambda **size: Chromium(executable, **size))

@@ -113,6 +113,41 @@ def test_sls_plural_and_multiword_forms(caption, category):
     assert category_reward([caption], [category], WORDMAP) == [1.0]
 
 
+@pytest.mark.parametrize(
+    ("caption", "category"),
+    [
+        ("boot-cut jeans in a dark wash", None),  # 'boot' modifies: no category of WORDMAP is named
+        ("boot-cut sweater dress with a belt", 6),  # the item after the compound, not 'boot'
+        ("a t-shirt dress in soft jersey", 5),  # a hyphenated form before another form modifies it
+        ("a t - shirt dress", 5),  # as BLIP's WordPiece decoding spells it
+        ("a relaxed t-shirt with a belt", 4),  # the compound is the item
+        ("soft T-Shirts, a belt", 4),
+        ("a belt-bag with a boot", 1),  # 'belt', 'bag' are modifiers inside the compound
+        ("a boot cut from suede", 1),  # unhyphenated words keep their meaning
+    ],
+)
+def test_sls_reads_a_hyphenated_compound_as_one_word(caption, category):
+    """Issue 26: normalisation made 'boot-cut jeans' name a boot and 'a t-shirt dress' a tee."""
+    assert CategoryMatcher(WORDMAP)(caption) == category
+
+
+def test_sls_on_facad_descriptions_with_a_hyphenated_modifier(facad_records):
+    """Issue 26 on real FACAD text: put '<another type>-cut' before the product type a description names
+    first, and the type still decides; the same words unhyphenated name the other type first."""
+    types = sorted({r["title"].split()[-1] for r in facad_records if "-" not in r["title"].split()[-1]})
+    matcher = CategoryMatcher(dict(enumerate(types)))
+    checked = 0
+    for record in facad_records:
+        words, product = record["description"].split(), record["title"].split()[-1]
+        if product not in words or matcher(" ".join(words[: words.index(product)])) is not None:
+            continue  # the description does not name its product type first
+        k, other = words.index(product), types[(types.index(product) + 1) % len(types)]
+        assert matcher(" ".join([*words[:k], f"{other}-cut", *words[k:]])) == types.index(product)
+        assert matcher(" ".join([*words[:k], other, "cut", *words[k:]])) == types.index(other)
+        checked += 1
+    assert checked > 100
+
+
 def test_sls_needs_whole_words_and_a_known_category():
     assert (
         CategoryMatcher(WORDMAP)("a belted dressing gown") is None

@@ -92,7 +92,8 @@ def test_without_categories_json_sls_is_null_with_reason(references, tmp_path, c
     predictions = write_predictions(tmp_path / "predictions.json", loose)
     assert main(["score", "--references", str(loose), "--predictions", str(predictions)]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["SLS"] is None and "--categories" in printed["unavailable"]["SLS"]
+    assert printed["SLS"] is None and "`fashioncap score --categories FILE`" in printed["unavailable"]["SLS"]
+    assert "`fashioncap eval --data DIR`" in printed["unavailable"]["SLS"], "a flag eval takes, too"
     assert isinstance(printed["ALS"], float)
 
 

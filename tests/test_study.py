@@ -11,6 +11,7 @@ from PIL import Image
 
 from fashioncap import demo, study
 from fashioncap.cli import main
+from fashioncap.errors import ConfigError
 from fashioncap.metrics.bootstrap import corpus_bleu
 from fashioncap.study import paired_seed_differences, seed_summary, student_t_quantile
 
@@ -175,7 +176,7 @@ def test_study_counts_its_runs_and_reuses_the_demo_run_of_the_same_trial_and_see
     trained = []
     monkeypatch.setattr(demo, "train", lambda config: trained.append(config.training.seed))
     monkeypatch.setattr(study, "evaluate_run", lambda *args, **kwargs: None)
-    monkeypatch.setattr(study, "_eval_is_current", lambda run_dir, split: True)
+    monkeypatch.setattr(study, "_eval_is_current", lambda run_dir, split, data_dir: True)
     monkeypatch.setattr(study, "summarize", lambda results, pairs, split: results)
     monkeypatch.setattr(study, "write_study", lambda *args: None)
     monkeypatch.setattr(study.rundir, "eval_metrics", lambda *args: None)
@@ -200,8 +201,42 @@ def test_an_eval_with_per_caption_meteor_is_evaluated_again(tmp_path):
     statistics = [9.0, 9.0, 3.0, 3.0, *[0.0] * 16, 1.0, 9.0, 9.0]
     for meteor, current in (({"1": 0.5}, False), ({"1": statistics}, True)):
         (eval_dir / "per_image.json").write_text(json.dumps({"CIDEr": {"1": 1.0}, "METEOR": meteor}))
-        (eval_dir / "metrics.json").write_text(json.dumps({"METEOR": 0.5, "CIDEr": 1.0, "split": "test"}))
-        assert study._eval_is_current(run_dir, "test") is current
+        metrics = {"METEOR": 0.5, "CIDEr": 1.0, "split": "test", "data_dir": str(tmp_path / "data")}
+        (eval_dir / "metrics.json").write_text(json.dumps(metrics))
+        assert study._eval_is_current(run_dir, "test", tmp_path / "data") is current
+
+
+def test_an_eval_of_another_data_dir_is_not_reused(tmp_path):
+    """Issue 26: a seed run's eval is reused only when it scored the study's data dir: other data sets number
+    their images 1..N too, so matching image ids say nothing."""
+    run_dir = tmp_path / "trial1" / "seed0"
+    eval_dir = run_dir / "eval" / "test"
+    eval_dir.mkdir(parents=True)
+    (run_dir / "all_results.json").write_text("{}")
+    os.utime(run_dir / "all_results.json", ns=(10**9, 10**9))  # trained long before the eval
+    (eval_dir / "per_image.json").write_text(json.dumps({"CIDEr": {"1": 1.0}}))
+    metrics = {"CIDEr": 1.0, "METEOR": None, "split": "test", "data_dir": str(tmp_path / "data")}
+    (eval_dir / "metrics.json").write_text(json.dumps(metrics))
+    assert study._eval_is_current(run_dir, "test", tmp_path / "data")
+    assert study._eval_is_current(run_dir, "test", tmp_path / "." / "data"), "the same dir, spelt another way"
+    assert not study._eval_is_current(run_dir, "test", tmp_path / "other")
+
+
+def test_pairs_are_matched_by_seed_not_by_position():
+    """Issue 26: trial b's seed runs listed in another order are paired seed with seed; different seeds are an
+    error naming both trials."""
+
+    def seed_run(seed: int, score: float) -> dict:
+        return {"seed": seed, "run_dir": f"s{seed}", "metrics": {"CIDEr": score, "num_images": 2},
+                "per_image": {"CIDEr": {1: score, 2: score}}}  # fmt: skip
+
+    a = [seed_run(0, 1.0), seed_run(1, 2.0), seed_run(2, 4.0)]
+    b = [seed_run(0, 0.5), seed_run(1, 1.5), seed_run(2, 3.5)]  # b = a - 0.5 at every seed
+    in_order = study.summarize({"a": a, "b": b}, [("a", "b")])["comparisons"]
+    shuffled = study.summarize({"a": a, "b": [b[2], b[0], b[1]]}, [("a", "b")])["comparisons"]
+    assert [c["per_seed"] for c in shuffled] == [c["per_seed"] for c in in_order] == [[0.5, 0.5, 0.5]]
+    with pytest.raises(ConfigError, match=r"cannot pair a \(seeds 0, 1, 2\) with b \(seeds 0, 1, 3\)"):
+        study.summarize({"a": a, "b": [*b[:2], seed_run(3, 0.0)]}, [("a", "b")])
 
 
 def test_study_names_unknown_trials_and_bad_seed_counts(tmp_path, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fashioncap.text import normalize_text, plural
+from fashioncap.text import compound_words, normalize_text, plural
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,21 @@ def test_normalize_text(text, expected):
 )
 def test_plural(name, expected):
     assert plural(name) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Boot-cut jeans, a T - Shirt dress!",
+        "a one-piece swimsuit",
+        "snake_print  knee-high-boots",
+        "",
+        "-a- -",
+    ],
+)
+def test_compound_words_group_normalize_texts_words_by_hyphenated_compound(text):
+    groups = compound_words(text)
+    assert [w for group in groups for w in group] == normalize_text(text).split()
+    assert compound_words("Boot-cut jeans, a T - Shirt dress") == [
+        ("boot", "cut"), ("jeans",), ("a",), ("t", "shirt"), ("dress",)
+    ]  # fmt: skip

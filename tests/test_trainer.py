@@ -1,5 +1,6 @@
 """The learning signal: REINFORCE against hand-computed values, baselines, masks, and what each trial trains."""
 
+import json
 import math
 import re
 
@@ -10,20 +11,22 @@ import torch
 from PIL import Image
 
 import fashioncap.trainer as trainer_module
+from fashioncap.completions import read_completions
 from fashioncap.configs import FashionCapTrainingArguments, load_config
 from fashioncap.data.collator import IGNORE_INDEX, CaptionCollator
+from fashioncap.decoding import truncated_samples
 from fashioncap.models.blip import DECODER_TARGETS, build_tiny, lora_target_regex
 from fashioncap.models.lora import apply_lora
 from fashioncap.rl import (
     completion_mask,
     compute_baseline,
+    normalised_logprobs,
     reinforce_loss,
     scale_by_group_rms,
     sequence_logprobs,
     tied_groups,
     token_kl,
     token_logprobs,
-    truncated_samples,
 )
 from fashioncap.trainer import build_trainer
 
@@ -73,6 +76,72 @@ def test_masked_samples_leave_the_reinforce_gradient_by_hand():
     expected_grad = -sum(a * (np.eye(3)[k] - p) for a, k in kept) / 4
     assert loss.item() == pytest.approx(expected_loss, rel=1e-6)
     np.testing.assert_allclose(theta.grad.numpy(), expected_grad, rtol=1e-5, atol=1e-7)
+
+
+# Toy policy for the normalisations: softmax(theta) over 3 tokens at every position; sample 1 (advantage +0.5) is
+# tokens (0, 2, 2) then padding, sample 2 (advantage -0.5) is token (1) alone: lengths 3 and 1, max_tokens 4.
+TOY_TOKENS = [[0, 2, 2], [1]]
+TOY_ADVANTAGES = [0.5, -0.5]
+
+
+@pytest.mark.parametrize(
+    "loss_type, divisors",
+    [
+        ("sequence_sum", [1, 1]),  # each sample's summed log p
+        ("grpo", [3, 1]),  # its own length
+        ("dapo", [2, 2]),  # the mean length of the batch: (3 + 1) / 2 tokens
+        ("dr_grpo", [4, 4]),  # max_tokens, a constant
+    ],
+)
+def test_each_loss_type_by_hand(loss_type, divisors):
+    """L = -1/N sum_i A_i (sum_t log p(y_it)) / d_i; dL/dtheta = -1/N sum_i A_i / d_i sum_t (onehot(y_it) - p)."""
+    theta = torch.tensor([0.5, -0.25, 1.0], requires_grad=True)
+    tokens = torch.tensor([[0, 2, 2], [1, 0, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    token_logp = torch.log_softmax(theta, dim=0)[tokens] * mask
+    logp = normalised_logprobs(token_logp, mask, loss_type, max_tokens=4)
+    rewards = torch.tensor(TOY_ADVANTAGES)
+    loss = reinforce_loss(logp, rewards, torch.zeros(2))
+    loss.backward()
+
+    p = np.exp([0.5, -0.25, 1.0]) / np.exp([0.5, -0.25, 1.0]).sum()
+    expected_loss = (
+        -sum(
+            a * sum(np.log(p[k]) for k in seq) / d
+            for a, seq, d in zip(TOY_ADVANTAGES, TOY_TOKENS, divisors, strict=True)
+        )
+        / 2
+    )
+    expected_grad = (
+        -sum(
+            a / d * sum(np.eye(3)[k] - p for k in seq)
+            for a, seq, d in zip(TOY_ADVANTAGES, TOY_TOKENS, divisors, strict=True)
+        )
+        / 2
+    )
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-6)
+    np.testing.assert_allclose(theta.grad.numpy(), expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_dapo_divides_by_the_mean_length_over_every_ranks_samples():
+    """Given the all-rank mean length (here 5 tokens), dapo divides by it, not by the local mean (2)."""
+    token_logp = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    local = normalised_logprobs(token_logp, mask, "dapo", max_tokens=4)
+    everywhere = normalised_logprobs(token_logp, mask, "dapo", max_tokens=4, mean_tokens=torch.tensor(5.0))
+    assert local.tolist() == [-1.5, -1.0] and everywhere.tolist() == pytest.approx([-0.6, -0.4])
+
+
+def test_loss_type_is_checked_with_the_allowed_values(tmp_path):
+    from fashioncap.errors import ConfigError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("output_dir: out\nloss_type: token_mean\n")
+    with pytest.raises(
+        ConfigError, match="loss_type must be one of sequence_sum, grpo, dapo, dr_grpo, not 'token_mean'"
+    ):
+        load_config(recipe)
+    assert load_config(None, ["--output_dir", str(tmp_path)]).training.loss_type == "sequence_sum"
 
 
 def test_truncated_samples_and_tied_groups_by_hand():
@@ -301,23 +370,49 @@ def test_truncated_samples_are_logged_and_masked_out_of_the_rl_term(tmp_path):
     assert logged[False]["completions/truncated_share"] == logged[True]["completions/truncated_share"] == 1.0
     assert logged[True]["loss/rl"] == 0.0 and gradient[True] == 0.0
     assert logged[False]["loss/rl"] != 0.0 and gradient[False] > 0.0
+    unmasked, masked = (t["images"] for t in read_completions(tmp_path))  # one table per run, in order
+    samples = [[s for image in table for s in image["samples"]] for table in (unmasked, masked)]
+    assert any(s["advantage"] != 0.0 for s in samples[0]) and [s["caption"] for s in samples[0]] == [
+        s["caption"] for s in samples[1]
+    ]
+    assert all(s["advantage"] == 0.0 for s in samples[1]), "the table shows the advantage the RL term used"
     assert 0.0 <= logged[False]["rl/tied_groups"] <= 1.0
 
 
 def test_an_rl_run_with_rl_start_is_its_mle_twin_until_rl_starts(tmp_path):
-    """The study's fair twin: same seed, same data order, same weights until `rl_start`; only then do they part."""
-    histories = []
+    """The study's fair twin: same seed, same data order, same weights until `rl_start`; then they part.
+    rl_start 0.5 of 4 steps: RL starts with step 3, so after step 2 the twins' trainable weights (and the
+    optimizer's moments) are compared bit for bit, and again after step 3."""
+    from transformers import TrainerCallback
+
+    class TrainedWeights(TrainerCallback):
+        """A copy of the trainable weights and AdamW's moments after each optimizer step."""
+
+        def __init__(self):
+            self.after_step: dict[int, list[torch.Tensor]] = {}
+
+        def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+            weights = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+            moments = [t.clone() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+            self.after_step[state.global_step] = weights + moments
+
+    histories, snapshots = [], []
     for rl_weight in (0.0, 1.0):
         torch.manual_seed(0)
         settings = dict(reward_funcs=["als", "sls"], rl_weight=rl_weight, num_samples=2, max_sample_tokens=6,
                         rl_start=0.5, seed=3)  # fmt: skip
         trainer = _trainer(tmp_path / str(rl_weight), "decoder", settings)
         trainer.args.max_steps, trainer.args.logging_steps = 4, 1
+        trainer.add_callback(weights := TrainedWeights())
         trainer.train()
         histories.append([h["loss/mle"] for h in trainer.state.log_history if "loss/mle" in h])
+        snapshots.append(weights.after_step)
     mle, rl = histories
     assert mle[:3] == rl[:3], "steps 1-2 and the step RL starts at see the same weights and batches"
     assert mle[3] != rl[3], "after one RL update the weights differ"
+    at_rl_start = zip(snapshots[0][2], snapshots[1][2], strict=True)
+    assert all(torch.equal(a, b) for a, b in at_rl_start), "to the bit when RL starts"
+    assert not all(torch.equal(a, b) for a, b in zip(snapshots[0][3], snapshots[1][3], strict=True))
 
 
 def test_collator_starts_with_dec_and_masks_padding():
@@ -334,6 +429,32 @@ def test_collator_starts_with_dec_and_masks_padding():
     eval_batch = CaptionCollator(processor)([{"image": Image.new("RGB", (64, 64)), "image_id": 3,
                                               "references": ["a red dress"]}])  # fmt: skip
     assert set(eval_batch) == {"pixel_values", "image_ids"}  # nothing to copy a reference from
+
+
+def test_augmentation_differs_per_worker_rank_and_epoch():
+    """Issue 26: each dataloader worker copied one random.Random(seed) that restarted every epoch, so worker 1
+    replayed worker 0's flips and shifts, every epoch the first's, and every rank the same. Now each worker,
+    epoch and rank draws its own, and a run repeats exactly."""
+    _, processor = build_tiny({"a"})
+    image = Image.new("RGB", (64, 64), "white")
+    image.paste((0, 0, 0), (8, 8, 30, 20))  # off-centre: a flip or a shift moves it
+    rows = [{"image": image, "image_id": i, "caption": "a"} for i in range(8)]
+
+    def two_epochs(workers: int, rank: int = 0) -> list[list[torch.Tensor]]:
+        torch.manual_seed(0)  # what the trainer's seed does before the loader draws its workers' seeds
+        collator = CaptionCollator(processor, augment=True, seed=3, rank=rank)
+        loader = torch.utils.data.DataLoader(rows, batch_size=2, num_workers=workers, collate_fn=collator)
+        return [[batch["pixel_values"] for batch in loader] for _ in range(2)]
+
+    def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    first, second = two_epochs(workers=2)  # batches 0 and 2 from worker 0, 1 and 3 from worker 1
+    assert not same(first[0:1], first[1:2]) and not same(first[2:3], first[3:4]), "the workers differ"
+    assert not same(first, second), "the epochs differ"
+    assert same(first + second, sum(two_epochs(workers=2), [])), "and the run repeats"
+    rank0, rank1 = two_epochs(workers=0), two_epochs(workers=0, rank=1)
+    assert not same(rank0[0], rank0[1]) and not same(rank0[0], rank1[0]), "epochs and ranks differ"
 
 
 def test_predictions_do_not_depend_on_the_references(tmp_path):
@@ -377,25 +498,43 @@ def test_rl_start_trains_mle_alone_first(tmp_path):
         )
 
 
-def test_rollout_under_zero3_decodes_in_step_and_without_cuda_graphs(tmp_path, monkeypatch):
-    """Under ZeRO-3 every decoding step gathers the decoder's partitioned weights through collective hooks: each
-    decode of the rollout (the samples and the greedy baseline) runs synced (all ranks take every step) and is
-    never captured as a CUDA graph (a replay would skip the hooks)."""
-    rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6, baseline="greedy")
-    trainer = _trainer(tmp_path, "decoder", rl)
+@pytest.mark.parametrize("baseline", ["greedy", "mean"])
+@pytest.mark.parametrize("gathered", [True, False], ids=["gathered", "synced"])
+def test_rollout_under_zero3_gathers_the_decoder_once_or_decodes_in_step(
+    tmp_path, monkeypatch, gathered, baseline
+):
+    """Under ZeRO-3 each decode of the step (the samples, and the greedy captions of the baseline or, without it,
+    of the collapse guard) runs with the decoder's forward hooks (DeepSpeed's per-module gathering) lifted (the
+    samples and the greedy baseline within one gather), and the hooks are back for the scoring pass: ranks need
+    not decode in step and CUDA graphs may be captured. With `zero3_gathered_decoding: false` the hooks gather at
+    every token: every decode runs synced (all ranks take every step), never as a graph. The guard reuses the
+    greedy baseline's captions: two decodes either way."""
+    rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6, baseline=baseline)
+    trainer = _trainer(tmp_path, "decoder", {**rl, "zero3_gathered_decoding": gathered})
     monkeypatch.setattr(trainer, "_is_zero3", lambda: True)
+    head = trainer._captioner(trainer.model).text_decoder.cls
+    hook_calls = []
+    head.register_forward_pre_hook(lambda module, args: hook_calls.append(args[0].shape))
     calls = []
     original = trainer_module.decode
 
     def recording(*args, **kwargs):
-        calls.append(kwargs)
+        calls.append({**kwargs, "hooks": len(head._forward_pre_hooks), "hook_calls": len(hook_calls)})
         return original(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "decode", recording)
     _grads_after_one_loss(trainer)
     assert len(calls) == 2  # samples, greedy
-    assert all(
-        kwargs.get("synced_gpus") is True and kwargs.get("cuda_graphs") is not True for kwargs in calls
+    assert all(kwargs["synced_gpus"] is not gathered and kwargs["cuda_graphs"] is None for kwargs in calls)
+    if gathered:  # `decode` may capture graphs (on CUDA): None
+        assert [kwargs["hooks"] for kwargs in calls] == [0, 0], "the decoder's hooks were on while decoding"
+        if baseline == "greedy":
+            assert calls[1]["hook_calls"] == calls[0]["hook_calls"], "the hooks came back between the decodes"
+    else:  # `decode` never captures a graph under synced_gpus
+        assert [kwargs["hooks"] for kwargs in calls] == [1, 1]
+    # the scoring pass after the samples' decode ran the hook: it came back
+    assert len(head._forward_pre_hooks) == 1 and len(hook_calls) > calls[0]["hook_calls"], (
+        "hooks not restored"
     )
 
 
@@ -418,7 +557,7 @@ def test_samples_are_scored_by_the_policy_that_drew_them(tmp_path, monkeypatch):
         captured.setdefault("calls", []).append((logits.detach().clone(), temperature))
         return original(logits, sequences, mask, temperature)
 
-    def fixed_rollout(blip, image_embeds, columns):
+    def fixed_rollout(blip, image_embeds, columns, memory=None):
         total = torch.tensor([1.0, 0.0] * image_embeds.size(0))
         return samples[: 2 * image_embeds.size(0)], {"sls": total}, total, torch.full_like(total, 0.5)
 
@@ -459,3 +598,88 @@ def test_kl_to_the_base_model_is_zero_for_an_untrained_adapter_and_positive_afte
     trainer.compute_loss(trainer.model, dict(batch))
     trainer.log({"loss": 0.0})
     assert trainer.state.log_history[-1]["kl"] > 0
+
+
+def test_the_steps_one_projection_of_the_image_kv_draws_the_rollouts_own_samples(tmp_path):
+    """The step projects each image's cross-attention K/V once (training mode, dropout off, with gradient) to
+    draw the samples (detached) and to score them: the samples are token for token those the rollout draws
+    from the image embeddings itself in eval mode, with LoRA dropout on in the model."""
+    rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=3, max_sample_tokens=8)
+    trainer = _trainer(tmp_path, "decoder+vision", rl)
+    blip = trainer._captioner(trainer.model)
+    with torch.no_grad():
+        for name, param in blip.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)  # make the adapter, and its dropout, matter
+    inputs = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+    columns = {k: inputs[k] for k in ("caption", "attributes", "category")} | {
+        "image_id": inputs["image_ids"]
+    }
+    trainer.model.train()
+    image_embeds = blip.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
+    with trainer_module.dropout_disabled(blip.text_decoder):
+        memory = trainer_module.image_memory(blip, image_embeds)
+    assert memory.keys[0].requires_grad
+    torch.manual_seed(0)
+    own = trainer.rollout(blip, image_embeds.detach(), columns)[0]
+    torch.manual_seed(0)
+    shared = trainer.rollout(blip, image_embeds.detach(), columns, memory.detach())[0]
+    assert torch.equal(own, shared) and own.size(1) > 2
+
+
+# --- the collapse guard: a decoder forced never to say [SEP] runs every caption to the length limit ----------------
+
+
+def _collapsing_trainer(tmp_path, guard, **settings):
+    torch.manual_seed(0)
+    rl = dict(
+        reward_funcs=["als", "sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=4, collapse_guard=guard
+    )
+    trainer = _trainer(tmp_path, "decoder", {**rl, **settings})
+    blip = trainer.model.get_base_model()
+    blip.text_decoder.cls.predictions.bias.data[blip.config.text_config.sep_token_id] = -1e4
+    return trainer
+
+
+def test_the_guard_warns_once_logs_health_and_the_completions_table(tmp_path, caplog):
+    trainer = _collapsing_trainer(tmp_path, "warn", log_completions_steps=50)
+    trainer._completions_step, trainer.state.global_step = 0, 1  # a table is not due at step 1 ...
+    with caplog.at_level("WARNING", logger="fashioncap.collapse_guard"):
+        _grads_after_one_loss(trainer)
+        _grads_after_one_loss(trainer)
+    warnings = [r.getMessage() for r in caplog.records if "collapsing" in r.getMessage()]
+    assert len(warnings) == 1, "one warning line, not one per step"
+    assert warnings[0].startswith(
+        "the captions are collapsing at step 1: of the greedy captions, 100% run to "
+    )
+    assert "turn rl_weight down or use loss_type: grpo" in warnings[0]
+    tables = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+    assert [t["step"] for t in tables] == [1], "... but the step the guard fired at shows its samples"
+    trainer.log({"loss": 1.0})
+    logged = trainer.state.log_history[-1]
+    assert logged["health/greedy_length_limit_share"] == logged["health/sampled_length_limit_share"] == 1.0
+    for name in ("repeated_trigram_share", "distinct_1", "distinct_2", "mean_length"):
+        assert f"health/sampled_{name}" in logged and f"health/greedy_{name}" in logged
+    assert logged["health/greedy_mean_length"] > 0
+
+
+def test_the_guard_stops_and_saves_in_stop_mode(tmp_path):
+    from fashioncap.collapse_guard import CollapseError
+    from fashioncap.train import fit
+
+    trainer = _collapsing_trainer(tmp_path, "stop")
+    trainer.args.max_steps = 3
+    with pytest.raises(CollapseError, match=r"collapsed at step 0 \(100% run to the length limit\): stopped and "
+                                            r"saved a checkpoint in .*turn rl_weight down"):  # fmt: skip
+        fit(trainer, trainer.args)
+    assert trainer.state.global_step == 1, "stopped at the end of the first step"
+    assert (tmp_path / "checkpoint-1").is_dir()
+
+
+def test_the_guard_off_logs_no_health(tmp_path, caplog):
+    trainer = _collapsing_trainer(tmp_path, "off")
+    with caplog.at_level("WARNING", logger="fashioncap.collapse_guard"):
+        _grads_after_one_loss(trainer)
+    trainer.log({"loss": 1.0})
+    assert not any(k.startswith("health/") for k in trainer.state.log_history[-1])
+    assert not [r for r in caplog.records if "collapsing" in r.getMessage()]

@@ -17,10 +17,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         help="address to listen on (default: this machine only; 0.0.0.0 for all)",
     )
+    parser.add_argument(
+        "--max-file-size",
+        type=float,
+        default=10,
+        metavar="MB",
+        help="largest upload accepted, in MB (default: 10); a larger file is refused by the page",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from fashioncap.app import launch
 
-    launch(args.model_dir, port=args.port, host=args.host)
+    launch(args.model_dir, port=args.port, host=args.host, max_file_size_mb=args.max_file_size)
     return 0

@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the split whose scores to compare (default: test); runs not evaluated on it are listed as such",
     )
     parser.add_argument("--samples", type=int, default=12, help="sample images on the HTML page")
+    parser.add_argument(
+        "--study",
+        help="study.json (or its folder) of these runs, whose paired verdicts over seeds replace the one-seed "
+        "ties (default: OUTPUTS/study/ beside the runs' folder, when it compares them)",
+    )
     add_compare_argument(parser, "run A with run B (run names as in the table; repeatable)")
 
 
@@ -43,7 +48,11 @@ def run(args: argparse.Namespace) -> int:
     from fashioncap.report import run_names, write_report
 
     logging.basicConfig(format="%(levelname)s %(message)s", level=logging.INFO)
-    result = write_report(run_names(args.runs), args.out, args.data, args.split, args.samples, args.compare)
-    print(result["table"] + result["sections"])
+    from fashioncap.verdict import verdict_markdown
+
+    result = write_report(
+        run_names(args.runs), args.out, args.data, args.split, args.samples, args.compare, args.study
+    )
+    print(verdict_markdown(result["verdict"]) + result["table"] + result["sections"])
     print("wrote " + ", ".join(result["files"]), file=sys.stderr)
     return 0

@@ -33,15 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds",
         type=seed_list,
-        default=seed_list("5"),
-        help="N (seeds 0..N-1, default 5), a range A-B such as 5-9, or a list such as 0,3,7",
+        help="N (seeds 0..N-1; default 5, with --sweep 3), a range A-B such as 5-9, or a list such as 0,3,7",
     )
     parser.add_argument(
         "--runs",
         nargs="+",
-        default=["trial1", "trial2", "trial3", "trial4", "trial5"],
         metavar="TRIAL",
-        help="demo recipes to retrain (names in --recipes; default: trial1 ... trial5)",
+        help="demo recipes to retrain (names in --recipes; default: trial1 ... trial5, with --sweep trial2)",
     )
     parser.add_argument("--out", default="outputs/study", help="where runs and study.{json,md,png} go")
     parser.add_argument("--recipes", type=Path, help="folder of demo recipes (default: recipes/demo)")
@@ -51,27 +49,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--split",
-        default="test",
-        help="split to evaluate on (default: test; choose settings with --split val, never on test)",
+        help="split to evaluate on (default: test, with --sweep val; choose settings on val, never on test)",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="draw the attributes/CIDEr frontier: study each RL trial at every value of a recipe key (rl_weight, "
+        "rl_start, loss_type, reward_mix such as cider:0.3+als_f1+sls, ...) and its MLE twin; repeatable "
+        "(every combination); writes OUT/frontier.{json,md,png}",
     )
     add_compare_argument(parser, "trial A with trial B (repeatable)")
 
 
+def check_split(split: str, runs: list[str], recipes: Path, overrides: list[str]) -> None:
+    """`--split` names a split of every trial's data, checked before the study trains anything (a typo would
+    otherwise fail at the first eval, after the base and a trial were trained). A data dir not built yet is
+    the synthetic set the study builds."""
+    from fashioncap.configs import load_config
+    from fashioncap.data.coco import available_splits
+    from fashioncap.data.synthetic import SPLITS
+    from fashioncap.errors import ConfigError, did_you_mean
+
+    for trial in runs:
+        recipe = recipes / f"{trial}.yaml"
+        data = load_config(recipe, overrides).data if recipe.is_file() else None  # run_study names it
+        if data is None or data.data_from_hub:
+            continue
+        splits = available_splits(data.data_dir) if Path(data.data_dir).is_dir() else list(SPLITS)
+        if split not in splits:
+            raise ConfigError(
+                f"--split {split}: the data of {trial} ({data.data_dir}) has no such split (it has "
+                f"{', '.join(splits)}){did_you_mean(split, splits)}"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     from fashioncap.demo import RECIPES
-    from fashioncap.study import run_study, study_markdown
+    from fashioncap.study import DEFAULT_RUNS, DEFAULT_SEEDS, run_study, study_markdown
 
+    recipes = args.recipes or RECIPES
+    # a sweep draws one RL trial's frontier on val over 3 seeds; a study compares the trials on test over 5
+    runs = args.runs or (["trial2"] if args.sweep else DEFAULT_RUNS)
+    seeds = args.seeds or (seed_list("3") if args.sweep else DEFAULT_SEEDS)
+    split = args.split or ("val" if args.sweep else "test")
+    check_split(split, runs, recipes, args.overrides)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    study = run_study(
-        args.out,
-        args.runs,
-        args.seeds,
-        args.recipes or RECIPES,
-        args.base,
-        args.overrides,
-        args.compare,
-        args.split,
-    )
+    if args.sweep:
+        from fashioncap.frontier import frontier_markdown, parse_sweeps, run_frontier
+
+        frontier = run_frontier(
+            args.out, parse_sweeps(args.sweep), runs, seeds, split,
+            recipes=recipes, base=args.base, overrides=args.overrides,
+        )  # fmt: skip
+        print(frontier_markdown(frontier))
+        print(f"wrote {args.out}/frontier.json, frontier.md, frontier.png")
+        return 0
+    study = run_study(args.out, runs, seeds, recipes, args.base, args.overrides, args.compare, split)
     print(study_markdown(study))
     print(f"wrote {args.out}/study.json, study.md, study.png")
     return 0

@@ -30,6 +30,7 @@ class CheckReport:
     splits: dict[str, dict] = field(default_factory=dict)
     categories: int = 0
     problems: list[Problem] = field(default_factory=list)
+    cannot_run: list[str] = field(default_factory=list)  # what a usable dir still cannot do, and why
 
     @property
     def ok(self) -> bool:
@@ -42,6 +43,7 @@ class CheckReport:
         return {
             "data_dir": self.data_dir,
             "usable": self.ok,
+            "cannot_run": self.cannot_run,
             "splits": self.splits,
             "categories": self.categories,
             "problems": [p.__dict__ for p in self.problems],
@@ -53,7 +55,8 @@ class CheckReport:
             lines.append(f"split {split}: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
         lines += [p.format() for p in self.problems]
         errors = sum(p.severity == "error" for p in self.problems)
-        lines.append("usable" if self.ok else f"NOT usable: {errors} error(s)")
+        usable = "usable" + (f", but {'; '.join(self.cannot_run)}" if self.cannot_run else "")
+        lines.append(usable if self.ok else f"NOT usable: {errors} error(s)")
         return "\n".join(lines)
 
 
@@ -68,7 +71,14 @@ def check_data_dir(data_dir: str | Path, max_words: int = 50, decode_images: boo
     categories: dict[int, list[str]] = {}
     if not (data_dir / "categories.json").is_file():
         report.add(
-            data_dir / "categories.json", None, None, "missing: category rewards and SLS need it", "warning"
+            data_dir / "categories.json",
+            None,
+            None,
+            "missing: the SLS metric and the SLS reward need it",
+            "warning",
+        )
+        report.cannot_run.append(
+            "the SLS metric and the SLS reward (sls) cannot run here: no categories.json"
         )
     else:
         try:

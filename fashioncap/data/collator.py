@@ -37,16 +37,29 @@ class CaptionCollator:
     max_length: int = 50
     augment: bool = False
     seed: int = 0
-    _rng: random.Random = field(init=False, repr=False)
+    rank: int = 0  # the process's rank: ranks seeded alike draw their own augmentation
+    _rng: random.Random | None = field(default=None, init=False, repr=False)
+    _rng_stream: tuple | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
-        self._rng = random.Random(self.seed)
         self._caption_inputs = family_of_processor(self.processor).caption_inputs
+
+    def augmentation_rng(self) -> random.Random:
+        """This process's augmentation stream, one per run seed, rank and dataloader worker. A worker's torch
+        seed is drawn anew whenever the loader starts its workers (each epoch, unless they persist, and then
+        their streams run on), so no worker replays another's flips and shifts, nor its own of the last epoch;
+        without workers the main process's stream runs on from epoch to epoch."""
+        worker = torch.utils.data.get_worker_info()
+        stream = (self.seed, self.rank, worker.seed if worker else None)
+        if stream != self._rng_stream:
+            self._rng, self._rng_stream = random.Random("/".join(map(str, stream))), stream
+        return self._rng
 
     def pixel_values(self, images: list[Image.Image], augment: bool = False) -> torch.Tensor:
         images = [to_rgb(im) for im in images]
         if augment:
-            images = [jitter(im, self._rng) for im in images]
+            rng = self.augmentation_rng()
+            images = [jitter(im, rng) for im in images]
         return self.processor.image_processor(images, return_tensors="pt").pixel_values
 
     def __call__(self, rows: list[dict]) -> dict:

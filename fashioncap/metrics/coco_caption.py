@@ -347,8 +347,8 @@ def category_scores(
     """SLS per image: `rewards.category_reward`, for the images whose references carry a category."""
     if category_wordmap is None:
         raise MetricUnavailable(
-            "the references carry categories but no category wordmap was given "
-            "(categories.json, id -> name: pass category_wordmap= or `fashioncap score --categories`)"
+            "the references carry categories but there is no categories.json (id -> name) for them: put one in "
+            "the data dir given as `fashioncap eval --data DIR`, or pass `fashioncap score --categories FILE`"
         )
     ids = [k for k in predictions if categories.get(k) is not None]
     if not ids:

@@ -15,15 +15,18 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from fashioncap.data.coco import load_categories
+from fashioncap.data.coco import read_categories
 from fashioncap.metrics.files import default_categories
 from fashioncap.rewards import get_reward_funcs, prepare_rewards
 
 HEADLINE_REWARDS = ("als", "sls")
 
 
-def recipe_reward_scores(specs: Sequence[str], predictions: Sequence[dict], references: Path) -> dict:
-    """{"reward/<name>": mean score} for each reward spec of a recipe that is not a headline metric."""
+def recipe_reward_scores(
+    specs: Sequence[str], predictions: Sequence[dict], references: Path, categories: Path | None = None
+) -> dict:
+    """{"reward/<name>": mean score} for each reward spec of a recipe that is not a headline metric;
+    `categories`: the categories.json the rewards match (default: the references' data dir's)."""
     specs = [s for s in specs if s not in HEADLINE_REWARDS]
     if not specs:
         return {}
@@ -43,8 +46,8 @@ def recipe_reward_scores(specs: Sequence[str], predictions: Sequence[dict], refe
         "category": [a.get("category", -1) for a in annotations],
         "image_id": [a["image_id"] for a in annotations],
     }
-    categories = default_categories(Path(references))
-    wordmap = load_categories(categories.parent) if categories else {}
+    categories = categories or default_categories(Path(references))
+    wordmap = read_categories(categories) if categories else {}
     completions = [caption_of[i] for i in columns["image_id"]]
     funcs = get_reward_funcs(specs)
     prepare_rewards(funcs, columns)

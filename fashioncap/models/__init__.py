@@ -10,7 +10,6 @@ listed in docs/design.md ("Model families"); adding one is a module and a line i
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from types import ModuleType
 
@@ -19,7 +18,7 @@ from peft import PeftModel
 
 from fashioncap import rundir
 from fashioncap.errors import ConfigError
-from fashioncap.models.source import ADAPTER_CONFIG, ModelLoadError, model_type_of, resolve_source
+from fashioncap.models.source import ModelLoadError, model_type_of, resolve_source
 from fashioncap.noise import peft_without_alias_warning
 
 # family name -> its module; each module lists the config `model_type`s it serves in MODEL_TYPES.
@@ -112,7 +111,7 @@ def load_for_inference(model_dir: str, dtype: torch.dtype | str | None = None):
     An adapter is merged into its base for speed; its processor comes from the run dir when saved there.
     """
     path = Path(model_dir)
-    adapter_config = path / ADAPTER_CONFIG
+    adapter_config = path / rundir.ADAPTER_CONFIG
     prompt = (
         ((rundir.run_config(path) if path.is_dir() else None) or {}).get("model", {}).get("caption_prompt")
     )
@@ -120,7 +119,7 @@ def load_for_inference(model_dir: str, dtype: torch.dtype | str | None = None):
         model, processor = load_model_and_processor(model_dir, dtype=dtype, caption_prompt=prompt)
         return model.eval(), processor
     model_family = family_of_source(model_dir)  # one line for an adapter without a base, before loading
-    base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    base = rundir.adapter_base(path)
     model, processor = load_model_and_processor(base, dtype=dtype)
     with peft_without_alias_warning():
         model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()

@@ -200,9 +200,10 @@ class TextDecoder:
     """Florence-2's BART decoder and LM head as `fashioncap.decoding` drives them (post-LayerNorm layers)."""
 
     def __init__(self, model: torch.nn.Module):
-        self.module = model
         self.decoder = model.model.language_model.decoder
         self.lm_head = model.lm_head
+        # what decoding runs, as one module (dropout control, ZeRO-3's gathering): not the vision tower or encoder
+        self.module = torch.nn.ModuleList([self.decoder, self.lm_head])
         config = model.config.text_config
         self.layers = self.decoder.layers
         self.bos_token_id, self.eos_token_id = config.decoder_start_token_id, config.eos_token_id

@@ -3,7 +3,6 @@ adapter. Which modules a preset targets is the family's (`lora_target_regex` in 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 
+from fashioncap import rundir
 from fashioncap.models.source import ModelLoadError
 from fashioncap.noise import peft_without_alias_warning
 
@@ -80,7 +80,7 @@ def continue_from_run(peft_model, run_dir: str | Path) -> None:
             f"init_from_run {run_dir}: no adapter_model.safetensors there (give the output_dir of a finished "
             "`fashioncap train` with LoRA)"
         )
-    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    base = rundir.adapter_base(path)
     own = peft_model.peft_config["default"].base_model_name_or_path
     if base and own and Path(base).resolve() != Path(own).resolve():  # a Hub id resolves alike both times
         raise ModelLoadError(

@@ -14,9 +14,9 @@ from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, t
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from fashioncap import rundir
 from fashioncap.errors import UserError, closest_path_hint, missing_path
 
-ADAPTER_CONFIG = "adapter_config.json"
 MODEL_CONFIG = "config.json"
 
 
@@ -96,11 +96,11 @@ def model_type_of(name_or_path: str) -> str:
     read before any weights load; a dir without one is a one-line error saying what it should hold."""
     source = resolve_source(name_or_path)
     local = Path(source)
-    if (local / ADAPTER_CONFIG).is_file() and not (local / MODEL_CONFIG).is_file():
-        base = json.loads((local / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    base = rundir.adapter_base(local)
+    if base is not None and not (local / MODEL_CONFIG).is_file():
         if not base:
             raise ModelLoadError(
-                f"{local / ADAPTER_CONFIG} names no base model: the adapter was trained on a model built in "
+                f"{local / rundir.ADAPTER_CONFIG} names no base model: the adapter was trained on a model built in "
                 "memory (tiny_model: true), so there is nothing to load it onto; train from a saved model "
                 "(model_name_or_path) or with lora_preset: none"
             )

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
-from fashioncap.text import normalize_text, plural
+from fashioncap.text import compound_words, normalize_text, plural
 
 
 class CategoryMatcher:
@@ -14,7 +13,9 @@ class CategoryMatcher:
 
     Plural and multi-word forms count ('boots', 't shirt'). Where two forms start at the same word the longer
     wins ('sweater dress' over 'sweater'). The seed took the first category in dictionary order instead, so
-    'a belt with a bag charm' counted as a bag.
+    'a belt with a bag charm' counted as a bag. A hyphenated compound is one word here: a form inside one
+    modifies the item ('boot-cut jeans' are jeans), and a compound that is a form itself names the item unless
+    another form follows it ('a t-shirt' is a tee, 'a t-shirt dress' a dress).
     """
 
     def __init__(self, wordmap: Mapping[int | str, str | Sequence[str]]):
@@ -27,12 +28,30 @@ class CategoryMatcher:
                         self.form_to_id.setdefault(variant, int(cat_id))
         if not self.form_to_id:
             raise ValueError("the category wordmap is empty")
-        alternatives = sorted(self.form_to_id, key=lambda f: (-len(f), f))
-        self._pattern = re.compile(r"\b(" + "|".join(map(re.escape, alternatives)) + r")\b")
+        self._longest = max(len(form.split()) for form in self.form_to_id)
 
     def __call__(self, caption: str) -> int | None:
-        match = self._pattern.search(normalize_text(caption))
-        return self.form_to_id[match.group(1)] if match else None
+        compounds = compound_words(caption)
+        for start in range(len(compounds)):
+            found = self._form_at(compounds, start)
+            if found is None:
+                continue
+            form, end = found
+            if end - start == 1 and len(compounds[start]) > 1 and self._form_at(compounds, end):
+                continue  # a hyphenated form before another form modifies it: 'a t-shirt dress'
+            return self.form_to_id[form]
+        return None
+
+    def _form_at(self, compounds: list[tuple[str, ...]], start: int) -> tuple[str, int] | None:
+        """The longest form made of whole compounds from `start` on, and the index of the compound after."""
+        found, words = None, []
+        for end in range(start, len(compounds)):
+            words.extend(compounds[end])
+            if len(words) > self._longest:
+                break
+            if " ".join(words) in self.form_to_id:
+                found = (" ".join(words), end + 1)
+        return found
 
 
 @lru_cache(maxsize=8)
