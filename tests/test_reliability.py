@@ -31,6 +31,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from fashioncap.decoding import ImageMemory
+
 ROOT = Path(__file__).resolve().parents[1]
 MAX_STEPS = 6
 RL = ["--reward_funcs", "als", "sls", "--rl_weight", "1.0", "--num_samples", "2", "--max_sample_tokens", "8"]
@@ -400,8 +402,9 @@ def test_empty_and_special_token_only_samples_score_zero_and_the_loss_stays_fini
     special = torch.tensor([[dec, sep, pad, pad], [dec, cls, pad, sep]])
     assert trainer._decode(special) == ["", ""]
 
-    def degenerate(blip, memory, num_return_sequences=1, **kwargs):
-        return special[:1].repeat(memory.num_images * num_return_sequences, 1)
+    def degenerate(model, image, num_return_sequences=1, **kwargs):  # image: K/V memory, or embeddings
+        images = image.num_images if isinstance(image, ImageMemory) else image.size(0)
+        return special[:1].repeat(images * num_return_sequences, 1)
 
     monkeypatch.setattr("fashioncap.trainer.decode", degenerate)
     loss, grads = one_loss_and_grads(trainer)
