@@ -135,6 +135,7 @@ FAMILY_NEUTRAL = [
     "fashioncap/trainer.py", "fashioncap/rl.py", "fashioncap/study.py", "fashioncap/report.py",
     "fashioncap/export.py", "fashioncap/app.py", "fashioncap/commands/caption.py", "fashioncap/inference.py",
     "fashioncap/decoding.py", "fashioncap/evaluation.py", "fashioncap/rewards", "fashioncap/metrics",
+    "fashioncap/zero3.py", "fashioncap/collapse_guard.py",
 ]  # fmt: skip
 
 
