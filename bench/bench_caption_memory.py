@@ -39,9 +39,9 @@ def make_images(folder: Path, count: int, size: int = 32) -> Path:
 
 def make_model_dir(out: Path) -> Path:
     """A tiny BLIP with random weights, saved as a merged model dir (what `--model-dir` loads)."""
-    from fashioncap.modeling import build_tiny_blip
+    from fashioncap.models.blip import build_tiny
 
-    model, processor = build_tiny_blip("a red blue dress boots with sleeve".split())
+    model, processor = build_tiny("a red blue dress boots with sleeve".split())
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out

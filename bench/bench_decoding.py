@@ -52,7 +52,8 @@ def build_blip(vision_layers: int, seed: int = 0):
 
 def with_lora(blip, preset: str):
     """The trials' LoRA (r16, alpha 32, dropout 0.05); returns the BLIP inside, its modules now adapted."""
-    from fashioncap.modeling import apply_lora, lora_target_regex
+    from fashioncap.models.blip import lora_target_regex
+    from fashioncap.models.lora import apply_lora
 
     layers = blip.config.vision_config.num_hidden_layers
     return apply_lora(
@@ -199,7 +200,7 @@ def rollout(
 
 def sdpa_over_eager(blip, batch: int = 2, caption_tokens: int = 32, repeats: int = 2):
     """A MLE step, forward + backward of vision and decoder: eager attention vs `sdpa_attention`."""
-    from fashioncap.attention import sdpa_attention
+    from fashioncap.models.blip import sdpa_attention
 
     size = blip.config.vision_config.image_size
     pixel_values = torch.randn(batch, 3, size, size)

@@ -34,13 +34,14 @@ def run(images: int = 200, batch_size: int = 64) -> dict:
     from fashioncap.data import build_synthetic, references_file
     from fashioncap.data.images import open_rgb
     from fashioncap.inference import generation_settings
-    from fashioncap.modeling import build_tiny_blip, caption_vocabulary
+    from fashioncap.models.blip import build_tiny
+    from fashioncap.text import caption_vocabulary
 
     settings = generation_settings()  # the recipe defaults: beams 3, 50 tokens, at least 5
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = build_synthetic(Path(tmp) / "data", train=0, val=0, test=images, pretrain=0)
         annotations = json.loads(references_file(data_dir, "test").read_text())["annotations"]
-        model, processor = build_tiny_blip(caption_vocabulary(a["caption"] for a in annotations))
+        model, processor = build_tiny(caption_vocabulary(a["caption"] for a in annotations))
         pil_images = [open_rgb(p) for p in sorted((data_dir / "images" / "test").iterdir())]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()

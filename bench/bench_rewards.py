@@ -53,7 +53,7 @@ def _score(completions, attributes, categories, wordmap) -> dict:
 
 
 def run(images: int = 500) -> dict:
-    from fashioncap import rewards
+    from fashioncap.rewards import attributes as rewards
 
     start = time.perf_counter()
     rewards._tagger()

@@ -79,7 +79,7 @@ def build_large_blip(words: list[str]):
         BlipProcessor,
     )
 
-    from fashioncap.modeling import SPECIAL_TOKENS, configure_generation_ids
+    from fashioncap.models.blip import SPECIAL_TOKENS, configure_generation_ids
 
     tokens = [*SPECIAL_TOKENS, *sorted(set(words) - set(SPECIAL_TOKENS))]
     tokens += [f"[unused{i}]" for i in range(LARGE_TEXT["vocab_size"] - len(tokens))]
@@ -100,10 +100,11 @@ def build_large_blip(words: list[str]):
 
 def build_model(shape: str, words: list[str], device: str):
     """The trial-4 LoRA model (r16 on the decoder and the last vision layers), initialised on `device` directly."""
-    from fashioncap.modeling import apply_lora, build_tiny_blip, lora_target_regex
+    from fashioncap.models.blip import build_tiny, lora_target_regex
+    from fashioncap.models.lora import apply_lora
 
     with torch.device(device):
-        model, processor = build_large_blip(words) if shape == "large" else build_tiny_blip(words)
+        model, processor = build_large_blip(words) if shape == "large" else build_tiny(words)
         layers = model.config.vision_config.num_hidden_layers
         regex = lora_target_regex("decoder+vision", layers, SHAPES[shape]["vision_lora_layers"])
         model = apply_lora(model, regex, r=16, alpha=32, dropout=0.05)
@@ -147,7 +148,7 @@ def make_trainer(model, processor, wordmap, reward_funcs, output_dir: str, devic
 
 def record_sample_lengths(trainer) -> list[torch.Tensor]:
     """Wrap the trainer's rollout to collect the mean sampled length per step (a tensor: no device sync)."""
-    from fashioncap.trainer import completion_mask
+    from fashioncap.rl import completion_mask
 
     rollout, lengths = trainer.rollout, []
     sep = trainer.processing_class.tokenizer.sep_token_id
@@ -213,7 +214,7 @@ def measure(
     settings); otherwise one is built here.
     """
     from fashioncap.data.collator import CaptionCollator
-    from fashioncap.rewards import _attribute_cache
+    from fashioncap.rewards.attributes import _attribute_cache
 
     cuda = device.startswith("cuda")
     if built is None:

@@ -1,26 +1,36 @@
-"""BLIP's attention through `torch.nn.functional.scaled_dot_product_attention` (SDPA).
+"""Attention through `torch.nn.functional.scaled_dot_product_attention` (SDPA), for any family's layers.
 
-transformers 5.24 runs BLIP's attention eagerly (matmul, softmax, matmul) and refuses
-`attn_implementation="sdpa"` for BLIP (`_supports_sdpa` is False). SDPA computes the same thing in one fused
-kernel (flash/memory-efficient on CUDA, a fused loop on CPU) without keeping the attention probabilities for
-backward.
-
-`sdpa_attention(model)` switches the stock modules for the duration of a block: the vision encoder's
-`BlipAttention` and the text model's `BlipTextSelfAttention` (self and cross attention, KV cache included, so
-`generate` works under it). `fashioncap.decoding` calls `attend` directly. Attention maps are not returned
-under SDPA (`output_attentions` gives None).
+SDPA computes softmax(QK^T)V in one fused kernel (flash/memory-efficient on CUDA, a fused loop on CPU) without
+keeping the attention probabilities for backward. The decoding engine (`fashioncap.decoding`) and a family's
+own SDPA patch (BLIP's: `fashioncap.models.blip.sdpa_attention`) call `attend`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import types
+import contextvars
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import EncoderDecoderCache
-from transformers.models.blip.modeling_blip import BlipAttention
-from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention
+
+# Layers that drop out functionally (BART's: `F.dropout(x, p, training=self.training)`) have no nn.Dropout module
+# to switch off; `dropout_off()` switches theirs off while their modules stay in training mode.
+_DROPOUT_OFF = contextvars.ContextVar("fashioncap_dropout_off", default=False)
+
+
+@contextlib.contextmanager
+def dropout_off():
+    """Functional dropout (`functional_dropout`, and `attend` for a module whose `dropout` is a rate) off."""
+    token = _DROPOUT_OFF.set(True)
+    try:
+        yield
+    finally:
+        _DROPOUT_OFF.reset(token)
+
+
+def functional_dropout(states: torch.Tensor, rate: float, module: torch.nn.Module) -> torch.Tensor:
+    """Dropout at `rate` while `module` trains, unless inside `dropout_off()`."""
+    return F.dropout(states, rate, training=module.training and not _DROPOUT_OFF.get())
 
 
 def split_heads(states: torch.Tensor, head_size: int) -> torch.Tensor:
@@ -41,78 +51,42 @@ def attend(
     mask: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """SDPA with `module`'s attention dropout while it trains; `mask`: boolean (True: attend) or additive."""
+    """SDPA with `module`'s attention dropout while it trains (`module.dropout`: an nn.Dropout, or a rate);
+    `mask`: boolean (True: attend) or additive."""
     if mask is not None and mask.is_floating_point():
         mask = mask.to(query.dtype)  # SDPA wants an additive mask in the query's dtype (autocast)
-    dropout = module.dropout.p if module.dropout.training else 0.0  # off under dropout_disabled() too
+    if isinstance(module.dropout, torch.nn.Dropout):
+        dropout = module.dropout.p if module.dropout.training else 0.0  # off under dropout_disabled() too
+    else:
+        dropout = module.dropout if module.training and not _DROPOUT_OFF.get() else 0.0
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 
-def _vision_attention_forward(self: BlipAttention, hidden_states: torch.Tensor, **kwargs):
-    """BlipAttention.forward with SDPA: fused qkv, no mask, scale head_dim ** -0.5."""
-    batch, length, width = hidden_states.shape
-    qkv = (
-        self.qkv(hidden_states)
-        .reshape(batch, length, 3, self.num_heads, self.head_dim)
-        .permute(2, 0, 3, 1, 4)
-    )
-    context = attend(self, qkv[0], qkv[1], qkv[2], scale=self.scale)
-    return self.projection(context.transpose(1, 2).reshape(batch, length, width)), None
+def grouped_cross_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Cross-attention of rows grouped per image (image-major), each image's keys/values [images, heads, tokens,
+    d] computed once: an image's rows become one long query. `query` [rows, length, heads * d] is projected."""
+    rows, length, _ = query.shape
+    images, _, _, head_size = keys.shape
+    grouped = query.reshape(images, rows // images * length, -1, head_size).transpose(1, 2)
+    return attend(module, grouped, keys, values, scale=scale).transpose(1, 2).reshape(rows, length, -1)
 
 
-def _text_attention_forward(
-    self: BlipTextSelfAttention,
-    hidden_states: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    encoder_hidden_states: torch.Tensor | None = None,
-    encoder_attention_mask: torch.Tensor | None = None,
-    cache=None,
-    **kwargs,
-):
-    """BlipTextSelfAttention.forward with SDPA; the cache handling is transformers' own, line for line."""
-    query = split_heads(self.query(hidden_states), self.attention_head_size)
-    is_cross_attention = encoder_hidden_states is not None
-    mask = encoder_attention_mask if is_cross_attention else attention_mask
-    layer_cache, reuse_cross = cache, False
-    if isinstance(cache, EncoderDecoderCache):
-        reuse_cross = is_cross_attention and cache.is_updated.get(self.layer_idx)
-        layer_cache = cache.cross_attention_cache if is_cross_attention else cache.self_attention_cache
-    if reuse_cross:
-        key, value = layer_cache.layers[self.layer_idx].keys, layer_cache.layers[self.layer_idx].values
-    else:
-        states = encoder_hidden_states if is_cross_attention else hidden_states
-        key = split_heads(self.key(states), self.attention_head_size)
-        value = split_heads(self.value(states), self.attention_head_size)
-        if cache is not None:
-            key, value = layer_cache.update(key, value, self.layer_idx, kwargs=kwargs)
-            if is_cross_attention and isinstance(cache, EncoderDecoderCache):
-                cache.is_updated[self.layer_idx] = True
-    return merge_heads(attend(self, query, key, value, mask)), None
-
-
-_SDPA_FORWARDS = (
-    (BlipAttention, _vision_attention_forward),
-    (BlipTextSelfAttention, _text_attention_forward),
-)
-
-
-@contextlib.contextmanager
-def sdpa_attention(model: torch.nn.Module):
-    """Run every BLIP attention module inside `model` (PEFT-wrapped or not) through SDPA for the block.
-
-    The instance's `forward` is shadowed, so module hooks (DeepSpeed, FSDP, PEFT) still run; nesting is safe.
-    """
-    patched = []
-    for module in model.modules():
-        forward = next((f for cls, f in _SDPA_FORWARDS if isinstance(module, cls)), None)
-        if forward is not None:
-            patched.append((module, module.__dict__.get("forward")))
-            module.forward = types.MethodType(forward, module)
-    try:
-        yield model
-    finally:
-        for module, previous in patched:
-            if previous is None:
-                del module.forward
-            else:
-                module.forward = previous
+def cached_keys_values(
+    cache: tuple[torch.Tensor, torch.Tensor] | None,
+    position: torch.Tensor | None,
+    key: torch.Tensor,
+    value: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This token's self-attention K/V written into the preallocated cache [rows, heads, slots, d] at `position`,
+    and the whole cache to attend to; without a cache (teacher forcing), K/V as they are."""
+    if cache is None:
+        return key, value
+    cache[0].index_copy_(2, position, key)
+    cache[1].index_copy_(2, position, value)
+    return cache

@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from fashioncap.errors import UserError
 from fashioncap.metrics.health import caption_health, collapse_signs
+from fashioncap.ranks import agreed_by_any_rank
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,6 @@ class CollapseGuard(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.mode == "stop":
-            from fashioncap.train import agreed_by_any_rank
-
             if agreed_by_any_rank(self._pending, args.device):
                 self.collapsed_at = state.global_step if self.collapsed_at is None else self.collapsed_at
                 control.should_save = True

@@ -21,7 +21,9 @@ from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 from transformers.utils import is_torch_bf16_gpu_available
 
 from fashioncap.errors import ConfigError, did_you_mean, is_main_process, missing_path
-from fashioncap.modeling import DEFAULT_MODEL, LORA_PRESETS
+from fashioncap.models import DEFAULT_FAMILY, FAMILIES
+from fashioncap.models.blip import DEFAULT_MODEL
+from fashioncap.models.lora import LORA_PRESETS
 from fashioncap.recipe_keys import GENERATION_DEFAULTS, RECIPE_KEYS
 
 logger = logging.getLogger(__name__)
@@ -30,7 +32,8 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
-        default=DEFAULT_MODEL, metadata={"help": "Hub id or local dir of a BLIP model"}
+        default=DEFAULT_MODEL,
+        metadata={"help": "Hub id or local dir of a captioner of a registered family (BLIP)"},
     )
     base_recipe: str | None = field(
         default=None,
@@ -38,10 +41,13 @@ class ModelArguments:
     )
     tiny_model: bool = field(
         default=False,
-        metadata={"help": "build a tiny BLIP from the data's vocabulary instead of loading one"},
+        metadata={"help": "build a tiny model from the data's vocabulary instead of loading one"},
+    )
+    tiny_family: str = field(
+        default=DEFAULT_FAMILY, metadata={"help": f"the family tiny_model builds: {' | '.join(FAMILIES)}"}
     )
     label_smoothing: float | None = field(
-        default=None, metadata={"help": "text_config.label_smoothing (BLIP: 0.1)"}
+        default=None, metadata={"help": "the text decoder's label smoothing (BLIP: 0.1)"}
     )
     lora_preset: str = field(
         default="decoder", metadata={"help": f"{' | '.join(LORA_PRESETS)} | none (full)"}
@@ -61,6 +67,13 @@ class ModelArguments:
         metadata={
             "help": "a finished run whose adapter this run continues from (same base and LoRA settings); the "
             "optimizer and schedule start afresh"
+        },
+    )
+    caption_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "the text a family's processor takes with the image (Florence-2: a task token, <CAPTION> "
+            "by default, or a prompt); BLIP takes none"
         },
     )
 
@@ -202,7 +215,7 @@ LOSS_TYPES = (
     "grpo",
     "dapo",
     "dr_grpo",
-)  # TRL's names (fashioncap.trainer.normalised_logprobs)
+)  # TRL's names (fashioncap.rl.normalised_logprobs)
 GUARD_MODES = ("warn", "stop", "off")  # fashioncap.collapse_guard
 
 

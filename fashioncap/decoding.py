@@ -1,36 +1,32 @@
-"""BLIP's text decoder with each image's cross-attention keys/values computed once and shared by all its rows.
+"""The text decoder with each image's cross-attention keys/values computed once and shared by all its rows.
 
 Why: `generate` and the plain decoder forward take the image embeddings repeated once per row (per sample, per
-beam, per reference), so every row recomputes the cross-attention K/V projections of all 577 image tokens, and
-beam search reorders that repeated cross-attention cache at every token. In cross-attention every query
-attends to all image tokens and never to another query, so the rows of one image can be folded into the query
-length instead: Q [images, heads, rows * T, d] against K/V [images, heads, 577, d] is the same arithmetic with
-K/V (and the LoRA on the cross-attention key/value) computed once per image, and gradients through K/V flow
-once per image.
+beam, per reference), so every row recomputes the cross-attention K/V projections of all the image tokens (577
+for BLIP-large), and beam search reorders that repeated cross-attention cache at every token. In
+cross-attention every query attends to all image tokens and never to another query, so the rows of one image can
+be folded into the query length instead: Q [images, heads, rows * T, d] against K/V [images, heads, tokens, d] is
+the same arithmetic with K/V (and the LoRA on the cross-attention key/value) computed once per image, and
+gradients through K/V flow once per image.
 
-What transformers 5.24 offers natively (read from its source, and tried): nothing usable here.
-- Static cache / compiled generation: `cache_implementation="static"` hands BLIP's text model one
-  `StaticCache`; `BlipTextEncoder` only wraps a `DynamicCache` into an `EncoderDecoderCache`, so self- and
-  cross-attention write into the same static layers and `generate` fails (index_copy_ out of bounds: 577 image
-  keys into a max_length-slot cache). BLIP declares neither `_can_compile_fullgraph` nor `_supports_sdpa`
-  (`attn_implementation="sdpa"` raises), so generate never auto-compiles it.
-- `generate` expands the encoder states per beam/return sequence, and `EncoderDecoderCache.reorder_cache`
-  copies the [rows, heads, 577, d] cross-attention cache of every layer at every beam step.
-- Beam search pads finished beams with [SEP], not [PAD], when pad_token_id is 0 (`pad_token_id or eos` on a
-  tensor); `decode` pads with [PAD] everywhere. Tokens up to [SEP] and the lengths are the same.
+The engine is the same for every model family: the family (`fashioncap.models`, read from the model's config)
+supplies its `TextDecoder` (embeddings, one layer's forward through its own submodules, cross-attention K/V of
+image embeddings, the LM head, the special token ids) and `encode_images`. What transformers 5.24 offers
+natively for BLIP (static cache, compiled generation) is not usable here: docs/design.md, "Model families".
 
-So this module is the minimal engine: one layer function (`_decoder_layer`) serves the teacher-forced pass and
-the per-token step; the step has static shapes (preallocated self-attention cache, position as a tensor) so
-that on CUDA it is captured once per `decode` call as a CUDA graph and replayed per token (`cuda_graphs`,
-default on for CUDA unless `synced_gpus`: sharded parameters are gathered by hooks that a replay would skip). If
-capturing or replaying ever raises, the process decodes eagerly from then on, after one warning saying why
-(`cuda_graphs_failure`): a card or driver where graphs fail costs speed, never the run.
+So this module is the minimal engine: one layer function (the family's `TextDecoder.layer`) serves the
+teacher-forced pass and the per-token step; the step has static shapes (preallocated self-attention cache,
+position as a tensor) so that on CUDA it is captured once per `decode` call as a CUDA graph and replayed per
+token (`cuda_graphs`, default on for CUDA unless `synced_gpus`: sharded parameters are gathered by hooks that a
+replay would skip). Beam search pads finished beams with [PAD] (transformers' BLIP pads them with [SEP]); the
+tokens up to the end token and the lengths are `generate`'s. If capturing or replaying a CUDA graph ever raises,
+the process decodes eagerly from then on, after one warning saying why (`cuda_graphs_failure`): a card or driver
+where graphs fail costs speed, never the run.
 
     with torch.no_grad():
-        memory = image_memory(blip, image_embeds)                # K/V of every layer, once per image
-    samples = decode(blip, memory, do_sample=True, num_return_sequences=h, top_k=0, max_new_tokens=50)
-    greedy = decode(blip, memory, max_new_tokens=50)             # the SCST baseline, same K/V
-    captions = decode(blip, blip.vision_model(pixel_values).last_hidden_state, num_beams=3, max_new_tokens=50)
+        memory = image_memory(model, encode_images(model, pixel_values))   # K/V of every layer, once per image
+    samples = decode(model, memory, do_sample=True, num_return_sequences=h, top_k=0, max_new_tokens=50)
+    greedy = decode(model, memory, max_new_tokens=50)                     # the SCST baseline, same K/V
+    captions = decode(model, encode_images(model, pixel_values), num_beams=3, max_new_tokens=50)
 """
 
 from __future__ import annotations
@@ -43,7 +39,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fashioncap.attention import attend, merge_heads, split_heads
+from fashioncap.attention import dropout_off
+from fashioncap.models import family_of
 
 # transformers' beam-search score for an impossible candidate (its arithmetic is kept, for identical beams).
 _IMPOSSIBLE = -1.0e9
@@ -68,9 +65,14 @@ def _give_up_cuda_graphs(stage: str, error: Exception) -> None:
         logger.warning("%s; decoding without CUDA graphs from now on", " ".join(_cuda_graphs_failure.split()))
 
 
-def text_decoder(model: torch.nn.Module) -> torch.nn.Module:
-    """The BlipTextLMHeadModel of a BLIP captioner (PEFT-wrapped or not), or the decoder itself."""
-    return getattr(model, "text_decoder", model)
+def text_decoder(model: torch.nn.Module):
+    """The family's `TextDecoder` view of a captioner (PEFT-wrapped or not), or of its text decoder alone."""
+    return family_of(model).TextDecoder(model)
+
+
+def encode_images(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Image embeddings [images, tokens, width] that the decoder cross-attends to, computed once per image."""
+    return family_of(model).encode_images(model, pixel_values)
 
 
 @dataclass(frozen=True)
@@ -94,54 +96,15 @@ def image_memory(model: torch.nn.Module, image_embeds: torch.Tensor) -> ImageMem
     Computed with gradient when `image_embeds` or the projections require it; reuse one memory for several
     `decode` calls (samples and the greedy baseline) to project once.
     """
-    keys, values = [], []
-    for layer in text_decoder(model).bert.encoder.layer:
-        cross = layer.crossattention.self
-        keys.append(split_heads(cross.key(image_embeds), cross.attention_head_size))
-        values.append(split_heads(cross.value(image_embeds), cross.attention_head_size))
-    return ImageMemory(tuple(keys), tuple(values))
+    return _as_memory(text_decoder(model), image_embeds)
 
 
-def _as_memory(model: torch.nn.Module, image: torch.Tensor | ImageMemory) -> ImageMemory:
-    return image if isinstance(image, ImageMemory) else image_memory(model, image)
-
-
-def _cross_attention(module, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Cross-attention of rows grouped per image (image-major): an image's rows become one long query."""
-    rows, length, _ = hidden.shape
-    images = keys.size(0)
-    query = module.query(hidden).reshape(images, rows // images * length, -1, module.attention_head_size)
-    context = attend(module, query.transpose(1, 2), keys, values)
-    return context.transpose(1, 2).reshape(rows, length, -1)
-
-
-def _decoder_layer(
-    layer,
-    hidden: torch.Tensor,
-    self_mask: torch.Tensor,
-    cross_keys: torch.Tensor,
-    cross_values: torch.Tensor,
-    cache: tuple[torch.Tensor, torch.Tensor] | None = None,
-    position: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One BlipTextLayer, calling its own submodules (LoRA and parameter-gathering hooks run as usual).
-
-    With `cache` ([rows, heads, slots, d] keys and values), this token's self-attention K/V are written at
-    `position` and the query attends to the slots `self_mask` allows: the same shapes at every step.
-    """
-    attention = layer.attention.self
-    query, key, value = (
-        split_heads(projection(hidden), attention.attention_head_size)
-        for projection in (attention.query, attention.key, attention.value)
-    )
-    if cache is not None:
-        cache[0].index_copy_(2, position, key)
-        cache[1].index_copy_(2, position, value)
-        key, value = cache
-    hidden = layer.attention.output(merge_heads(attend(attention, query, key, value, self_mask)), hidden)
-    cross = _cross_attention(layer.crossattention.self, hidden, cross_keys, cross_values)
-    hidden = layer.crossattention.output(cross, hidden)
-    return layer.feed_forward_chunk(hidden)
+def _as_memory(decoder, image: torch.Tensor | ImageMemory) -> ImageMemory:
+    """`image` as it is when already projected, else every layer's K/V of these image embeddings."""
+    if isinstance(image, ImageMemory):
+        return image
+    keys, values = zip(*(decoder.cross_keys_values(layer, image) for layer in decoder.layers), strict=True)
+    return ImageMemory(keys, values)
 
 
 def _teacher_forcing_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -160,17 +123,18 @@ def dropout_disabled(module: torch.nn.Module):
     for m in dropouts:
         m.eval()
     try:
-        yield
+        with dropout_off():
+            yield
     finally:
         for m in dropouts:
             m.train()
 
 
-def _decoder_layer_without_dropout(layer, *args) -> torch.Tensor:
+def _layer_without_dropout(decoder, layer, *args) -> torch.Tensor:
     """A layer with its dropout off, inside the checkpointed function: the recomputation in backward then runs
     as the forward did (same values, same saved tensors) whatever the modules' mode is by then."""
     with dropout_disabled(layer):
-        return _decoder_layer(layer, *args)
+        return decoder.layer(layer, *args)
 
 
 def decoder_logits(
@@ -187,31 +151,31 @@ def decoder_logits(
     included, to the plain forward on repeated embeddings:
 
         states = image_embeds.repeat_interleave(R, 0)
-        text_decoder(input_ids, attention_mask, encoder_hidden_states=states).logits
+        decoder(input_ids, attention_mask, encoder_hidden_states=states).logits   # the family's text decoder
 
     Padded positions are unspecified. Honours gradient checkpointing, and dropout like the stock layers unless
     `dropout` is False (then off everywhere, the cross-attention K/V projection included, and in recomputation).
     References and H samples per image, as the trainer holds them:
 
         rows = torch.cat([references.view(b, 1, t), samples.view(b, h, t)], 1).view(-1, t)   # and their masks
-        logits = decoder_logits(blip, rows, masks, image_embeds).view(b, 1 + h, t, -1)
+        logits = decoder_logits(model, rows, masks, image_embeds).view(b, 1 + h, t, -1)
         reference_logits, sample_logits = logits[:, 0], logits[:, 1:].flatten(0, 1)
     """
     decoder = text_decoder(model)
-    layer_function = _decoder_layer if dropout else _decoder_layer_without_dropout
-    with contextlib.nullcontext() if dropout else dropout_disabled(decoder):
+    layer_function = decoder.layer if dropout else functools.partial(_layer_without_dropout, decoder)
+    with contextlib.nullcontext() if dropout else dropout_disabled(decoder.module):
         memory = _as_memory(decoder, image)
         if input_ids.size(0) % memory.num_images:
             raise ValueError(f"{input_ids.size(0)} rows do not split evenly over {memory.num_images} images")
-        hidden = decoder.bert.embeddings(input_ids=input_ids)
+        hidden = decoder.embed(input_ids)
         mask = _teacher_forcing_mask(attention_mask)
-        for layer, keys, values in zip(decoder.bert.encoder.layer, memory.keys, memory.values, strict=True):
+        for layer, keys, values in zip(decoder.layers, memory.keys, memory.values, strict=True):
             if layer.gradient_checkpointing and layer.training and torch.is_grad_enabled():
                 run = functools.partial(layer_function, layer)
                 hidden = layer._gradient_checkpointing_func(run, hidden, mask, keys, values)
             else:
                 hidden = layer_function(layer, hidden, mask, keys, values)
-        return decoder.cls(hidden)
+        return decoder.logits(hidden)
 
 
 @contextlib.contextmanager
@@ -268,14 +232,13 @@ class DecoderStep:
                 states[:, :, :filled] = states[source_rows, :, :filled]
 
     def _forward(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        hidden = self.decoder.bert.embeddings(input_ids=tokens[:, None], position_ids=position[None])
+        hidden = self.decoder.embed(tokens[:, None], position[None])
         mask = (self.slots <= position).view(1, 1, 1, -1)
-        layers = self.decoder.bert.encoder.layer
         for layer, cache, keys, values in zip(
-            layers, self.caches, self.memory.keys, self.memory.values, strict=True
+            self.decoder.layers, self.caches, self.memory.keys, self.memory.values, strict=True
         ):
-            hidden = _decoder_layer(layer, hidden, mask, keys, values, cache, position)
-        return self.decoder.cls(hidden[:, -1]).float()
+            hidden = self.decoder.layer(layer, hidden, mask, keys, values, cache, position)
+        return self.decoder.logits(hidden[:, -1]).float()
 
     def _capture(self, rows: int) -> None:
         """Record `_forward` as a CUDA graph reading static token/position buffers (PyTorch's recipe: warm up
@@ -333,11 +296,8 @@ def decode(
     their current mode, like `generate`: call it in eval mode.
     """
     decoder = text_decoder(model)
-    config = decoder.config
-    if not 0 < max_new_tokens <= config.max_position_embeddings:
-        raise ValueError(
-            f"max_new_tokens must be in 1..{config.max_position_embeddings}, got {max_new_tokens}"
-        )
+    if not 0 < max_new_tokens <= decoder.max_positions:
+        raise ValueError(f"max_new_tokens must be in 1..{decoder.max_positions}, got {max_new_tokens}")
     if num_beams > 1 and do_sample:
         raise ValueError("beam sampling (num_beams > 1 with do_sample) is not supported")
     if not do_sample and num_return_sequences > num_beams:
@@ -351,7 +311,7 @@ def decode(
     cuda_graphs = cuda_graphs and _cuda_graphs_failure is None
     rows_per_image = num_beams if num_beams > 1 else num_return_sequences
     step = DecoderStep(decoder, memory, rows_per_image, max_new_tokens, cuda_graphs)
-    ids = (config.bos_token_id, config.sep_token_id, config.pad_token_id)
+    ids = (decoder.bos_token_id, decoder.eos_token_id, decoder.pad_token_id)
     if num_beams > 1:
         return _beam_search(
             step, memory.num_images, num_beams, num_return_sequences, ids, max_new_tokens, min_new_tokens,

@@ -1,8 +1,8 @@
 """A trained run as a folder that Hugging Face users load without fashioncap (`fashioncap export`).
 
-Merged (`merge=True`): the LoRA (decoder and vision, and any `modules_to_save` copies) folded into BLIP with
+Merged (`merge=True`): the LoRA (decoder and vision, and any `modules_to_save` copies) folded into the base model with
 PEFT's `merge_and_unload`, saved with the processor and a generation config holding the run's generation
-settings: `BlipForConditionalGeneration.from_pretrained` and `pipeline` load it. Adapter (the default): the
+settings: the family's model class (`from_pretrained`) and `pipeline` load it. Adapter (the default): the
 adapter files, the processor and the base model's location, what `PeftModel.from_pretrained` needs. Either way
 the folder gets the run's recipe (so `fashioncap caption --model-dir OUT` uses the run's settings) and a model
 card whose "How to use" snippets load that folder.
@@ -24,7 +24,7 @@ from fashioncap.io_utils import atomic_directory, write_json_atomic
 
 def refuse_unmergeable(run_dir: Path, base: str | None) -> None:
     """One line for a merge that cannot work: an adapter without a base, or a local base that is gone (a Hub
-    base that cannot be had fails in one line when loaded, `modeling.check_hub_model`)."""
+    base that cannot be had fails in one line when loaded, `models.source.check_hub_model`)."""
     from fashioncap.hub import is_hub_id
 
     if base == "":
@@ -60,7 +60,7 @@ def untie_differing_embeddings(model) -> None:
 def _save_merged(run_dir: Path, target: Path) -> None:
     """The merged model, its processor and a generation config carrying the run's generation settings."""
     from fashioncap.inference import generation_settings
-    from fashioncap.modeling import load_for_inference
+    from fashioncap.models import load_for_inference
 
     model, processor = load_for_inference(str(run_dir))
     untie_differing_embeddings(model)

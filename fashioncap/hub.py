@@ -93,7 +93,8 @@ def _card_metadata(config: dict, scores: dict, name: str, dataset: str, split: s
         "library_name": "peft" if is_adapter else "transformers",
         **({"base_model": base} if is_hub_id(base) else {}),  # the Hub rejects a base_model that is not an id
         "pipeline_tag": "image-to-text",
-        "tags": ["image-captioning", "fashion", "blip", "fashioncap"] + (["lora"] if is_adapter else []),
+        "tags": ["image-captioning", "fashion", config.get(rundir.FAMILY, "blip"), "fashioncap"]
+        + (["lora"] if is_adapter else []),
         "datasets": [dataset],
         "license": "bsd-3-clause",
     }
@@ -139,25 +140,32 @@ def _describe_lora(model: dict) -> str:
     )
 
 
-def how_to_use(base: str, target: str, is_adapter: bool, generation: dict) -> str:
+def how_to_use(
+    base: str, target: str, is_adapter: bool, generation: dict, model_family, card_prompt: str
+) -> str:
     """The card's "How to use": Python blocks that load `target` as it is (an adapter through PEFT; merged
     weights with `pipeline` or `from_pretrained`) and caption product.jpg with the run's generation settings.
 
-    BLIP's `generate` does not read generation_config.json (its text decoder has its own generation config), so
-    the settings are passed explicitly. tests/test_export.py runs these blocks against local exports."""
+    `model_family`: its model and processor classes (`CARD_CLASSES`) and the prompt its processor takes with the
+    image (`card_prompt`: the run's `caption_prompt`, else the family's `CARD_PROMPT`; none for BLIP). BLIP's `generate` does not read generation_config.json (its text decoder
+    has its own generation config), so the settings are passed explicitly. tests/test_export.py runs these blocks
+    against local exports."""
+    model_class, processor_class = model_family.CARD_CLASSES
+    prompt = f'text="{card_prompt}", ' if card_prompt else ""
+    echo = "return_full_text=False, " if card_prompt else ""  # the pipeline would print the prompt first
     settings = ", ".join(f"{k}={v}" for k, v in generation.items())
     image = 'image = Image.open("product.jpg").convert("RGB")\n'
     generate = (
-        f'ids = model.generate(**processor(images=image, return_tensors="pt"), {settings})\n'
+        f'ids = model.generate(**processor(images=image, {prompt}return_tensors="pt"), {settings})\n'
         "print(processor.decode(ids[0], skip_special_tokens=True))"
     )
     if is_adapter:
         peft = (
             "from peft import PeftModel\nfrom PIL import Image\n"
-            "from transformers import BlipForConditionalGeneration, BlipProcessor\n\n"
-            f'base = BlipForConditionalGeneration.from_pretrained("{base}")\n'
+            f"from transformers import {model_class}, {processor_class}\n\n"
+            f'base = {model_class}.from_pretrained("{base}")\n'
             f'model = PeftModel.from_pretrained(base, "{target}").merge_and_unload()\n'
-            f'processor = BlipProcessor.from_pretrained("{target}")\n{image}{generate}'
+            f'processor = {processor_class}.from_pretrained("{target}")\n{image}{generate}'
         )
         return (
             f"The LoRA adapter, loaded onto its base with PEFT:\n```python\n{peft}\n```\n"
@@ -168,12 +176,13 @@ def how_to_use(base: str, target: str, is_adapter: bool, generation: dict) -> st
         "from PIL import Image\nfrom transformers import pipeline\n\n"
         f'captioner = pipeline("image-text-to-text", model="{target}")  # transformers 4: "image-to-text"\n'
         f"{image}"
-        f'print(captioner(images=image, text="", generate_kwargs=dict({settings}))[0]["generated_text"])'
+        f'print(captioner(images=image, text="{card_prompt}", {echo}generate_kwargs=dict({settings}))'
+        '[0]["generated_text"])'
     )
     direct = (
-        "from PIL import Image\nfrom transformers import BlipForConditionalGeneration, BlipProcessor\n\n"
-        f'model = BlipForConditionalGeneration.from_pretrained("{target}")\n'
-        f'processor = BlipProcessor.from_pretrained("{target}")\n{image}{generate}'
+        f"from PIL import Image\nfrom transformers import {model_class}, {processor_class}\n\n"
+        f'model = {model_class}.from_pretrained("{target}")\n'
+        f'processor = {processor_class}.from_pretrained("{target}")\n{image}{generate}'
     )
     return (
         f"With a pipeline:\n```python\n{pipe}\n```\n"
@@ -192,6 +201,9 @@ def model_card(
     """A model card with Hub metadata (base_model, library_name: peft, model-index) and the trial's settings;
     `checkpoint` says which weights these are ('final (step N)' or 'best by eval_CIDEr (step N)'). `merged`:
     the LoRA is folded into the weights; `location`: where the snippets load from (default: `repo_id`)."""
+    from fashioncap.models import DEFAULT_FAMILY, family  # torch and PEFT: loaded only when a card is written
+
+    model_family = family(config.get(rundir.FAMILY, DEFAULT_FAMILY))
     model, data, training = config["model"], config["data"], config["training"]
     is_adapter = model.get("lora_preset", "none") != "none" and not merged
     base = model["model_name_or_path"]
@@ -215,7 +227,7 @@ def model_card(
     )
     body = f"""# {name}
 
-BLIP fine-tuned for fashion image captioning with fashioncap{" (LoRA adapter)" if is_adapter else " (LoRA merged into the weights)" if merged else ""}.
+{model_family.DISPLAY_NAME} fine-tuned for fashion image captioning with fashioncap{" (LoRA adapter)" if is_adapter else " (LoRA merged into the weights)" if merged else ""}.
 
 ## Training
 - base model: `{base}`{local_base}
@@ -229,7 +241,7 @@ BLIP fine-tuned for fashion image captioning with fashioncap{" (LoRA adapter)" i
 Metrics on the pycocoevalcap scale (0-1; CIDEr 0-10); n/a: the metric could not run where it was evaluated.
 
 ## How to use
-{how_to_use(base, target, is_adapter, generation)}
+{how_to_use(base, target, is_adapter, generation, model_family, model.get("caption_prompt") or model_family.CARD_PROMPT)}
 Or, with fashioncap: `fashioncap caption --model-dir {target} IMAGE_OR_DIR`.
 """
     return f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n{body}"

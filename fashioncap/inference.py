@@ -22,9 +22,9 @@ from PIL import Image
 from fashioncap import rundir
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.images import ImageProblem, open_rgb, to_rgb
-from fashioncap.decoding import decode, truncated_samples
+from fashioncap.decoding import decode, encode_images, text_decoder, truncated_samples
 from fashioncap.errors import closest_path_hint
-from fashioncap.modeling import load_for_inference
+from fashioncap.models import load_for_inference
 from fashioncap.text import decode_captions
 
 GENERATION_FLAGS = ("num_beams", "max_new_tokens", "min_new_tokens")
@@ -70,15 +70,14 @@ def caption_batches(
             sequences = caption_pixels(
                 model, pixel_values=pixel_values.to(model.device, model.dtype), **generate_kwargs
             )
-        cut_short = truncated_samples(sequences, model.config.text_config.sep_token_id)
+        cut_short = truncated_samples(sequences, text_decoder(model).eos_token_id)
         yield decode_captions(processor, sequences), cut_short.tolist()
 
 
 def caption_pixels(model, pixel_values: torch.Tensor, **generate_kwargs) -> torch.Tensor:
-    """Caption token ids from pixels alone: the vision encoder once, then the decoder with each image's
-    cross-attention K/V shared by its beams (fashioncap.decoding; the same tokens as BLIP's `generate`)."""
-    image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
-    return decode(model, image_embeds, **generate_kwargs)
+    """Caption token ids from pixels alone: each image encoded once, then the decoder with its cross-attention
+    K/V shared by its beams (fashioncap.decoding; the same tokens as the model's `generate`)."""
+    return decode(model, encode_images(model, pixel_values), **generate_kwargs)
 
 
 def load_captioner(model_dir: str):

@@ -13,9 +13,9 @@ GENERATION_DEFAULTS = {"num_beams": 3, "max_new_tokens": 50, "min_new_tokens": 5
 
 RECIPE_KEYS = {
     "model": (
-        "model_name_or_path", "base_recipe", "tiny_model", "label_smoothing", "lora_preset",
+        "model_name_or_path", "base_recipe", "tiny_model", "tiny_family", "label_smoothing", "lora_preset",
         "vision_lora_layers", "lora_r", "lora_alpha", "lora_dropout", "lora_bias", "lora_modules_to_save",
-        "init_from_run",
+        "init_from_run", "caption_prompt",
     ),
     "data": (
         "data_dir", "data_from_hub", "category_names", "train_split", "eval_split", "test_split",

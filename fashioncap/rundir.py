@@ -1,6 +1,6 @@
 """The run directory: what `train` leaves in RUN/ and `eval` in RUN/eval/, and how other commands read it.
 
-RUN/fashioncap_config.json   the resolved recipe (model, data, reward, generation, training sections)
+RUN/fashioncap_config.json   the resolved recipe (model, data, reward, generation, training sections), family
 RUN/all_results.json         {"train": ..., "test": ..., "scored_checkpoint": "final (step N)"}
 RUN/trainer_state.json       the log history (training curves)
 RUN/adapter_*.safetensors    the LoRA adapter (or the model of a full fine-tune) and the processor files;
@@ -22,6 +22,7 @@ from fashioncap import __version__
 from fashioncap.io_utils import write_json_atomic
 
 RUN_CONFIG = "fashioncap_config.json"
+FAMILY = "family"  # RUN_CONFIG's key for the model family; a run saved without one is BLIP
 ADAPTER_CONFIG = "adapter_config.json"
 RESULTS = "all_results.json"
 TRAINER_STATE = "trainer_state.json"

@@ -7,7 +7,7 @@ so "One-Piece", "one - piece" (how BLIP's WordPiece tokenizer decodes it) and "o
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 _NON_WORD = re.compile(r"[\W_]+")
 _SPACED_HYPHEN = re.compile(r"(?<=\w) - (?=\w)")
@@ -17,6 +17,11 @@ _COMPOUND = re.compile(r"[^\W_]+(?:-[^\W_]+)*")
 def normalize_text(text: str) -> str:
     """Lower case, punctuation, hyphens and underscores to spaces, single spaces: 'T-Shirt!' -> 't shirt'."""
     return " ".join(_NON_WORD.sub(" ", text.lower()).split())
+
+
+def caption_vocabulary(captions: Iterable[str]) -> list[str]:
+    """Sorted unique words: deterministic across processes, unlike WordPiece training (a tiny model's vocabulary)."""
+    return sorted({w for c in captions for w in normalize_text(c).split()})
 
 
 def compound_words(text: str) -> list[tuple[str, ...]]:

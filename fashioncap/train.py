@@ -31,18 +31,18 @@ from fashioncap.errors import ConfigError, MissingPathError, OutputExistsError, 
 from fashioncap.hub import push, require_token, write_model_card
 from fashioncap.io_utils import write_json_atomic
 from fashioncap.metrics import compute_caption_metrics
-from fashioncap.modeling import (
-    apply_lora,
-    build_tiny_blip,
-    caption_vocabulary,
-    check_hub_model,
-    continue_from_run,
-    is_hub_id,
+from fashioncap.models import (
+    build_tiny_model,
+    family_of,
     load_model_and_processor,
-    lora_target_regex,
+    lora_targets,
+    set_caption_prompt,
 )
+from fashioncap.models.lora import apply_lora, continue_from_run
+from fashioncap.models.source import check_hub_model, is_hub_id
+from fashioncap.ranks import agreed_by_any_rank
 from fashioncap.rewards import reward_name
-from fashioncap.text import decode_captions
+from fashioncap.text import caption_vocabulary, decode_captions
 from fashioncap.trainer import FashionCapTrainer, build_trainer
 
 logger = logging.getLogger("fashioncap")
@@ -76,15 +76,6 @@ class PreemptionCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
-
-
-def agreed_by_any_rank(flag: bool, device) -> bool:
-    """True on every rank when `flag` is true on at least one (one tiny all-reduce; just `flag` alone)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
 
 
 class SelectAfterRLStart(TrainerCallback):
@@ -193,21 +184,21 @@ def load_splits(config: RecipeConfig, data_dir: str):
 
 
 def build_model(config: RecipeConfig, datasets):
-    """BLIP (from the Hub or a local dir, or the tiny offline one) with the trial's LoRA adapters."""
+    """The captioner (from the Hub or a local dir, of the family its config names, or the tiny offline one)
+    with the trial's LoRA adapters."""
     args = config.model
     if args.tiny_model:
         words = caption_vocabulary(c for split in datasets.values() for c in split["caption"])
-        model, processor = build_tiny_blip(words, seed=config.training.seed)
+        model, processor = build_tiny_model(words, seed=config.training.seed, family_name=args.tiny_family)
         if args.label_smoothing is not None:
-            model.config.text_config.label_smoothing = args.label_smoothing
+            family_of(model).set_label_smoothing(model, args.label_smoothing)
+        set_caption_prompt(model, processor, args.caption_prompt)
     else:
         model, processor = load_model_and_processor(
-            args.model_name_or_path, label_smoothing=args.label_smoothing
+            args.model_name_or_path, label_smoothing=args.label_smoothing, caption_prompt=args.caption_prompt
         )
     if args.lora_preset != "none":
-        target = lora_target_regex(
-            args.lora_preset, model.config.vision_config.num_hidden_layers, args.vision_lora_layers
-        )
+        target = lora_targets(model, args.lora_preset, args.vision_lora_layers)
         model = apply_lora(
             model, target, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, bias=args.lora_bias,
             modules_to_save=args.lora_modules_to_save,
@@ -297,13 +288,15 @@ def scored_checkpoint(trainer: FashionCapTrainer) -> str:
 
 
 def save_run(trainer: FashionCapTrainer, config: RecipeConfig) -> Path:
-    """The adapter (or model) with its processor, the log history and the resolved recipe."""
+    """The adapter (or model) with its processor, the log history and the resolved recipe with the model's
+    family (what the model card's snippets load it with)."""
     output_dir = Path(config.training.output_dir)
     trainer.save_model(str(output_dir))
     trainer.save_state()  # trainer_state.json: the log history the report's training curves read
     if trainer.is_world_process_zero():
         rundir.store_base_relative(output_dir)  # the run then works from any directory, and when moved
-        write_json_atomic(output_dir / rundir.RUN_CONFIG, config.to_dict())
+        family = family_of(trainer.model).NAME
+        write_json_atomic(output_dir / rundir.RUN_CONFIG, {**config.to_dict(), rundir.FAMILY: family})
     return output_dir
 
 
@@ -312,7 +305,10 @@ def publish(output_dir: Path, config: RecipeConfig, metrics: dict) -> None:
     training = config.training
     write_json_atomic(output_dir / rundir.RESULTS, {**metrics, "versions": rundir.library_versions()})
     write_model_card(
-        output_dir, config.to_dict(), metrics.get("test"), checkpoint=metrics.get("scored_checkpoint")
+        output_dir,
+        rundir.run_config(output_dir),
+        metrics.get("test"),
+        checkpoint=metrics.get("scored_checkpoint"),
     )
     if training.push_to_hub:
         push(output_dir, training.hub_model_id or output_dir.name, private=bool(training.hub_private_repo))

@@ -35,136 +35,26 @@ from fashioncap.decoding import (
     decode,
     decoder_logits,
     dropout_disabled,
+    encode_images,
     image_memory,
     text_decoder,
     truncated_samples,
 )
 from fashioncap.rewards import get_reward_funcs, prepare_rewards
+from fashioncap.rl import (
+    completion_mask,
+    compute_baseline,
+    normalised_logprobs,
+    reinforce_loss,
+    scale_by_group_rms,
+    tied_groups,
+    token_kl,
+    token_logprobs,
+)
 from fashioncap.text import decode_captions
 from fashioncap.zero3 import gathered_without_hooks
 
 logger = logging.getLogger(__name__)
-
-
-# --- the learning signal, as pure functions ---------------------------------------------------------------------
-
-
-def compute_baseline(
-    rewards: torch.Tensor, kind: str, greedy_rewards: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Baselines for rewards of shape (images, H): the group mean (the seed's), leave-one-out, or greedy (SCST)."""
-    if kind == "mean":
-        return rewards.mean(dim=1, keepdim=True).expand_as(rewards)
-    if kind == "loo":
-        h = rewards.size(1)
-        if h < 2:
-            raise ValueError("the leave-one-out baseline needs at least 2 samples per image")
-        return (rewards.sum(dim=1, keepdim=True) - rewards) / (h - 1)
-    if kind == "greedy":
-        if greedy_rewards is None:
-            raise ValueError("the greedy baseline needs the rewards of the greedy captions")
-        return greedy_rewards.reshape(-1, 1).expand_as(rewards)
-    raise ValueError(f"unknown baseline {kind!r}")
-
-
-def reinforce_loss(
-    logprobs: torch.Tensor, rewards: torch.Tensor, baseline: torch.Tensor, keep: torch.Tensor | None = None
-) -> torch.Tensor:
-    """-mean((r - b) * log p(Y')): its gradient is the REINFORCE estimate; rewards carry no gradient.
-    `keep` (bool per sample) zeroes the advantage of the others, e.g. samples cut off at the length limit; the
-    mean stays over all samples, so the scale does not depend on how many were dropped."""
-    advantages = (rewards - baseline).detach().to(logprobs.dtype).reshape(-1)
-    if keep is not None:
-        advantages = advantages * keep.reshape(-1).to(advantages.dtype)
-    return -(advantages * logprobs.reshape(-1)).mean()
-
-
-def normalised_logprobs(
-    token_logprobs: torch.Tensor,
-    mask: torch.Tensor,
-    loss_type: str,
-    max_tokens: int,
-    mean_tokens: torch.Tensor | float | None = None,
-) -> torch.Tensor:
-    """Each sample's log p(Y') divided as `loss_type` says, so that `reinforce_loss`'s mean over the N samples
-    gives TRL's normalisation of the policy-gradient term (the normalisation is part of the RL dose):
-      sequence_sum: sum_t log p (the per-sample sum: the gradient per token grows with the caption's length);
-      grpo: sum_t log p / T_i (each sample's token mean, then the mean over samples);
-      dapo: sum_t log p / mean_i T_i (one token mean over all the samples' tokens; `mean_tokens` is the mean
-        length over every rank's samples, the local mean when None);
-      dr_grpo: sum_t log p / max_tokens (a constant: TRL divides the batch's sum by N x max_completion_length).
-    `token_logprobs` and `mask` are (N, T-1) over tokens 1..T (the [SEP] counts as a token)."""
-    lengths = mask.sum(dim=1).to(token_logprobs.dtype)
-    sums = token_logprobs.sum(dim=1)
-    if loss_type == "sequence_sum":
-        return sums
-    if loss_type == "grpo":
-        return sums / lengths.clamp(min=1)
-    if loss_type == "dapo":
-        mean = lengths.mean() if mean_tokens is None else mean_tokens
-        return sums / torch.as_tensor(mean, dtype=sums.dtype).clamp(min=1)
-    if loss_type == "dr_grpo":
-        return sums / max_tokens
-    raise ValueError(f"unknown loss_type {loss_type!r}")
-
-
-def tied_groups(rewards: torch.Tensor, group: int) -> torch.Tensor:
-    """True for each image whose H sample rewards are all equal: with a group baseline (mean, loo) its
-    advantages are all 0, so it gives the RL term no signal."""
-    grouped = rewards.view(-1, group)
-    return grouped.amax(dim=1) == grouped.amin(dim=1)
-
-
-def completion_mask(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 for the start token and every sampled token up to and including the first [SEP]; 0 for the padding after."""
-    is_eos = (sequences == eos_token_id).long()
-    return ((is_eos.cumsum(dim=1) - is_eos) == 0).long()
-
-
-def token_logprobs(
-    logits: torch.Tensor, sequences: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
-    """log p of tokens 1..T given their prefixes, shape (N, T-1), 0 where `mask` is 0, under the distribution
-    they were sampled from: softmax(logits / temperature) (logits of shape (N, T, V))."""
-    targets = sequences[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
-    return -F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2) / temperature,
-        targets,
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    )
-
-
-def sequence_logprobs(
-    logits: torch.Tensor, sequences: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
-    """Sum of the log-probabilities of tokens 1..T given their prefixes (see `token_logprobs`)."""
-    return token_logprobs(logits, sequences, mask, temperature).sum(dim=1)
-
-
-def scale_by_group_rms(
-    rewards: torch.Tensor, baseline: torch.Tensor, group: int, eps: float = 1e-4
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards and baseline divided by the root mean square of each image's H advantages r - b, so rewards of
-    different ranges (CIDEr 0-10, ALS 0-1) give advantages of one scale. With the group-mean baseline that is
-    the std of the H rewards (GRPO's scaling); unlike that std it is 0 only when every advantage is: H tied
-    samples against a greedy caption that scored otherwise keep advantages of magnitude 1, not (r - b) / eps."""
-    advantages = (rewards - baseline).view(-1, group)
-    rms = advantages.square().mean(dim=1, keepdim=True).sqrt().expand(-1, group).reshape(-1)
-    return rewards / (rms + eps), baseline / (rms + eps)
-
-
-def token_kl(logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(policy || reference) estimate on sampled tokens, k3 = exp(d) - d - 1 with d = ref - policy:
-    non-negative and unbiased as a value (Schulman's estimator, as TRL's GRPO uses).
-
-    Used directly as a loss (differentiated through the policy's log-probs, the samples held fixed), its expected
-    gradient is not that of KL(policy || reference) but that of KL(reference || policy) per token: d/dtheta of
-    E_pi[exp(d) - d - 1] over fixed samples is E_pi[(1 - ref/pi) grad log pi] = -E_ref[grad log pi], the gradient
-    of KL(ref || pi). Like TRL's GRPO, the penalty therefore pulls the policy toward covering the reference's
-    tokens (mass-covering) rather than the reverse KL's mode-seeking pull; the logged `kl` is the k3 value."""
-    delta = reference_logprobs - logprobs
-    return torch.exp(delta) - delta - 1
 
 
 @contextlib.contextmanager
@@ -213,7 +103,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
             raise TypeError(
                 "FashionCapTrainer takes FashionCapTrainingArguments (the RL and generation settings)"
             )
-        # Make the Trainer count `num_items_in_batch` (label tokens over accumulation steps and ranks); BLIP's
+        # Make the Trainer count `num_items_in_batch` (label tokens over accumulation steps and ranks); the model's
         # forward(**kwargs) would otherwise decide this, and the stock loss path mis-scales (docs/stack-traps.md).
         self.model_accepts_loss_kwargs = True
         self.reward_funcs = get_reward_funcs(self.args.reward_funcs)
@@ -229,8 +119,8 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     # --- plumbing ---
 
-    def _blip(self, model):
-        """The BlipForConditionalGeneration inside DDP/DeepSpeed and PEFT wrappers."""
+    def _captioner(self, model):
+        """The captioner (of whichever family) inside DDP/DeepSpeed and PEFT wrappers."""
         model = self.accelerator.unwrap_model(model)
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -248,11 +138,11 @@ class FashionCapTrainer(Seq2SeqTrainer):
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         return plugin is not None and plugin.zero_stage == 3
 
-    def _decoder_gathered(self, blip):
+    def _decoder_gathered(self, captioner):
         """Under ZeRO-3 (with `zero3_gathered_decoding`): the decoder's weights gathered once for the block and
         DeepSpeed's per-module hooks lifted (fashioncap.zero3); elsewhere nothing."""
         gathered = self._is_zero3() and self.args.zero3_gathered_decoding
-        return gathered_without_hooks(text_decoder(blip), enabled=gathered)
+        return gathered_without_hooks(text_decoder(captioner).module, enabled=gathered)
 
     @property
     def _decode_kwargs(self) -> dict:
@@ -281,7 +171,9 @@ class FashionCapTrainer(Seq2SeqTrainer):
         return sum(w * rewards[name] for name, w in zip(self.reward_funcs, self.args.weights, strict=True))
 
     @torch.no_grad()
-    def rollout(self, blip, image_embeds: torch.Tensor, columns: dict, memory: ImageMemory | None = None):
+    def rollout(
+        self, captioner, image_embeds: torch.Tensor, columns: dict, memory: ImageMemory | None = None
+    ):
         """H sampled captions per image and their rewards; the baseline (and, for `greedy`, its captions).
         `memory`: the images' cross-attention K/V without dropout when the caller has them (else projected here).
 
@@ -292,14 +184,14 @@ class FashionCapTrainer(Seq2SeqTrainer):
         h = args.num_samples
         repeated = {k: _repeat_each(v, h) for k, v in columns.items()}
         decoding = dict(max_new_tokens=args.max_sample_tokens, **self._decode_kwargs)
-        with eval_mode(blip), self._decoder_gathered(blip):
+        with eval_mode(captioner), self._decoder_gathered(captioner):
             if memory is None:  # each image's cross-attention K/V, for all its samples
-                memory = image_memory(blip, image_embeds)
+                memory = image_memory(captioner, image_embeds)
             samples = decode(
-                blip, memory, do_sample=True, num_return_sequences=h, temperature=args.sample_temperature,
+                captioner, memory, do_sample=True, num_return_sequences=h, temperature=args.sample_temperature,
                 top_k=args.sample_top_k, **decoding,
             )  # fmt: skip
-            greedy = decode(blip, memory, **decoding) if args.baseline == "greedy" else None
+            greedy = decode(captioner, memory, **decoding) if args.baseline == "greedy" else None
         self._rollout_greedy = greedy  # the collapse guard's greedy captions, when the baseline drew them
         rewards = self.score(self._decode(samples), repeated)
         total = self._total_reward(rewards).to(image_embeds.device)
@@ -316,9 +208,9 @@ class FashionCapTrainer(Seq2SeqTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         columns = {k: inputs.pop(k) for k in list(inputs) if k not in MODEL_INPUTS}
         columns["image_id"] = columns.pop("image_ids")
-        blip = self._blip(model)
-        step = functools.partial(self._policy_step, model, blip, columns, num_items_in_batch)
-        with forward_replaced(blip, step):
+        captioner = self._captioner(model)
+        step = functools.partial(self._policy_step, model, captioner, columns, num_items_in_batch)
+        with forward_replaced(captioner, step):
             outputs = model(**inputs)
         loss = self._skip_if_nonfinite(model, outputs["loss"])
         return (loss, outputs) if return_outputs else loss
@@ -362,7 +254,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         optimizer._fashioncap_guarded = True
         return optimizer
 
-    def _mle(self, blip, logits, labels, num_items_in_batch):
+    def _mle(self, captioner, logits, labels, num_items_in_batch):
         """(the MLE term of the loss, the local mean for logging, the local token count)."""
         targets = labels[:, 1:]
         n_local = targets.ne(IGNORE_INDEX).sum()
@@ -371,7 +263,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
             targets,
             ignore_index=IGNORE_INDEX,
             reduction="sum",
-            label_smoothing=blip.config.text_config.label_smoothing,
+            label_smoothing=text_decoder(captioner).label_smoothing,
         )
         mle_mean = mle_sum / n_local.clamp(min=1)
         if num_items_in_batch is None:  # outside the training loop: a plain local mean
@@ -381,29 +273,38 @@ class FashionCapTrainer(Seq2SeqTrainer):
         return mle_sum / num_items_in_batch * ranks, mle_mean, n_local
 
     def _policy_step(
-        self, model, blip, columns, num_items_in_batch, pixel_values, input_ids, attention_mask, labels, **_
+        self,
+        model,
+        captioner,
+        columns,
+        num_items_in_batch,
+        pixel_values,
+        input_ids,
+        attention_mask,
+        labels,
+        **_,
     ):
         args = self.args
-        image_embeds = blip.vision_model(pixel_values=pixel_values).last_hidden_state
-        logits = decoder_logits(blip, input_ids, attention_mask, image_embeds)
-        mle_term, mle_mean, n_local = self._mle(blip, logits, labels, num_items_in_batch)
+        image_embeds = encode_images(captioner, pixel_values)
+        logits = decoder_logits(captioner, input_ids, attention_mask, image_embeds)
+        mle_term, mle_mean, n_local = self._mle(captioner, logits, labels, num_items_in_batch)
         loss = args.mle_weight * mle_term
         self._log_metric("loss/mle", mle_mean, weight=n_local)
-        if not (self._uses_rl and blip.training and self._rl_started):
+        if not (self._uses_rl and captioner.training and self._rl_started):
             return {"loss": loss}
 
         # Each image's cross-attention K/V without dropout, projected once: detached they draw the samples (the
         # values eval mode gives), with gradient they score them.
-        with dropout_disabled(text_decoder(blip)):
-            memory = image_memory(blip, image_embeds)
+        with dropout_disabled(text_decoder(captioner).module):
+            memory = image_memory(captioner, image_embeds)
         samples, rewards, total, baseline = self.rollout(
-            blip, image_embeds.detach(), columns, memory.detach()
+            captioner, image_embeds.detach(), columns, memory.detach()
         )
-        sep = blip.config.text_config.sep_token_id
+        sep = text_decoder(captioner).eos_token_id
         sample_mask = completion_mask(samples, sep)
         truncated = truncated_samples(samples, sep)
         # scored by the policy that drew them: no dropout (and none in gradient checkpointing's recomputation)
-        sample_logits = decoder_logits(blip, samples, sample_mask, memory, dropout=False)
+        sample_logits = decoder_logits(captioner, samples, sample_mask, memory, dropout=False)
         sample_token_logprobs = token_logprobs(sample_logits, samples, sample_mask, args.sample_temperature)
         logprobs = normalised_logprobs(
             sample_token_logprobs, sample_mask[:, 1:], args.loss_type, args.max_sample_tokens,
@@ -417,12 +318,12 @@ class FashionCapTrainer(Seq2SeqTrainer):
         keep = ~truncated if args.mask_truncated_completions else None
         rl_loss = reinforce_loss(logprobs, total, baseline, keep)
         collapsing = self.collapse_guard.active and self._check_collapse(
-            blip, image_embeds, samples, truncated
+            captioner, image_embeds, samples, truncated
         )
         self._log_completions(samples, rewards, total, baseline, columns, keep, force=collapsing)
         loss = loss + args.rl_weight * rl_loss * rl_scale
         if args.kl_weight:
-            kl = self._kl_to_base(model, blip, pixel_values, samples, sample_mask, sample_token_logprobs)
+            kl = self._kl_to_base(model, captioner, pixel_values, samples, sample_mask, sample_token_logprobs)
             loss = loss + args.kl_weight * kl * rl_scale
             self._log_metric("kl", kl)
         self._log_metric("loss/rl", rl_loss)
@@ -444,34 +345,36 @@ class FashionCapTrainer(Seq2SeqTrainer):
             counts = self.accelerator.reduce(counts, reduction="sum")
         return counts[0].float() / counts[1].float()
 
-    def _kl_to_base(self, model, blip, pixel_values, samples, sample_mask, policy_logprobs) -> torch.Tensor:
+    def _kl_to_base(
+        self, model, captioner, pixel_values, samples, sample_mask, policy_logprobs
+    ) -> torch.Tensor:
         """Mean per-token KL of the policy to the base model (the adapter disabled) on the sampled tokens, given
         the policy's token log-probabilities of them."""
         peft_model = self.accelerator.unwrap_model(model)
-        with torch.no_grad(), peft_model.disable_adapter(), dropout_disabled(blip):
-            base_embeds = blip.vision_model(pixel_values=pixel_values).last_hidden_state
-            base_logits = decoder_logits(blip, samples, sample_mask, base_embeds, dropout=False)
+        with torch.no_grad(), peft_model.disable_adapter(), dropout_disabled(captioner):
+            base_embeds = encode_images(captioner, pixel_values)
+            base_logits = decoder_logits(captioner, samples, sample_mask, base_embeds, dropout=False)
         base = token_logprobs(base_logits, samples, sample_mask, self.args.sample_temperature)
         mask = sample_mask[:, 1:].float()
         return (token_kl(policy_logprobs, base) * mask).sum() / mask.sum().clamp(min=1)
 
     # --- logging ---
 
-    def _check_collapse(self, blip, image_embeds, samples, truncated) -> bool:
+    def _check_collapse(self, captioner, image_embeds, samples, truncated) -> bool:
         """Log the sampled and the greedy captions' health (the greedy baseline's captions, else decoded here);
         True when the guard finds the greedy ones (what evaluation shows) collapsing for the first time
         (fashioncap.collapse_guard)."""
         greedy, self._rollout_greedy = self._rollout_greedy, None
         if greedy is None:
-            with torch.no_grad(), eval_mode(blip), self._decoder_gathered(blip):
+            with torch.no_grad(), eval_mode(captioner), self._decoder_gathered(captioner):
                 greedy = decode(
-                    blip,
+                    captioner,
                     image_embeds.detach(),
                     max_new_tokens=self.args.max_sample_tokens,
                     **self._decode_kwargs,
                 )
         greedy_captions = self._decode(greedy)
-        greedy_cut = truncated_samples(greedy, blip.config.text_config.sep_token_id).tolist()
+        greedy_cut = truncated_samples(greedy, text_decoder(captioner).eos_token_id).tolist()
         health = {
             "sampled": rollout_health(self._decode(samples), truncated.tolist()),
             "greedy": rollout_health(greedy_captions, greedy_cut),
@@ -539,11 +442,13 @@ class FashionCapTrainer(Seq2SeqTrainer):
         image_ids = inputs["image_ids"]
         if prediction_loss_only:
             return None, None, None
-        blip = self._blip(model)
-        with torch.no_grad(), eval_mode(blip):
-            image_embeds = blip.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
-            with self._decoder_gathered(blip):
-                generated = decode(blip, image_embeds, **self._decode_kwargs, **self.args.generate_kwargs())
+        captioner = self._captioner(model)
+        with torch.no_grad(), eval_mode(captioner):
+            image_embeds = encode_images(captioner, inputs["pixel_values"])
+            with self._decoder_gathered(captioner):
+                generated = decode(
+                    captioner, image_embeds, **self._decode_kwargs, **self.args.generate_kwargs()
+                )
         return None, generated, image_ids
 
 

@@ -74,9 +74,10 @@ def facad_descriptions() -> list[dict]:
 def tiny_model_dir(tmp_path_factory, synthetic_dir) -> Path:
     """A tiny BLIP saved as a merged model dir (model + processor), with the synthetic set's vocabulary."""
     from fashioncap.data import load_captions
-    from fashioncap.modeling import build_tiny_blip, caption_vocabulary
+    from fashioncap.models.blip import build_tiny
+    from fashioncap.text import caption_vocabulary
 
-    model, processor = build_tiny_blip(
+    model, processor = build_tiny(
         caption_vocabulary(load_captions(synthetic_dir, ["test"])["test"]["caption"])
     )
     out = tmp_path_factory.mktemp("tiny")

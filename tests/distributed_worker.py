@@ -34,15 +34,12 @@ from transformers import TrainerCallback
 
 from fashioncap.configs import FashionCapTrainingArguments
 from fashioncap.data.collator import IGNORE_INDEX, CaptionCollator
-from fashioncap.modeling import (
-    SPECIAL_TOKENS,
-    apply_lora,
-    build_tiny_blip,
-    caption_vocabulary,
-    lora_target_regex,
-)
+from fashioncap.models.blip import SPECIAL_TOKENS, build_tiny, lora_target_regex
+from fashioncap.models.lora import apply_lora
+from fashioncap.rl import compute_baseline, reinforce_loss
+from fashioncap.text import caption_vocabulary
 from fashioncap.train import PreemptionCallback
-from fashioncap.trainer import FashionCapTrainer, build_trainer, compute_baseline, reinforce_loss
+from fashioncap.trainer import FashionCapTrainer, build_trainer
 
 SEED = 0
 NUM_SAMPLES = 2
@@ -83,7 +80,7 @@ def build_model(second_group: bool = False):
     """Tiny BLIP + LoRA on decoder and vision, with lora_B made non-zero so the gradient reaches lora_A too.
     `second_group`: the decoder's embedding LayerNorm trained too, which the Trainer puts in a second optimizer
     parameter group (no weight decay)."""
-    model, processor = build_tiny_blip(caption_vocabulary(CAPTIONS), seed=SEED)
+    model, processor = build_tiny(caption_vocabulary(CAPTIONS), seed=SEED)
     target = lora_target_regex("decoder+vision", model.config.vision_config.num_hidden_layers, 2)
     model = apply_lora(model, target, r=4, alpha=8, dropout=0.0)
     if second_group:
@@ -313,7 +310,7 @@ def train_one(
     )
     steps_digests = StepDigests()
     if fault is not None:
-        fault.poison(trainer._blip(trainer.model).text_decoder.cls)
+        fault.poison(trainer._captioner(trainer.model).text_decoder.cls)
         trainer.add_callback(fault)
         trainer.add_callback(PreemptionCallback())
         trainer.add_callback(steps_digests)

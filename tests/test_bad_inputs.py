@@ -35,9 +35,9 @@ def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from fashioncap.modeling import build_tiny_blip
+    from fashioncap.models.blip import build_tiny
 
-    model, processor = build_tiny_blip("a red blue dress boots with sleeve".split())
+    model, processor = build_tiny("a red blue dress boots with sleeve".split())
     out = tmp_path_factory.mktemp("tiny")
     model.save_pretrained(out)
     processor.save_pretrained(out)

@@ -9,7 +9,8 @@ import pytest
 from fashioncap.configs import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "recipes").glob("trial*.yaml")) + sorted((ROOT / "recipes/demo").glob("*.yaml"))
+RECIPES = [*sorted((ROOT / "recipes").glob("trial*.yaml")), *sorted((ROOT / "recipes/demo").glob("*.yaml")),
+           *sorted((ROOT / "recipes/florence2").glob("*.yaml"))]  # fmt: skip
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -45,6 +46,24 @@ def test_seed_recipes_carry_the_seed_settings(trial):
         assert c.training.reward_funcs == ["als", "sls"] and c.training.rl_weight > 0
     else:
         assert c.training.rl_weight == 0
+
+
+@pytest.mark.parametrize("trial", [1, 2, 3, 4, 5])
+def test_florence2_recipes_are_the_trials_on_florence2(trial):
+    """Only the base model, its caption prompt and where the run goes differ from the BLIP trial."""
+    blip = load_config(ROOT / f"recipes/trial{trial}.yaml", ["--bf16", "false"]).to_dict()
+    florence2 = load_config(ROOT / f"recipes/florence2/trial{trial}.yaml", ["--bf16", "false"]).to_dict()
+    assert florence2["model"] == {
+        **blip["model"],
+        "model_name_or_path": "florence-community/Florence-2-large",
+        "caption_prompt": "<CAPTION>",
+    }
+    differ = {k for k in blip["training"] if blip["training"][k] != florence2["training"][k]}
+    assert differ <= {"output_dir", "hub_model_id", "logging_dir", "run_name"}
+    assert florence2["training"]["output_dir"] == f"outputs/florence2/trial{trial}"
+    assert {k: v for k, v in blip.items() if k not in ("model", "training", "source")} == {
+        k: v for k, v in florence2.items() if k not in ("model", "training", "source")
+    }
 
 
 def test_command_line_overrides_win_and_are_typed():

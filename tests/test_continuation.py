@@ -16,7 +16,7 @@ from fashioncap.cli import main
 from fashioncap.configs import load_config
 from fashioncap.data import load_captions
 from fashioncap.errors import ConfigError
-from fashioncap.modeling import ModelLoadError
+from fashioncap.models.source import ModelLoadError
 from fashioncap.train import build_model
 
 TRIAL1 = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "trial1.yaml"

@@ -12,10 +12,11 @@ import torch
 from transformers import BlipTextConfig, BlipTextLMHeadModel
 
 from fashioncap import decoding
-from fashioncap.attention import sdpa_attention
-from fashioncap.decoding import DecoderStep, decode, decoder_logits, image_memory
+from fashioncap.decoding import DecoderStep, decode, decoder_logits, encode_images, image_memory
 from fashioncap.inference import caption_pixels
-from fashioncap.modeling import apply_lora, build_tiny_blip, lora_target_regex
+from fashioncap.models import build_tiny_model
+from fashioncap.models.blip import build_tiny, lora_target_regex, sdpa_attention
+from fashioncap.models.lora import apply_lora
 
 SEP, PAD = 3, 0
 RELATIVE = 1e-5
@@ -39,7 +40,7 @@ def sharpen(decoder, scale: float, sep_bias: float) -> None:
 
 
 def tiny_blip(seed: int = 0):
-    model, _ = build_tiny_blip([f"word{i}" for i in range(40)], seed=seed)
+    model, _ = build_tiny([f"word{i}" for i in range(40)], seed=seed)
     sharpen(model.text_decoder, scale=5.0, sep_bias=2.0)
     return model.eval()
 
@@ -347,3 +348,51 @@ def test_cuda_graphs_false_never_tries_a_graph(tiny, monkeypatch, caplog):
     image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
     decode(model, image_embeds, cuda_graphs=False, **SETTINGS["greedy"])
     assert attempts == [] and decoding.cuda_graphs_failure() is None and not caplog.records
+
+
+# --- Florence-2: the same engine through its family's TextDecoder -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_florence2():
+    """The tiny Florence-2 stand-in, 3 random images, and the prompt ids `generate` takes (image tokens first)."""
+    model, processor = build_tiny_model([f"word{i}" for i in range(40)], family_name="florence2")
+    torch.manual_seed(1)
+    pixel_values = torch.randn(3, 3, 64, 64)
+    image_tokens = torch.full((3, processor.image_processor.image_seq_length), model.config.image_token_id)
+    input_ids = torch.cat([image_tokens, model.caption_prompt_ids.expand(3, -1)], 1)
+    return model.eval(), pixel_values, input_ids
+
+
+FLORENCE2_SETTINGS = {
+    **SETTINGS,
+    "sample_top5": dict(do_sample=True, num_return_sequences=4, temperature=0.7, top_k=5, max_new_tokens=12),
+    "sample_full": dict(do_sample=True, top_k=0, max_new_tokens=12),
+}
+
+
+@pytest.mark.parametrize("name", FLORENCE2_SETTINGS)
+def test_decode_matches_florence2_generate_draw_for_draw(tiny_florence2, name):
+    model, pixel_values, input_ids = tiny_florence2
+    torch.manual_seed(0)
+    expected = model.generate(input_ids=input_ids, pixel_values=pixel_values, **FLORENCE2_SETTINGS[name])
+    torch.manual_seed(0)
+    assert torch.equal(
+        decode(model, encode_images(model, pixel_values), **FLORENCE2_SETTINGS[name]), expected
+    )
+
+
+def test_florence2_teacher_forced_logits_match_its_forward(tiny_florence2):
+    model, pixel_values, input_ids = tiny_florence2
+    torch.manual_seed(0)
+    samples = decode(model, encode_images(model, pixel_values), **FLORENCE2_SETTINGS["sample_top5"])
+    lengths = (samples != model.config.text_config.pad_token_id).sum(1)
+    assert lengths.min() < lengths.max(), "captions of varied length"
+    mask = (torch.arange(samples.size(1)) < lengths[:, None]).long()
+    with torch.no_grad():
+        expected = model(
+            input_ids=input_ids.repeat_interleave(4, 0), pixel_values=pixel_values.repeat_interleave(4, 0),
+            decoder_input_ids=samples, decoder_attention_mask=mask,
+        ).logits  # fmt: skip
+        got = decoder_logits(model, samples, mask, encode_images(model, pixel_values))
+    assert relative_error(got[mask.bool()], expected[mask.bool()]) < RELATIVE

@@ -95,7 +95,7 @@ def test_the_demo_announces_each_stage_with_its_expected_time(tmp_path, monkeypa
     monkeypatch.setattr(demo, "ensure_synthetic", lambda data_dir: None)
     monkeypatch.setattr(demo, "train", lambda config: None)
     monkeypatch.setattr(demo, "evaluate_run", lambda *args, **kwargs: {"num_images": 1})
-    monkeypatch.setattr(demo, "write_report", lambda *args, **kwargs: {"table": "| run |\n"})
+    monkeypatch.setattr(demo, "write_report", lambda *args, **kwargs: {"verdict": [], "table": "| run |\n"})
     demo.run_demo(recipes, str(tmp_path / "report"))
     out = capsys.readouterr().out
     stages = [line for line in out.splitlines() if line.startswith("== stage ")]

@@ -30,7 +30,8 @@ def adapter_run(tmp_path_factory, tiny_model_dir) -> Path:
     each part of it, changes the captions."""
     from transformers import BlipForConditionalGeneration
 
-    from fashioncap.modeling import apply_lora, load_processor, lora_target_regex
+    from fashioncap.models.blip import load_processor, lora_target_regex
+    from fashioncap.models.lora import apply_lora
 
     base = BlipForConditionalGeneration.from_pretrained(tiny_model_dir)
     target = lora_target_regex("decoder+vision", base.config.vision_config.num_hidden_layers, 2)

@@ -403,7 +403,7 @@ def test_train_logs_records_versions_names_the_data_terms_and_never_trains_over_
     assert trained.returncode == 0, trained.stderr[-3000:]
     warnings = [line for line in (trained.stdout + trained.stderr).splitlines() if "warn" in line.lower()]
     assert warnings == [], "no FutureWarning, pin_memory or deepspeed accelerator noise (issue 21)"
-    assert "INFO fashioncap.modeling: LoRA on 20 modules" in trained.stderr
+    assert "INFO fashioncap.models.lora: LoRA on 20 modules" in trained.stderr
     results = json.loads((tmp_path / "run" / "all_results.json").read_text())
     assert set(results["versions"]) >= {"fashioncap", "transformers", "peft", "torch", "pycocoevalcap"}
     card = (tmp_path / "run" / "README.md").read_text()

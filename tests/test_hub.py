@@ -11,7 +11,7 @@ import yaml
 from fashioncap.cli import main
 from fashioncap.configs import load_config
 from fashioncap.hub import model_card, push
-from fashioncap.modeling import DEFAULT_MODEL
+from fashioncap.models.blip import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "hf_FAKEtokenFORtestsONLYabcdefghijklmnop"
@@ -135,3 +135,27 @@ def test_push_refuses_a_file_that_carries_the_token(run_dir, monkeypatch, capsys
 def test_push_needs_a_fashioncap_run(tmp_path, capsys):
     assert main(["push", "--model-dir", str(tmp_path), "--repo-id", "me/x", "--dry-run"]) == 2
     assert "fashioncap_config.json" in capsys.readouterr().err
+
+
+def test_the_cards_snippets_load_the_runs_family(recipe):
+    """A run records its family; the card loads it with that family's classes and prompt (BLIP: none)."""
+    merged = {**recipe, "model": {**recipe["model"], "lora_preset": "none"}}
+    blip_card = model_card(merged, None, "me/blip-run")
+    assert (
+        "BlipForConditionalGeneration.from_pretrained" in blip_card
+        and "text=" not in blip_card.split("```")[3]
+    )
+    florence_card = model_card({**merged, "family": "florence2"}, None, "me/florence-run")
+    assert "# me/florence-run\n\nFlorence-2 fine-tuned for fashion image captioning" in florence_card
+    assert 'Florence2ForConditionalGeneration.from_pretrained("me/florence-run")' in florence_card
+    assert 'processor(images=image, text="<CAPTION>", return_tensors="pt")' in florence_card
+    assert (
+        'captioner(images=image, text="<CAPTION>", return_full_text=False, generate_kwargs' in florence_card
+    )
+    assert "Blip" not in florence_card and "florence2" in _front_matter(florence_card)["tags"]
+    detailed = {
+        **merged,
+        "family": "florence2",
+        "model": {**merged["model"], "caption_prompt": "<DETAILED_CAPTION>"},
+    }
+    assert 'processor(images=image, text="<DETAILED_CAPTION>", return_tensors="pt")' in model_card(detailed)

@@ -139,7 +139,8 @@ def test_caption_from_a_lora_adapter_dir(tiny_model_dir, image_folder, tmp_path,
     """An adapter run dir (adapter + processor) loads onto its base and captions like any model dir."""
     from transformers import BlipForConditionalGeneration
 
-    from fashioncap.modeling import DECODER_TARGETS, apply_lora, load_processor
+    from fashioncap.models.blip import DECODER_TARGETS, load_processor
+    from fashioncap.models.lora import apply_lora
 
     base = BlipForConditionalGeneration.from_pretrained(tiny_model_dir)
     adapter_dir = tmp_path / "run"
@@ -152,7 +153,7 @@ def test_caption_from_a_lora_adapter_dir(tiny_model_dir, image_folder, tmp_path,
 
 def test_an_adapter_without_a_base_model_is_a_clear_error(tmp_path):
     """An adapter trained on an in-memory tiny model records no base: loading it says so instead of a TypeError."""
-    from fashioncap.modeling import ModelLoadError
+    from fashioncap.models.source import ModelLoadError
 
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": None}))
     with pytest.raises(ModelLoadError, match="names no base model.*tiny_model"):

@@ -229,7 +229,7 @@ def test_als_sls_are_the_rewards(scored, predictions, references, attributes, ca
 def test_sls_without_wordmap_is_unavailable(references):
     first = next(iter(references))
     result = compute_caption_metrics({first: "a dress"}, {first: references[first]}, categories={first: 1})
-    assert result["SLS"] is None and "wordmap" in result["unavailable"]["SLS"]
+    assert result["SLS"] is None and "no categories.json" in result["unavailable"]["SLS"]
 
 
 def test_input_errors_name_the_images(references):

@@ -125,3 +125,45 @@ def test_bench_records_come_from_the_repository(monkeypatch):
     assert len(records) == 3000 and len({r["id"] for r in records}) == 3000
     assert len({r["description"] for r in records}) > 0.95 * 3000  # cold caches stay (almost) cold
     assert facad_records(5) == facad_records()[:5]
+
+
+# What only a model family module (fashioncap/models/<family>.py) may name: its classes and its submodules.
+FAMILY_SPECIFIC = re.compile(
+    r"\b(?:Blip|Florence2)[A-Z]\w*|\.(?:vision_model|text_decoder|vision_tower|language_model)\b"
+)
+FAMILY_NEUTRAL = [
+    "fashioncap/trainer.py", "fashioncap/rl.py", "fashioncap/study.py", "fashioncap/report.py",
+    "fashioncap/export.py", "fashioncap/app.py", "fashioncap/commands/caption.py", "fashioncap/inference.py",
+    "fashioncap/decoding.py", "fashioncap/evaluation.py", "fashioncap/rewards", "fashioncap/metrics",
+    "fashioncap/zero3.py", "fashioncap/collapse_guard.py",
+]  # fmt: skip
+
+
+def family_specific_names(text: str) -> list[str]:
+    return FAMILY_SPECIFIC.findall(text)
+
+
+def test_the_recipe_names_no_model_family_outside_the_family_modules():
+    """The trainer, rewards, metrics, study, report, export, app, caption and the decoding engine go through
+    `fashioncap.models` (docs/design.md, "Model families"): a second family is then a module, not edits there."""
+    files = [p for entry in FAMILY_NEUTRAL for p in sorted((REPO / entry).rglob("*.py")) or [REPO / entry]]
+    assert len(files) > len(FAMILY_NEUTRAL)
+    offenders = {
+        p.relative_to(REPO).as_posix(): names
+        for p in files
+        if (names := family_specific_names(p.read_text(encoding="utf-8")))
+    }
+    assert not offenders, f"family classes or submodules named outside fashioncap/models/: {offenders}"
+
+
+def test_the_family_name_check_catches_classes_and_submodules():
+    assert family_specific_names("model = BlipForConditionalGeneration(config)") == [
+        "BlipForConditionalGeneration"
+    ]
+    assert family_specific_names("x = model.text_decoder.cls; y = m.vision_tower(p)") == [
+        ".text_decoder",
+        ".vision_tower",
+    ]
+    assert family_specific_names(
+        "Florence2ForConditionalGeneration, BLIP's decoder, blip, vision_model="
+    ) == ["Florence2ForConditionalGeneration"]

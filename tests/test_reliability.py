@@ -31,6 +31,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from fashioncap.decoding import ImageMemory
+
 ROOT = Path(__file__).resolve().parents[1]
 MAX_STEPS = 6
 RL = ["--reward_funcs", "als", "sls", "--rl_weight", "1.0", "--num_samples", "2", "--max_sample_tokens", "8"]
@@ -290,10 +292,11 @@ def test_killed_facad_download_leaves_no_data_dir_and_no_broken_image_then_resum
 @pytest.fixture(scope="module")
 def tiny_model_dir(data_dir) -> Path:
     from fashioncap.data import load_captions
-    from fashioncap.modeling import build_tiny_blip, caption_vocabulary
+    from fashioncap.models.blip import build_tiny
+    from fashioncap.text import caption_vocabulary
 
     captions = [c for split in load_captions(data_dir).values() for c in split["caption"]]
-    model, processor = build_tiny_blip(caption_vocabulary(captions))
+    model, processor = build_tiny(caption_vocabulary(captions))
     out = data_dir.parent / "tiny"
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -338,11 +341,13 @@ def make_trainer(data_dir, tmp_path, **training):
     """A FashionCapTrainer on the tiny BLIP with decoder LoRA, over the synthetic train split."""
     from fashioncap.configs import FashionCapTrainingArguments
     from fashioncap.data import load_captions, load_categories
-    from fashioncap.modeling import DECODER_TARGETS, apply_lora, build_tiny_blip, caption_vocabulary
+    from fashioncap.models.blip import DECODER_TARGETS, build_tiny
+    from fashioncap.models.lora import apply_lora
+    from fashioncap.text import caption_vocabulary
     from fashioncap.trainer import build_trainer
 
     train = load_captions(data_dir, ["train"])["train"]
-    model, processor = build_tiny_blip(caption_vocabulary(train["caption"]))
+    model, processor = build_tiny(caption_vocabulary(train["caption"]))
     model = apply_lora(model, DECODER_TARGETS, r=4, dropout=0.0)
     args = FashionCapTrainingArguments(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, report_to=[], remove_unused_columns=False,
@@ -397,8 +402,9 @@ def test_empty_and_special_token_only_samples_score_zero_and_the_loss_stays_fini
     special = torch.tensor([[dec, sep, pad, pad], [dec, cls, pad, sep]])
     assert trainer._decode(special) == ["", ""]
 
-    def degenerate(blip, memory, num_return_sequences=1, **kwargs):
-        return special[:1].repeat(memory.num_images * num_return_sequences, 1)
+    def degenerate(model, image, num_return_sequences=1, **kwargs):  # image: K/V memory, or embeddings
+        images = image.num_images if isinstance(image, ImageMemory) else image.size(0)
+        return special[:1].repeat(images * num_return_sequences, 1)
 
     monkeypatch.setattr("fashioncap.trainer.decode", degenerate)
     loss, grads = one_loss_and_grads(trainer)
@@ -409,7 +415,7 @@ def test_empty_and_special_token_only_samples_score_zero_and_the_loss_stays_fini
 
 def _poison_decoder(trainer, monkeypatch, poisoned_calls):
     """Make the decoder's logits NaN on the given (1-based) calls: one call per MLE-only training step."""
-    head = trainer._blip(trainer.model).text_decoder.cls
+    head = trainer._captioner(trainer.model).text_decoder.cls
     original, calls = head.forward, itertools.count(1)
 
     def forward(*args, **kwargs):

@@ -46,7 +46,7 @@ def test_extract_attributes_nouns_and_adjectives_lowercased():
 
 
 def test_extract_attributes_tags_each_distinct_caption_once(monkeypatch):
-    import fashioncap.rewards as rewards
+    import fashioncap.rewards.attributes as rewards
 
     rewards._attribute_cache.clear()
     seen = []
@@ -183,7 +183,7 @@ def test_mismatched_lengths_are_errors():
 
 
 def test_missing_spacy_model_error_names_the_install_command(monkeypatch):
-    import fashioncap.rewards as rewards
+    import fashioncap.rewards.attributes as rewards
 
     rewards._tagger.cache_clear()
     monkeypatch.setattr(rewards, "SPACY_MODEL", "no_such_spacy_model")

@@ -27,7 +27,8 @@ def demo_tree(root: Path, tiny_model_dir: Path) -> Path:
     adapter_config.json names the base `outputs/demo/base`, relative to where training ran); returns the run."""
     from transformers import BlipForConditionalGeneration
 
-    from fashioncap.modeling import apply_lora, load_processor, lora_target_regex
+    from fashioncap.models.blip import load_processor, lora_target_regex
+    from fashioncap.models.lora import apply_lora
 
     base = root / "outputs" / "demo" / "base"
     shutil.copytree(tiny_model_dir, base)

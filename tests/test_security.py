@@ -111,7 +111,9 @@ def test_no_remote_code_and_no_unsafe_deserialisation_in_the_library():
         if re.search(pattern, text)
     ]
     assert not found, found
-    assert re.search(r"trust_remote_code\s*=\s*False", sources["fashioncap/modeling.py"]), "say it explicitly"
+    assert re.search(r"trust_remote_code\s*=\s*False", sources["fashioncap/models/source.py"]), (
+        "say it explicitly"
+    )
 
 
 # --- a trained run -----------------------------------------------------------------------------------------------

@@ -14,9 +14,10 @@ import fashioncap.trainer as trainer_module
 from fashioncap.completions import read_completions
 from fashioncap.configs import FashionCapTrainingArguments, load_config
 from fashioncap.data.collator import IGNORE_INDEX, CaptionCollator
-from fashioncap.modeling import DECODER_TARGETS, apply_lora, build_tiny_blip, lora_target_regex
-from fashioncap.trainer import (
-    build_trainer,
+from fashioncap.decoding import truncated_samples
+from fashioncap.models.blip import DECODER_TARGETS, build_tiny, lora_target_regex
+from fashioncap.models.lora import apply_lora
+from fashioncap.rl import (
     completion_mask,
     compute_baseline,
     normalised_logprobs,
@@ -26,8 +27,8 @@ from fashioncap.trainer import (
     tied_groups,
     token_kl,
     token_logprobs,
-    truncated_samples,
 )
+from fashioncap.trainer import build_trainer
 
 CAPTIONS = ["a red dress with short sleeve", "a blue tee", "a green striped bag", "a pair of black boots"]
 WORDMAP = {1: "dress", 2: "tee", 3: "bag", 4: ["boot", "boots"]}
@@ -227,6 +228,8 @@ def test_completion_mask_and_sequence_logprobs_by_hand():
     seqs = torch.tensor([[5, 7, 8, sep, pad, pad], [5, 9, sep, 7, 7, 7], [5, 7, 7, 7, 7, 7]])
     mask = completion_mask(seqs, sep)
     assert mask.tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [1] * 6]
+    bart = torch.tensor([[sep, 0, 7, sep, pad], [sep, sep, pad, pad, pad]])  # BART starts from its end token
+    assert completion_mask(bart, sep).tolist() == [[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]]
     logits = torch.randn(3, 6, 10)
     logp = sequence_logprobs(logits, seqs, mask)
     lsm = torch.log_softmax(logits, dim=-1)
@@ -257,7 +260,7 @@ def _dataset(n=8, seed=0):
 
 def _trainer(tmp_path, preset, rl_settings, model=None, processor=None):
     if model is None:
-        model, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
+        model, processor = build_tiny({w for c in CAPTIONS for w in c.split()})
         model = apply_lora(
             model, lora_target_regex(preset, model.config.vision_config.num_hidden_layers, 2), r=4
         )
@@ -279,7 +282,7 @@ def _grads_after_one_loss(trainer):
 
 @pytest.mark.parametrize("preset", ["decoder", "decoder+vision"])
 def test_trials_train_exactly_their_lora_targets(preset):
-    model, _ = build_tiny_blip({"a"})
+    model, _ = build_tiny({"a"})
     model = apply_lora(model, lora_target_regex(preset, model.config.vision_config.num_hidden_layers, 2), r=4)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -306,7 +309,7 @@ def test_every_trainable_parameter_gets_a_gradient_so_ddp_needs_no_unused_parame
     tmp_path, preset, rl
 ):
     """Why `load_config` sets ddp_find_unused_parameters false: the search finds nothing and warns so."""
-    model, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
+    model, processor = build_tiny({w for c in CAPTIONS for w in c.split()})
     if preset:
         targets = lora_target_regex(preset, model.config.vision_config.num_hidden_layers, 2)
         model = apply_lora(model, targets, r=4, modules_to_save=["embeddings.word_embeddings"])
@@ -317,7 +320,7 @@ def test_every_trainable_parameter_gets_a_gradient_so_ddp_needs_no_unused_parame
 
 
 def test_lora_target_matching_nothing_is_an_error():
-    model, _ = build_tiny_blip({"a"})
+    model, _ = build_tiny({"a"})
     with pytest.raises(ValueError, match="matches no module"):
         apply_lora(model, r"text_decoder\.nothing_here")
     with pytest.raises(ValueError, match="vision_lora_layers"):
@@ -413,7 +416,7 @@ def test_an_rl_run_with_rl_start_is_its_mle_twin_until_rl_starts(tmp_path):
 
 
 def test_collator_starts_with_dec_and_masks_padding():
-    _, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
+    _, processor = build_tiny({w for c in CAPTIONS for w in c.split()})
     batch = CaptionCollator(processor, max_length=6)([{"image": Image.new("RGB", (64, 64)), "image_id": i,
                                                        "caption": c, "attributes": [], "category": 1}
                                                       for i, c in enumerate(CAPTIONS[:2])])  # fmt: skip
@@ -432,7 +435,7 @@ def test_augmentation_differs_per_worker_rank_and_epoch():
     """Issue 26: each dataloader worker copied one random.Random(seed) that restarted every epoch, so worker 1
     replayed worker 0's flips and shifts, every epoch the first's, and every rank the same. Now each worker,
     epoch and rank draws its own, and a run repeats exactly."""
-    _, processor = build_tiny_blip({"a"})
+    _, processor = build_tiny({"a"})
     image = Image.new("RGB", (64, 64), "white")
     image.paste((0, 0, 0), (8, 8, 30, 20))  # off-centre: a flip or a shift moves it
     rows = [{"image": image, "image_id": i, "caption": "a"} for i in range(8)]
@@ -509,7 +512,7 @@ def test_rollout_under_zero3_gathers_the_decoder_once_or_decodes_in_step(
     rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=2, max_sample_tokens=6, baseline=baseline)
     trainer = _trainer(tmp_path, "decoder", {**rl, "zero3_gathered_decoding": gathered})
     monkeypatch.setattr(trainer, "_is_zero3", lambda: True)
-    head = trainer._blip(trainer.model).text_decoder.cls
+    head = trainer._captioner(trainer.model).text_decoder.cls
     hook_calls = []
     head.register_forward_pre_hook(lambda module, args: hook_calls.append(args[0].shape))
     calls = []
@@ -538,7 +541,7 @@ def test_rollout_under_zero3_gathers_the_decoder_once_or_decodes_in_step(
 def test_samples_are_scored_by_the_policy_that_drew_them(tmp_path, monkeypatch):
     """On-policy: with LoRA dropout on, the sampled captions' log-probabilities carry no dropout (the same on every
     call, equal to the model in eval mode) and use the sampling temperature."""
-    model, processor = build_tiny_blip({w for c in CAPTIONS for w in c.split()})
+    model, processor = build_tiny({w for c in CAPTIONS for w in c.split()})
     model = apply_lora(model, lora_target_regex("decoder", 4, 2), r=4, dropout=0.5)
     for name, param in model.named_parameters():
         if "lora_B" in name:
@@ -566,7 +569,7 @@ def test_samples_are_scored_by_the_policy_that_drew_them(tmp_path, monkeypatch):
     (first, temperature), (second, _) = captured["calls"]
     assert temperature == 0.7 and losses[0] == losses[1]
     torch.testing.assert_close(first, second, rtol=0, atol=0)
-    blip = trainer._blip(trainer.model)
+    blip = trainer._captioner(trainer.model)
     with torch.no_grad():
         blip.eval()
         embeds = blip.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
@@ -603,7 +606,7 @@ def test_the_steps_one_projection_of_the_image_kv_draws_the_rollouts_own_samples
     from the image embeddings itself in eval mode, with LoRA dropout on in the model."""
     rl = dict(reward_funcs=["sls"], rl_weight=1.0, num_samples=3, max_sample_tokens=8)
     trainer = _trainer(tmp_path, "decoder+vision", rl)
-    blip = trainer._blip(trainer.model)
+    blip = trainer._captioner(trainer.model)
     with torch.no_grad():
         for name, param in blip.named_parameters():
             if "lora_B" in name:

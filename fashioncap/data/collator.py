@@ -1,4 +1,5 @@
-"""Batching for BLIP captioning: pixels for every row, caption tokens only for training rows.
+"""Batching for captioning: pixels for every row, caption tokens (as the processor's model family lays them
+out for its decoder) only for training rows.
 
 Training batches also carry every other column of the data set as a list (`caption`, `attributes`,
 `category`, ...): the trainer hands them to the reward functions. Evaluation rows (from `group_references`)
@@ -15,6 +16,7 @@ import torch
 from PIL import Image, ImageOps
 
 from fashioncap.data.images import to_rgb
+from fashioncap.models import family_of_processor
 
 IGNORE_INDEX = -100
 MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask", "labels")
@@ -40,10 +42,7 @@ class CaptionCollator:
     _rng_stream: tuple | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
-        tokenizer = self.processor.tokenizer
-        self.bos_token_id = tokenizer.convert_tokens_to_ids("[DEC]")
-        if self.bos_token_id == tokenizer.unk_token_id:
-            raise ValueError("the tokenizer has no [DEC] token: is this a BLIP processor?")
+        self._caption_inputs = family_of_processor(self.processor).caption_inputs
 
     def augmentation_rng(self) -> random.Random:
         """This process's augmentation stream, one per run seed, rank and dataloader worker. A worker's torch
@@ -72,14 +71,10 @@ class CaptionCollator:
         if not training:
             return batch
         captions = [r["caption"] for r in rows]
-        encoded = self.processor.tokenizer(
-            captions, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        input_ids = encoded.input_ids
-        input_ids[:, 0] = self.bos_token_id  # BLIP's decoder starts from [DEC]; forward does not rewrite it
-        labels = input_ids.masked_fill(encoded.attention_mask == 0, IGNORE_INDEX)
+        input_ids, attention_mask = self._caption_inputs(self.processor.tokenizer, captions, self.max_length)
+        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
         labels[:, 0] = IGNORE_INDEX  # the start token is given, never predicted
-        batch.update(input_ids=input_ids, attention_mask=encoded.attention_mask, labels=labels)
+        batch.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         batch.update(
             {column: [r[column] for r in rows] for column in rows[0] if column not in ("image", "image_id")}
         )
