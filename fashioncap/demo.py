@@ -61,9 +61,11 @@ def reason_to_train(run_dir: Path, config: RecipeConfig, inputs: list[Path]) -> 
 
 
 def _what_was_trained(saved_config: dict) -> dict:
-    """A run's saved config without where things were: the recipe file (source) and the run's own dir."""
+    """A run's saved config without where things were (the recipe file, the run's own dir) and without what the
+    run read off its model (the family): what a recipe decides."""
     config = json.loads(json.dumps(saved_config, default=str))
     config.pop("source", None)
+    config.pop(rundir.FAMILY, None)
     config.get("training", {}).pop("output_dir", None)
     return config
 
