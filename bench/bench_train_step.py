@@ -29,7 +29,7 @@ import torch
 
 from bench.facad_records import facad_records
 
-VARIANTS = ("mle", "rl_h1", "rl_h4", "seed")
+VARIANTS = ("mle", "rl_h1", "rl_h4", "rl_h4_guard", "seed")
 # Salesforce/blip-image-captioning-large's shape (random weights: no download here).
 LARGE_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                     image_size=384, patch_size=16, layer_norm_eps=1e-5, initializer_range=0.02)  # fmt: skip
@@ -236,6 +236,10 @@ def measure(
         "mle": dict(rl_weight=0.0),
         "rl_h1": dict(rl_weight=1.0, num_samples=1, max_sample_tokens=max_tokens),
         "rl_h4": dict(rl_weight=1.0, num_samples=4, max_sample_tokens=max_tokens),
+        # a step at which the collapse guard decodes the greedy captions (every collapse_guard_steps RL steps)
+        "rl_h4_guard": dict(
+            rl_weight=1.0, num_samples=4, max_sample_tokens=max_tokens, collapse_guard="warn"
+        ),
     }
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and cuda else contextlib.nullcontext()
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -246,8 +250,10 @@ def measure(
         lengths = record_sample_lengths(trainer)
         for round_ in range(warmup + steps):
             for variant in variants:
-                for key, value in settings.get(variant, {}).items():
+                for key, value in {"collapse_guard": "off", **settings.get(variant, {})}.items():
                     setattr(trainer.args, key, value)
+                if hasattr(trainer, "collapse_guard"):
+                    trainer.collapse_guard.mode = trainer.args.collapse_guard
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
                 _attribute_cache.clear()  # each training step tags new captions; this batch repeats
@@ -294,6 +300,7 @@ def measure(
         **{f"{v}_all_s": [round(t, 4) for t in ts] for v, ts in times.items()},
     }
     ratios = {"rl_h4_over_mle": ("rl_h4", "mle"), "rl_h1_over_mle": ("rl_h1", "mle"),
+              "guard_check_over_rl_h4": ("rl_h4_guard", "rl_h4"),
               "rl_h1_over_seed": ("rl_h1", "seed"), "seed_over_mle": ("seed", "mle")}  # fmt: skip
     result.update(
         {k: round(median[a] / median[b], 3) for k, (a, b) in ratios.items() if a in median and b in median}

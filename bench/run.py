@@ -221,9 +221,10 @@ def large_section(meta: dict, result: dict) -> str:
     if "error" in result:
         return "\n".join([*lines, f"Error: {result['error']}"])
     lines += ["| figure | value | goal | status |", "|---|---|---|---|"]
-    for variant in ("mle", "rl_h1", "rl_h4", "seed"):
-        lines.append(f"| `train_{variant}_s` | {_fmt(result[f'{variant}_s'])} | | |")
-    for key in ("rl_h4_over_mle", "rl_h4_over_mle_50", "rl_h1_over_mle", "rl_h1_over_seed", "seed_over_mle"):
+    for variant in ("mle", "rl_h1", "rl_h4", "rl_h4_guard", "seed"):
+        lines.append(f"| `train_{variant}_s` | {_fmt(result.get(f'{variant}_s'))} | | |")
+    for key in ("rl_h4_over_mle", "rl_h4_over_mle_50", "rl_h1_over_mle", "rl_h1_over_seed", "seed_over_mle",
+                "guard_check_over_rl_h4"):  # fmt: skip
         goal = f"<= {GOALS[key]}" if key in GOALS else ""
         status = _status(key, result.get(key), True)
         if key == "rl_h4_over_mle":
@@ -423,8 +424,8 @@ DECODING_FIGURES = {
 
 
 def _flat_large(result: dict) -> dict:
-    keys = ("mle_s", "rl_h1_s", "rl_h4_s", "seed_s", "rl_h4_50_s", "rl_h4_over_mle", "rl_h4_over_mle_50",
-            "rl_h1_over_mle", "rl_h1_over_seed", "seed_over_mle")  # fmt: skip
+    keys = ("mle_s", "rl_h1_s", "rl_h4_s", "rl_h4_guard_s", "seed_s", "rl_h4_50_s", "rl_h4_over_mle",
+            "rl_h4_over_mle_50", "rl_h1_over_mle", "rl_h1_over_seed", "seed_over_mle", "guard_check_over_rl_h4")  # fmt: skip
     flat = {(f"train_{k}" if k.endswith("_s") else k): result[k] for k in keys if k in result}
     decoding = result.get("decoding") or {}
     flat.update(

@@ -267,8 +267,14 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
     )
     collapse_guard: str = _help(
         "warn",
-        "warn | stop | off: every RL step, check the greedy captions for repetition and runs to the length limit; "
-        "on collapse warn once (stop: also save a checkpoint and end the run)",
+        "warn | stop | off: check the greedy captions for repetition and runs to the length limit (every "
+        "collapse_guard_steps RL steps); on collapse warn once (stop: also save a checkpoint and end the run)",
+    )
+    collapse_guard_steps: int = _help(
+        10,
+        "the guard decodes the greedy captions every N RL steps (every step when the greedy baseline draws them "
+        "anyway): a greedy decode costs about what sampling does at large shape; the samples' health is logged "
+        "every RL step",
     )
     log_completions_steps: int = _help(
         50,
@@ -319,6 +325,8 @@ class FashionCapTrainingArguments(Seq2SeqTrainingArguments):
                 "captions were drawn from, and top-k sampling changes it; use sample_top_k: 0 (and "
                 "sample_temperature to sharpen)"
             )
+        if self.collapse_guard_steps < 1:
+            raise ValueError(f"collapse_guard_steps must be >= 1, not {self.collapse_guard_steps}")
         if self.log_completions_steps < 0:
             raise ValueError(
                 f"log_completions_steps must be >= 0 (0: never), not {self.log_completions_steps}"

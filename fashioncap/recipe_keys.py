@@ -25,6 +25,7 @@ RECIPE_KEYS = {
         "reward_funcs", "reward_weights", "mle_weight", "rl_weight", "loss_type", "num_samples", "baseline",
         "rl_start", "sample_temperature", "sample_top_k", "max_sample_tokens", "mask_truncated_completions",
         "scale_rewards", "kl_weight", "log_completions_steps", "collapse_guard",
+        "collapse_guard_steps",
     ),
     "generation": tuple(GENERATION_DEFAULTS),
     "run": ("overwrite_output_dir", "global_batch_size", "cuda_graphs", "zero3_gathered_decoding"),

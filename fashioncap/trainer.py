@@ -318,7 +318,7 @@ class FashionCapTrainer(Seq2SeqTrainer):
         keep = ~truncated if args.mask_truncated_completions else None
         rl_loss = reinforce_loss(logprobs, total, baseline, keep)
         collapsing = self.collapse_guard.active and self._check_collapse(
-            captioner, image_embeds, samples, truncated
+            captioner, memory.detach(), samples, truncated
         )
         self._log_completions(samples, rewards, total, baseline, columns, keep, force=collapsing)
         loss = loss + args.rl_weight * rl_loss * rl_scale
@@ -360,28 +360,28 @@ class FashionCapTrainer(Seq2SeqTrainer):
 
     # --- logging ---
 
-    def _check_collapse(self, captioner, image_embeds, samples, truncated) -> bool:
-        """Log the sampled and the greedy captions' health (the greedy baseline's captions, else decoded here);
-        True when the guard finds the greedy ones (what evaluation shows) collapsing for the first time
-        (fashioncap.collapse_guard)."""
+    def _check_collapse(self, captioner, memory: ImageMemory, samples, truncated) -> bool:
+        """Log the sampled captions' health every RL step and the greedy ones' (the greedy baseline's captions,
+        else decoded here from the step's K/V every `collapse_guard_steps` steps); True when the guard finds the
+        greedy ones (what evaluation shows) collapsing for the first time (fashioncap.collapse_guard)."""
+        health = {"sampled": rollout_health(self._decode(samples), truncated.tolist())}
         greedy, self._rollout_greedy = self._rollout_greedy, None
-        if greedy is None:
+        if (
+            greedy is None and self.state.global_step % self.args.collapse_guard_steps == 0
+        ):  # alike on every rank
             with torch.no_grad(), eval_mode(captioner), self._decoder_gathered(captioner):
                 greedy = decode(
-                    captioner,
-                    image_embeds.detach(),
-                    max_new_tokens=self.args.max_sample_tokens,
-                    **self._decode_kwargs,
+                    captioner, memory, max_new_tokens=self.args.max_sample_tokens, **self._decode_kwargs
                 )
-        greedy_captions = self._decode(greedy)
-        greedy_cut = truncated_samples(greedy, text_decoder(captioner).eos_token_id).tolist()
-        health = {
-            "sampled": rollout_health(self._decode(samples), truncated.tolist()),
-            "greedy": rollout_health(greedy_captions, greedy_cut),
-        }
+        if greedy is not None:
+            greedy_captions = self._decode(greedy)
+            greedy_cut = truncated_samples(greedy, text_decoder(captioner).eos_token_id).tolist()
+            health["greedy"] = rollout_health(greedy_captions, greedy_cut)
         for kind, figures in health.items():
             for name, value in figures.items():
                 self._log_metric(f"health/{kind}_{name}", value)
+        if greedy is None:
+            return False
         return self.collapse_guard.check(self.state.global_step, health["greedy"], greedy_captions[0])
 
     def _log_completions(

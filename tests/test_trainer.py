@@ -142,6 +142,9 @@ def test_loss_type_is_checked_with_the_allowed_values(tmp_path):
     ):
         load_config(recipe)
     assert load_config(None, ["--output_dir", str(tmp_path)]).training.loss_type == "sequence_sum"
+    recipe.write_text("output_dir: out\ncollapse_guard_steps: 0\n")
+    with pytest.raises(ConfigError, match="collapse_guard_steps must be >= 1, not 0"):
+        load_config(recipe)
 
 
 def test_truncated_samples_and_tied_groups_by_hand():
@@ -642,7 +645,7 @@ def _collapsing_trainer(tmp_path, guard, **settings):
 
 
 def test_the_guard_warns_once_logs_health_and_the_completions_table(tmp_path, caplog):
-    trainer = _collapsing_trainer(tmp_path, "warn", log_completions_steps=50)
+    trainer = _collapsing_trainer(tmp_path, "warn", log_completions_steps=50, collapse_guard_steps=1)
     trainer._completions_step, trainer.state.global_step = 0, 1  # a table is not due at step 1 ...
     with caplog.at_level("WARNING", logger="fashioncap.collapse_guard"):
         _grads_after_one_loss(trainer)
@@ -661,6 +664,27 @@ def test_the_guard_warns_once_logs_health_and_the_completions_table(tmp_path, ca
     for name in ("repeated_trigram_share", "distinct_1", "distinct_2", "mean_length"):
         assert f"health/sampled_{name}" in logged and f"health/greedy_{name}" in logged
     assert logged["health/greedy_mean_length"] > 0
+
+
+def test_the_guard_decodes_greedy_captions_every_collapse_guard_steps_and_logs_the_samples_every_step(
+    tmp_path, monkeypatch
+):
+    trainer = _collapsing_trainer(tmp_path, "warn", collapse_guard_steps=2)
+    decodes, rollout_decode = [], trainer_module.decode
+
+    def counted(*args, **kwargs):
+        decodes.append(kwargs.get("do_sample", False))
+        return rollout_decode(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "decode", counted)
+    for step in (1, 2):
+        trainer.state.global_step = step
+        _grads_after_one_loss(trainer)
+        trainer.log({"loss": 1.0})
+    off_step, check_step = trainer.state.log_history[-2], trainer.state.log_history[-1]
+    assert decodes == [True, True, False], "samples at both steps, the greedy captions at step 2 only"
+    assert "health/sampled_length_limit_share" in off_step and "health/greedy_mean_length" not in off_step
+    assert check_step["health/greedy_length_limit_share"] == 1.0
 
 
 def test_the_guard_stops_and_saves_in_stop_mode(tmp_path):
