@@ -5,7 +5,8 @@ the trials in name order) with the same entry point, trainer and configs as the 
 the test split (the base zero-shot), and writes the seed-style report, announcing each stage with its count
 and expected time (`fashioncap.progress`). A finished run is reused while its recipe, the data and the run it
 starts from are unchanged; evaluation always reruns. Adding a trial to the demo is adding a YAML file to
-recipes/demo/.
+recipes/demo/. Another model family's demo (`--family florence2`) has its own folder, recipes/demo/<family>/,
+and writes to outputs/demo-<family>/: its recipes build that family's tiny stand-in (`tiny_family`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 from fashioncap import rundir
 from fashioncap.configs import RecipeConfig, load_config
 from fashioncap.data.synthetic import ensure_synthetic
-from fashioncap.errors import MissingPathError
+from fashioncap.errors import ConfigError, MissingPathError
 from fashioncap.evaluation import evaluate_run
+from fashioncap.models import DEFAULT_FAMILY, FAMILIES
 from fashioncap.progress import Progress, format_duration
 from fashioncap.report import write_report
 from fashioncap.train import train
@@ -27,16 +29,36 @@ from fashioncap.verdict import verdict_markdown
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 BASE = "base"
 
-# Expected seconds per stage on this project's 2-core machine with nothing else running, from BENCHMARKS.md,
-# "make demo" 2026-12-06 (synthetic v4): the base 5.8 min for its 3,780 steps, MLE trials 36-48 s, RL trials
-# 72-102 s, an evaluation 3-12 s, the synthetic set ~3 s. Other CPU-heavy work slows torch several-fold.
-EXPECTED_SECONDS = {"data": 3, "base": 345, "mle": 42, "rl": 86, "eval": 5, "report": 5}
+# Expected seconds per stage and family on this project's 2-core machine with nothing else running, from
+# BENCHMARKS.md. BLIP: "make demo" 2026-12-06 (synthetic v4): the base 5.8 min for its 3,780 steps, MLE trials
+# 36-48 s, RL trials 72-102 s, an evaluation 3-12 s, the synthetic set ~3 s. Florence-2: FLORENCE2_TIMES_TODO.
+# Other CPU-heavy work slows torch several-fold.
+EXPECTED_SECONDS = {
+    "blip": {"data": 3, "base": 345, "mle": 42, "rl": 86, "eval": 5, "report": 5},
+    "florence2": {"data": 3, "base": 345, "mle": 42, "rl": 86, "eval": 5, "report": 5},
+}
 IDLE_MACHINE = " on an idle 2-core machine"
 
 
-def expected_training_seconds(name: str, config: RecipeConfig) -> float:
-    """EXPECTED_SECONDS of training the base, an MLE trial or an RL trial."""
-    return EXPECTED_SECONDS[BASE if name == BASE else "rl" if config.training.rl_weight else "mle"]
+def family_recipes(family_name: str = DEFAULT_FAMILY) -> Path:
+    """The demo recipes of a family: recipes/demo/ for the default family, recipes/demo/<family>/ for others."""
+    if family_name not in FAMILIES:
+        raise ConfigError(
+            f"--family {family_name}: fashioncap has no such model family ({', '.join(FAMILIES)})"
+        )
+    return RECIPES if family_name == DEFAULT_FAMILY else RECIPES / family_name
+
+
+def family_outputs(command: str, family_name: str = DEFAULT_FAMILY) -> str:
+    """Where a family's demo or study writes: outputs/<command> for the default family, outputs/<command>-<family>
+    for others, so two families' runs never overwrite each other."""
+    return f"outputs/{command}" if family_name == DEFAULT_FAMILY else f"outputs/{command}-{family_name}"
+
+
+def expected_training_seconds(name: str, config: RecipeConfig, family_name: str = DEFAULT_FAMILY) -> float:
+    """EXPECTED_SECONDS of training the base, an MLE trial or an RL trial of a family's demo."""
+    stage = BASE if name == BASE else "rl" if config.training.rl_weight else "mle"
+    return EXPECTED_SECONDS[family_name][stage]
 
 
 def demo_recipes(recipes: Path = RECIPES) -> dict[str, Path]:
@@ -102,33 +124,40 @@ def train_unless_current(
     return run_dir
 
 
-def run_demo(recipes: Path = RECIPES, report_dir: str = "outputs/demo/report", force: bool = False) -> dict:
+def run_demo(
+    recipes: Path = RECIPES,
+    report_dir: str = "outputs/demo/report",
+    force: bool = False,
+    family_name: str = DEFAULT_FAMILY,
+) -> dict:
+    """Train, evaluate and report every recipe in `recipes`; `family_name` only picks the expected times."""
     start = time.perf_counter()
+    seconds = EXPECTED_SECONDS[family_name]
     paths = demo_recipes(recipes)
     configs = {name: load_config(path) for name, path in paths.items()}
     data_dir = configs[next(iter(configs))].data.data_dir
     progress = Progress(total=2 + 2 * len(configs), where=IDLE_MACHINE)
     expected = (
-        EXPECTED_SECONDS["data"]
-        + sum(expected_training_seconds(name, config) for name, config in configs.items())
-        + len(configs) * EXPECTED_SECONDS["eval"]
-        + EXPECTED_SECONDS["report"]
+        seconds["data"]
+        + sum(expected_training_seconds(name, config, family_name) for name, config in configs.items())
+        + len(configs) * seconds["eval"]
+        + seconds["report"]
     )
     print(f"fashioncap demo: {progress.total} stages, about {format_duration(expected)}{IDLE_MACHINE} on a "
           f"first run (finished runs are reused), most of it the {BASE} model. Other CPU-heavy work on the "
           "machine slows torch several-fold.", flush=True)  # fmt: skip
-    progress.next(f"the synthetic set in {data_dir}", EXPECTED_SECONDS["data"])
+    progress.next(f"the synthetic set in {data_dir}", seconds["data"])
     ensure_synthetic(data_dir)
     run_dirs = {}
     for name, config in configs.items():
-        progress.next(f"train {name}", expected_training_seconds(name, config))
+        progress.next(f"train {name}", expected_training_seconds(name, config, family_name))
         run_dirs[name] = train_unless_current(name, config, paths[name], data_dir, force)
     summary = {}
     for name, run_dir in run_dirs.items():
-        progress.next(f"evaluate {name} on the test split", EXPECTED_SECONDS["eval"])
+        progress.next(f"evaluate {name} on the test split", seconds["eval"])
         summary[name] = evaluate_run(str(run_dir), data_dir, "test",  # into RUN/eval/test
                                      batch_size=configs[name].training.per_device_eval_batch_size)  # fmt: skip
-    progress.next(f"the report in {report_dir}", EXPECTED_SECONDS["report"])
+    progress.next(f"the report in {report_dir}", seconds["report"])
     report = write_report(run_dirs, report_dir, data_dir=data_dir, split="test")
     took = format_duration(time.perf_counter() - start)
     print(f"\nTest scores on the synthetic set ({next(iter(summary.values()))['num_images']} images):\n")

@@ -36,6 +36,7 @@ from fashioncap.configs import load_config
 from fashioncap.data.synthetic import ensure_synthetic
 from fashioncap.demo import (
     BASE,
+    DEFAULT_FAMILY,
     EXPECTED_SECONDS,
     IDLE_MACHINE,
     RECIPES,
@@ -86,11 +87,13 @@ def run_study(
     overrides: Sequence[str] = (),
     compare: Sequence[tuple[str, str]] = (),
     split: str = "test",
+    family_name: str = DEFAULT_FAMILY,
 ) -> dict:
     """Train and evaluate each trial of `runs` with each of `seeds`, write the study; returns study.json.
 
     `base`: the model the trials start from (default: the demo's base, trained by its recipe when missing or
-    out of date). `overrides`: `--key value` recipe overrides for every trial run (not the base).
+    out of date). `overrides`: `--key value` recipe overrides for every trial run (not the base). `family_name`
+    only picks the expected times announced.
     """
     out_dir, recipes = Path(out_dir), Path(recipes)
     if not seeds:
@@ -118,7 +121,8 @@ def run_study(
             config = load_config(recipe, [*trial_args, "--output_dir", str(run_dir)])
             data_dir = config.data.data_dir
             progress.next(
-                f"{trial} seed {seed}", expected_training_seconds(trial, config) + EXPECTED_SECONDS["eval"]
+                f"{trial} seed {seed}",
+                expected_training_seconds(trial, config, family_name) + EXPECTED_SECONDS[family_name]["eval"],
             )
             same_run_elsewhere = load_config(recipe, trial_args).training.output_dir  # the demo's, for seed 0
             run_dir = identical_finished_run(

@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from fashioncap.commands.demo import add_family_argument
 from fashioncap.commands.report import add_compare_argument
 
 HELP = "retrain demo trials over seeds and compare them with intervals (does RL pay?)"
@@ -41,8 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TRIAL",
         help="demo recipes to retrain (names in --recipes; default: trial1 ... trial5, with --sweep trial2)",
     )
-    parser.add_argument("--out", default="outputs/study", help="where runs and study.{json,md,png} go")
-    parser.add_argument("--recipes", type=Path, help="folder of demo recipes (default: recipes/demo)")
+    add_family_argument(parser)
+    parser.add_argument(
+        "--out", help="where runs and study.{json,md,png} go (default: outputs/study, outputs/study-<family>)"
+    )
+    parser.add_argument("--recipes", type=Path, help="folder of demo recipes (default: the family's)")
     parser.add_argument(
         "--base",
         help="model dir the trials start from (default: the demo's base, trained by its recipe when missing)",
@@ -85,10 +89,12 @@ def check_split(split: str, runs: list[str], recipes: Path, overrides: list[str]
 
 
 def run(args: argparse.Namespace) -> int:
-    from fashioncap.demo import RECIPES
+    from fashioncap.demo import DEFAULT_FAMILY, family_outputs, family_recipes
     from fashioncap.study import DEFAULT_RUNS, DEFAULT_SEEDS, run_study, study_markdown
 
-    recipes = args.recipes or RECIPES
+    family_name = args.family or DEFAULT_FAMILY
+    recipes = args.recipes or family_recipes(family_name)  # one line for a family fashioncap lacks
+    out = args.out or family_outputs("study", family_name)
     # a sweep draws one RL trial's frontier on val over 3 seeds; a study compares the trials on test over 5
     runs = args.runs or (["trial2"] if args.sweep else DEFAULT_RUNS)
     seeds = args.seeds or (seed_list("3") if args.sweep else DEFAULT_SEEDS)
@@ -99,13 +105,15 @@ def run(args: argparse.Namespace) -> int:
         from fashioncap.frontier import frontier_markdown, parse_sweeps, run_frontier
 
         frontier = run_frontier(
-            args.out, parse_sweeps(args.sweep), runs, seeds, split,
+            out, parse_sweeps(args.sweep), runs, seeds, split,
             recipes=recipes, base=args.base, overrides=args.overrides,
         )  # fmt: skip
         print(frontier_markdown(frontier))
-        print(f"wrote {args.out}/frontier.json, frontier.md, frontier.png")
+        print(f"wrote {out}/frontier.json, frontier.md, frontier.png")
         return 0
-    study = run_study(args.out, runs, seeds, recipes, args.base, args.overrides, args.compare, split)
+    study = run_study(
+        out, runs, seeds, recipes, args.base, args.overrides, args.compare, split, family_name=family_name
+    )
     print(study_markdown(study))
-    print(f"wrote {args.out}/study.json, study.md, study.png")
+    print(f"wrote {out}/study.json, study.md, study.png")
     return 0
