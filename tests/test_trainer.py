@@ -690,7 +690,10 @@ def test_the_guard_decodes_greedy_captions_every_collapse_guard_steps_and_logs_t
 def test_the_guards_advice_names_the_dose_and_grpo_only_for_the_summed_term():
     from fashioncap.collapse_guard import CollapseGuard
 
-    assert CollapseGuard("warn", 2.0, "sequence_sum").advice == "turn rl_weight down (now 2) or use loss_type: grpo"
+    assert (
+        CollapseGuard("warn", 2.0, "sequence_sum").advice
+        == "turn rl_weight down (now 2) or use loss_type: grpo"
+    )
     for per_token in ("grpo", "dapo", "dr_grpo"):
         assert CollapseGuard("warn", 0.5, per_token).advice == "turn rl_weight down (now 0.5)"
 
