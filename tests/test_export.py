@@ -179,6 +179,7 @@ def test_the_cards_how_to_use_snippets_run_against_a_local_export(
     merge, run, photos, tmp_path, monkeypatch, capsys, request
 ):
     adapter_run = request.getfixturevalue(run)  # a run of each family: its classes, its prompt
+    capsys.readouterr()  # what building it printed
     expected = fashioncap_captions(adapter_run, photos[:1], capsys)
     out = tmp_path / "export"
     assert main(["export", "--model-dir", str(adapter_run), "--out", str(out), *(["--merge"] * merge)]) == 0
