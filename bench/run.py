@@ -88,7 +88,10 @@ LARGE = {
              "goals": GOALS, "rl_h4_target": RL_H4_TARGET, "decode_goal": DECODE_TARGET},
     "florence2": {"tag": "large-florence2", "results": "latest-large-florence2.json", "title": "Florence-2-base shape",
                   "command": "make bench-large", "goals": {"rl_h4_over_mle": 1.4}, "rl_h4_target": None,
-                  "decode_goal": 2.0},
+                  "decode_goal": 2.0, "decode_limit": "each step reads the decoder's and the LM head's weights "
+                  "(51,289 words) for a few rows on both sides alike, which bounds a CPU step; the engine saves the "
+                  "cross-attention K/V projection per beam (once per image instead: a third of the rows) and "
+                  "generate's cache reordering: by a FLOP count at most ~1.8x faster at batch 8, beam 3, 24 tokens"},
 }  # fmt: skip
 TINY_GOALS = {"zero3_rl_over_zero2_rl": ZERO3_GOAL}  # goals that apply to `make bench`'s tiny model
 LIMITS = {
@@ -264,6 +267,8 @@ def large_section(meta: dict, result: dict, family: str = "blip") -> str:
                 continue
             goal = f">= {spec['decode_goal']}" if key == "decode_fast_over_generate" else ""
             status = "" if not goal else ("met" if value >= spec["decode_goal"] else "not met")
+            if status == "not met" and spec.get("decode_limit"):
+                status = f"**not met**: {spec['decode_limit']}"
             lines.append(f"| `{key}` | {_fmt(value)} | {goal} | {status} |")
     steps = "; ".join(f"{v} {result[f'{v}_all_s']}" for v in variants if v != "rl_h4_guard")
     return "\n".join(
