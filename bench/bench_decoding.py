@@ -85,34 +85,46 @@ def side_by_side(variants: dict, repeats: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def decode_fast_over_generate(
-    blip, batch: int = 8, beams: int = 3, max_new_tokens: int = 24, repeats: int = 2
-):
-    """Beam search from image embeddings: `text_decoder.generate` vs `decode`."""
-    from fashioncap.decoding import decode
+def engine_over_generate(model, generate, memory: torch.Tensor, settings: dict, repeats: int) -> dict:
+    """`generate(model, memory, **settings)` vs the engine's `decode`, each seeded alike (sampled draws
+    compare), and whether they give the same captions (after each one's end token: padding)."""
+    from fashioncap.decoding import decode, text_decoder
+    from fashioncap.rl import completion_mask
 
-    image_embeds = torch.randn(batch, IMAGE_TOKENS, blip.config.text_config.encoder_hidden_size)
-    settings = dict(num_beams=beams, max_new_tokens=max_new_tokens)
     out = {}
+
+    def seeded(name, draw):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out[name] = draw()
+
     seconds = side_by_side(
         {
-            "generate": lambda: out.__setitem__("old", generate_from_embeds(blip, image_embeds, **settings)),
-            "decode": lambda: out.__setitem__("new", decode(blip, image_embeds, **settings)),
+            "generate": lambda: seeded("old", lambda: generate(model, memory, **settings)),
+            "decode": lambda: seeded("new", lambda: decode(model, memory, **settings)),
         },
         repeats,
     )
-    is_sep = (out["old"] == SEP).long()
-    old = out["old"].masked_fill(is_sep.cumsum(1) - is_sep > 0, PAD)  # generate's beams pad with [SEP]
+    decoder = text_decoder(model)
+    old = out["old"].masked_fill(completion_mask(out["old"], decoder.eos_token_id) == 0, decoder.pad_token_id)
     return {
-        "batch": batch,
-        "num_beams": beams,
-        "max_new_tokens": max_new_tokens,
+        "batch": memory.size(0),
+        **settings,
         "generate_s": round(seconds["generate"], 3),
         "decode_s": round(seconds["decode"], 3),
         "decode_fast_over_generate": round(seconds["generate"] / seconds["decode"], 2),
         "decode_fast_same_captions": old.shape == out["new"].shape and torch.equal(old, out["new"]),
         "new_tokens": out["new"].size(1) - 1,
     }
+
+
+def decode_fast_over_generate(
+    blip, batch: int = 8, beams: int = 3, max_new_tokens: int = 24, repeats: int = 2
+):
+    """Beam search from image embeddings: `text_decoder.generate` vs `decode`."""
+    image_embeds = torch.randn(batch, IMAGE_TOKENS, blip.config.text_config.encoder_hidden_size)
+    settings = dict(num_beams=beams, max_new_tokens=max_new_tokens)
+    return engine_over_generate(blip, generate_from_embeds, image_embeds, settings, repeats)
 
 
 def rollout(
@@ -240,39 +252,6 @@ def florence2_generate_from_memory(model, encoder_states: torch.Tensor, **kwargs
     from transformers.modeling_outputs import BaseModelOutput
 
     return model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states), **kwargs)
-
-
-def engine_over_generate(model, generate, memory: torch.Tensor, settings: dict, repeats: int) -> dict:
-    """`generate(model, memory, **settings)` vs the engine's `decode`, each seeded alike (sampled draws
-    compare), and whether they give the same captions (after each one's end token: padding)."""
-    from fashioncap.decoding import decode, text_decoder
-    from fashioncap.rl import completion_mask
-
-    out = {}
-
-    def seeded(name, draw):
-        torch.manual_seed(0)
-        with torch.no_grad():
-            out[name] = draw()
-
-    seconds = side_by_side(
-        {
-            "generate": lambda: seeded("old", lambda: generate(model, memory, **settings)),
-            "decode": lambda: seeded("new", lambda: decode(model, memory, **settings)),
-        },
-        repeats,
-    )
-    decoder = text_decoder(model)
-    old = out["old"].masked_fill(completion_mask(out["old"], decoder.eos_token_id) == 0, decoder.pad_token_id)
-    return {
-        "batch": memory.size(0),
-        **settings,
-        "generate_s": round(seconds["generate"], 3),
-        "decode_s": round(seconds["decode"], 3),
-        "decode_fast_over_generate": round(seconds["generate"] / seconds["decode"], 2),
-        "decode_fast_same_captions": old.shape == out["new"].shape and torch.equal(old, out["new"]),
-        "new_tokens": out["new"].size(1) - 1,
-    }
 
 
 def run_florence2(

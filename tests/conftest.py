@@ -119,12 +119,27 @@ def tiny_florence2_dir(tmp_path_factory, synthetic_dir) -> Path:
     return out
 
 
+def write_adapter_run(model, processor, run: Path, recipe: dict) -> Path:
+    """`run` as `train` leaves a LoRA run (adapter, processor, recipe), every trained weight of the PEFT `model`
+    first moved far from its start, so that the adapter, and each part of it, changes the captions."""
+    import torch
+
+    from fashioncap import rundir
+
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in (p for p in model.parameters() if p.requires_grad):
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    model.save_pretrained(run)
+    processor.save_pretrained(run)
+    (run / rundir.RUN_CONFIG).write_text(json.dumps(recipe))
+    return run
+
+
 @pytest.fixture(scope="module")
 def florence2_run(tmp_path_factory, tiny_florence2_dir, synthetic_dir) -> Path:
-    """A trial-4-shaped Florence-2 run as `train` leaves it (adapter, processor, recipe naming its family): LoRA on
-    the decoder and the last DaViT block, every trained weight moved far from its start so the adapter changes
-    the captions; generation settings beam 2, 2 to 8 new tokens."""
-    import torch
+    """A trial-4-shaped Florence-2 run (its recipe naming its family): LoRA on the decoder and the last DaViT
+    block, moved far from its start; generation settings beam 2, 2 to 8 new tokens."""
     from transformers import Florence2ForConditionalGeneration
 
     from fashioncap import rundir
@@ -135,16 +150,11 @@ def florence2_run(tmp_path_factory, tiny_florence2_dir, synthetic_dir) -> Path:
 
     base = Florence2ForConditionalGeneration.from_pretrained(tiny_florence2_dir)
     model = apply_lora(base, lora_targets(base, "decoder+vision", 1), r=4, alpha=8)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for parameter in (p for p in model.parameters() if p.requires_grad):
-            parameter.add_(torch.randn_like(parameter) * 0.5)
-    run = tmp_path_factory.mktemp("florence2-run") / "trial4"
-    model.save_pretrained(run)
-    load_processor(str(tiny_florence2_dir)).save_pretrained(run)
     recipe = load_config(REPO / "recipes/demo/trial4.yaml").to_dict()
     recipe["model"].update(model_name_or_path=str(tiny_florence2_dir), vision_lora_layers=1)
     recipe["data"]["data_dir"] = str(synthetic_dir)
     recipe["generation"] = {"num_beams": 2, "max_new_tokens": 8, "min_new_tokens": 2}
-    (run / rundir.RUN_CONFIG).write_text(json.dumps({**recipe, rundir.FAMILY: "florence2"}))
-    return run
+    run = tmp_path_factory.mktemp("florence2-run") / "trial4"
+    return write_adapter_run(
+        model, load_processor(str(tiny_florence2_dir)), run, {**recipe, rundir.FAMILY: "florence2"}
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import write_adapter_run
 
 from fashioncap.cli import main
 from fashioncap.configs import load_config
@@ -38,18 +39,11 @@ def adapter_run(tmp_path_factory, tiny_model_dir) -> Path:
     model = apply_lora(
         base, target, r=4, alpha=8, modules_to_save=["embeddings.word_embeddings", "cls.predictions.decoder"]
     )
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for parameter in (p for p in model.parameters() if p.requires_grad):
-            parameter.add_(torch.randn_like(parameter) * 0.5)
-    run = tmp_path_factory.mktemp("run") / "trial4"
-    model.save_pretrained(run)
-    load_processor(str(tiny_model_dir)).save_pretrained(run)
     recipe = load_config(REPO / "recipes/demo/trial4.yaml").to_dict()
     recipe["model"]["model_name_or_path"] = str(tiny_model_dir)
     recipe["generation"] = GENERATION
-    (run / "fashioncap_config.json").write_text(json.dumps(recipe))
-    return run
+    run = tmp_path_factory.mktemp("run") / "trial4"
+    return write_adapter_run(model, load_processor(str(tiny_model_dir)), run, recipe)
 
 
 @pytest.fixture(scope="module")
