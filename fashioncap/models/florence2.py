@@ -37,7 +37,7 @@ from fashioncap.attention import (
     split_heads,
 )
 from fashioncap.models.lora import check_preset
-from fashioncap.models.source import ModelLoadError, load_pretrained
+from fashioncap.models.source import ModelLoadError, load_pretrained, model_config
 
 NAME = "florence2"
 DISPLAY_NAME = "Florence-2"
@@ -48,6 +48,9 @@ CARD_CLASSES = ("Florence2ForConditionalGeneration", "Florence2Processor")
 CAPTION_PROMPT = "<CAPTION>"
 CARD_PROMPT = CAPTION_PROMPT
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<image>"]
+# The sub-config types of the first release's remote code (microsoft/Florence-2-*); the native ones are
+# `florence_vision` and `bart`.
+REMOTE_CODE_TYPES = {"davit", "florence2_language"}
 
 # `decoder`: every attention projection (self and cross) and feed-forward layer of the BART decoder;
 # `decoder+vision`: plus the attention and MLP projections of the last N DaViT blocks, counted across its stages
@@ -72,8 +75,22 @@ def load_processor(name_or_path: str):
     return Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
 
 
+def refuse_remote_code_format(source: str) -> None:
+    """One line for a checkpoint in the format of microsoft/Florence-2-*'s own code (its sub-configs `davit` and
+    `florence2_language`), which transformers' native classes cannot load and fashioncap never runs."""
+    config = model_config(source)
+    kinds = {(config.get(part) or {}).get("model_type") for part in ("vision_config", "text_config")}
+    if kinds & REMOTE_CODE_TYPES:
+        raise ModelLoadError(
+            f"model {source!r} is Florence-2 in the remote-code format of the first release (microsoft/"
+            "Florence-2-*), which fashioncap never runs: use its conversion to transformers' native format, "
+            "florence-community/Florence-2-base or florence-community/Florence-2-large (or their -ft variants)"
+        )
+
+
 def load_model_and_processor(source: str, dtype: torch.dtype | str | None = None):
     """Florence-2 from a local dir or a Hub id that can be had, in transformers' native format only."""
+    refuse_remote_code_format(source)
     model, processor = load_pretrained(
         Florence2ForConditionalGeneration, load_processor, source, dtype, DISPLAY_NAME
     )
