@@ -50,6 +50,7 @@ bench: $(STAMP)
 
 bench-large: $(STAMP)
 	$(BIN)/python -m bench.run --large
+	$(BIN)/python -m bench.run --large --family florence2
 
 lint: $(STAMP)
 	$(BIN)/ruff check fashioncap tests bench recipes
