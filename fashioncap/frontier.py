@@ -123,7 +123,8 @@ def run_frontier(
             f"--sweep needs at least {MIN_SEEDS} seeds per point for an interval, not {len(seeds)}"
         )
     out_dir = Path(out_dir)
-    earlier_points(out_dir / "frontier.json", split)  # another split's frontier there: an error before training
+    # another split's frontier in OUT is an error before anything trains
+    earlier_points(out_dir / "frontier.json", split)
     overrides = list(study_kwargs.pop("overrides", ()))
     points = []
     for trial in runs:
@@ -140,7 +141,8 @@ def run_frontier(
         points.append({"trial": twin, "point": {}, "mle_twin": True, "seeds": list(seeds),
                        "figures": figure_summaries(study["runs"][twin]["run_dirs"], split)})  # fmt: skip
     keys = {_point_key(p) for p in points}
-    earlier = earlier_points(out_dir / "frontier.json", split)  # read again: another sweep may have added some
+    # read again: a sweep running beside this one may have added points since
+    earlier = earlier_points(out_dir / "frontier.json", split)
     points = [p for p in earlier if _point_key(p) not in keys] + points
     frontier = {"split": split, "points": points}
     write_json_atomic(out_dir / "frontier.json", frontier)
