@@ -85,34 +85,46 @@ def side_by_side(variants: dict, repeats: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def decode_fast_over_generate(
-    blip, batch: int = 8, beams: int = 3, max_new_tokens: int = 24, repeats: int = 2
-):
-    """Beam search from image embeddings: `text_decoder.generate` vs `decode`."""
-    from fashioncap.decoding import decode
+def engine_over_generate(model, generate, memory: torch.Tensor, settings: dict, repeats: int) -> dict:
+    """`generate(model, memory, **settings)` vs the engine's `decode`, each seeded alike (sampled draws
+    compare), and whether they give the same captions (after each one's end token: padding)."""
+    from fashioncap.decoding import decode, text_decoder
+    from fashioncap.rl import completion_mask
 
-    image_embeds = torch.randn(batch, IMAGE_TOKENS, blip.config.text_config.encoder_hidden_size)
-    settings = dict(num_beams=beams, max_new_tokens=max_new_tokens)
     out = {}
+
+    def seeded(name, draw):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out[name] = draw()
+
     seconds = side_by_side(
         {
-            "generate": lambda: out.__setitem__("old", generate_from_embeds(blip, image_embeds, **settings)),
-            "decode": lambda: out.__setitem__("new", decode(blip, image_embeds, **settings)),
+            "generate": lambda: seeded("old", lambda: generate(model, memory, **settings)),
+            "decode": lambda: seeded("new", lambda: decode(model, memory, **settings)),
         },
         repeats,
     )
-    is_sep = (out["old"] == SEP).long()
-    old = out["old"].masked_fill(is_sep.cumsum(1) - is_sep > 0, PAD)  # generate's beams pad with [SEP]
+    decoder = text_decoder(model)
+    old = out["old"].masked_fill(completion_mask(out["old"], decoder.eos_token_id) == 0, decoder.pad_token_id)
     return {
-        "batch": batch,
-        "num_beams": beams,
-        "max_new_tokens": max_new_tokens,
+        "batch": memory.size(0),
+        **settings,
         "generate_s": round(seconds["generate"], 3),
         "decode_s": round(seconds["decode"], 3),
         "decode_fast_over_generate": round(seconds["generate"] / seconds["decode"], 2),
         "decode_fast_same_captions": old.shape == out["new"].shape and torch.equal(old, out["new"]),
         "new_tokens": out["new"].size(1) - 1,
     }
+
+
+def decode_fast_over_generate(
+    blip, batch: int = 8, beams: int = 3, max_new_tokens: int = 24, repeats: int = 2
+):
+    """Beam search from image embeddings: `text_decoder.generate` vs `decode`."""
+    image_embeds = torch.randn(batch, IMAGE_TOKENS, blip.config.text_config.encoder_hidden_size)
+    settings = dict(num_beams=beams, max_new_tokens=max_new_tokens)
+    return engine_over_generate(blip, generate_from_embeds, image_embeds, settings, repeats)
 
 
 def rollout(
@@ -231,7 +243,48 @@ def sdpa_over_eager(blip, batch: int = 2, caption_tokens: int = 32, repeats: int
     }
 
 
-def run() -> dict:
+# --- Florence-2-base ---------------------------------------------------------------------------------------------
+
+
+def florence2_generate_from_memory(model, encoder_states: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Florence-2's generate minus its vision tower and BART encoder, from the encoder's output (what
+    `encode_images` returns): generate expands it per beam/sample and caches every row's cross-attention K/V."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    return model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states), **kwargs)
+
+
+def run_florence2(
+    batch: int = 8, samples_batch: int = 2, h: int = 4, max_new_tokens: int = 24, repeats: int = 2
+):
+    """At Florence-2-base shape, from random encoder states [B, 577 image tokens + the caption prompt, 768]:
+    beam-3 captions (batch 8) and, with the trials' decoder LoRA, H=4 sampled captions per image (batch 2, the
+    rollout's sampling), `generate` vs the engine, both seeded alike."""
+    from bench.bench_train_step import FLORENCE2_BASE_TEXT, build_base_florence2
+    from fashioncap.models import lora_targets
+    from fashioncap.models.lora import apply_lora
+
+    model, processor = build_base_florence2([])
+    model.eval()
+    tokens = processor.image_processor.image_seq_length + model.caption_prompt_ids.numel()
+    width = FLORENCE2_BASE_TEXT["d_model"]
+    result = {"torch_threads": THREADS, "shape": "florence2-base", "memory_tokens": tokens}
+    result["beam"] = engine_over_generate(
+        model, florence2_generate_from_memory, torch.randn(batch, tokens, width),
+        dict(num_beams=3, max_new_tokens=max_new_tokens), repeats,
+    )  # fmt: skip
+    model = apply_lora(
+        model, lora_targets(model, "decoder", 0), r=16, alpha=32, dropout=0.05
+    ).get_base_model()
+    result["sample"] = engine_over_generate(
+        model.eval(), florence2_generate_from_memory, torch.randn(samples_batch, tokens, width),
+        dict(do_sample=True, top_k=0, num_return_sequences=h, max_new_tokens=max_new_tokens), repeats,
+    )  # fmt: skip
+    return result
+
+
+def run(family: str = "blip") -> dict:
+    """BLIP-large's figures, or (`family` florence2) Florence-2-base's engine-vs-generate figures."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -239,6 +292,10 @@ def run() -> dict:
     torch.set_num_threads(THREADS)
     started = time.perf_counter()
     try:
+        if family == "florence2":
+            result = run_florence2()
+            result["total_s"] = round(time.perf_counter() - started, 1)
+            return result
         decoder_only = build_blip(vision_layers=1)  # the vision encoder is not used by the decoding figures
         result = {"torch_threads": THREADS, "beam": decode_fast_over_generate(decoder_only)}
         with_lora(decoder_only, "decoder")

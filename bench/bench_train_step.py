@@ -35,10 +35,22 @@ LARGE_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=
                     image_size=384, patch_size=16, layer_norm_eps=1e-5, initializer_range=0.02)  # fmt: skip
 LARGE_TEXT = dict(vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                   num_attention_heads=12, encoder_hidden_size=1024, max_position_embeddings=512)  # fmt: skip
-SHAPES = {  # image size, LoRA'd vision layers (trial 4: the last 6 of BLIP-large; the demo's 2 of the tiny model)
+# florence-community/Florence-2-base's shape (its config.json, written out: no download here). DaViT: 4 stages,
+# strides 4/2/2/2 (768 px -> a 24x24 grid: 576 image tokens + 1 pooled); BART-base: d_model 768, 6 + 6 layers.
+FLORENCE2_BASE_VISION = dict(depths=[1, 1, 9, 1], embed_dim=[128, 256, 512, 1024], num_heads=[4, 8, 16, 32],
+                             num_groups=[4, 8, 16, 32], window_size=12, projection_dim=768, patch_size=[7, 3, 3, 3],
+                             patch_stride=[4, 2, 2, 2], patch_padding=[3, 1, 1, 1],
+                             patch_prenorm=[False, True, True, True], drop_path_rate=0.1)  # fmt: skip
+FLORENCE2_BASE_TEXT = dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                           decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072)  # fmt: skip
+FLORENCE2_BASE_VOCAB, FLORENCE2_BASE_POSITIONS = 51289, 1024
+SHAPES = {  # image size, LoRA'd vision layers (trial 4: the last 6 of BLIP-large's 24 layers, of Florence-2's 12
+    # DaViT blocks; the demo's 2 of the tiny model)
     "tiny": {"image_size": 64, "vision_lora_layers": 2},
     "large": {"image_size": 384, "vision_lora_layers": 6},
+    "florence2-base": {"image_size": 768, "vision_lora_layers": 6},
 }
+LARGE_SHAPE = {"blip": "large", "florence2": "florence2-base"}  # `make bench-large`'s shape of each family
 
 
 def facad_rows(n: int, image_size: int, seed: int = 0) -> tuple[list[dict], dict[int, str], list[str]]:
@@ -98,15 +110,23 @@ def build_large_blip(words: list[str]):
     return model, processor
 
 
+def build_base_florence2(words: list[str]):
+    """Florence-2-base's shape with random weights and a whole-word vocabulary padded to its 51289 entries."""
+    from fashioncap.models.florence2 import build_random
+
+    return build_random(words, FLORENCE2_BASE_VISION, FLORENCE2_BASE_TEXT, image_size=768,
+                        max_positions=FLORENCE2_BASE_POSITIONS, vocab_size=FLORENCE2_BASE_VOCAB)  # fmt: skip
+
+
 def build_model(shape: str, words: list[str], device: str):
     """The trial-4 LoRA model (r16 on the decoder and the last vision layers), initialised on `device` directly."""
-    from fashioncap.models.blip import build_tiny, lora_target_regex
+    from fashioncap.models import build_tiny_model, lora_targets
     from fashioncap.models.lora import apply_lora
 
+    builders = {"large": build_large_blip, "florence2-base": build_base_florence2, "tiny": build_tiny_model}
     with torch.device(device):
-        model, processor = build_large_blip(words) if shape == "large" else build_tiny(words)
-        layers = model.config.vision_config.num_hidden_layers
-        regex = lora_target_regex("decoder+vision", layers, SHAPES[shape]["vision_lora_layers"])
+        model, processor = builders[shape](words)
+        regex = lora_targets(model, "decoder+vision", SHAPES[shape]["vision_lora_layers"])
         model = apply_lora(model, regex, r=16, alpha=32, dropout=0.05)
     return model, processor
 
@@ -148,10 +168,11 @@ def make_trainer(model, processor, wordmap, reward_funcs, output_dir: str, devic
 
 def record_sample_lengths(trainer) -> list[torch.Tensor]:
     """Wrap the trainer's rollout to collect the mean sampled length per step (a tensor: no device sync)."""
+    from fashioncap.decoding import text_decoder
     from fashioncap.rl import completion_mask
 
     rollout, lengths = trainer.rollout, []
-    sep = trainer.processing_class.tokenizer.sep_token_id
+    sep = text_decoder(trainer.model.get_base_model()).eos_token_id  # its family's end token
 
     def recording(*args, **kwargs):
         out = rollout(*args, **kwargs)
@@ -310,8 +331,9 @@ def measure(
     return result
 
 
-def run(large: bool = False, threads: int = 1) -> dict:
-    """`make bench` (tiny, batch 16) or `make bench-large` (BLIP-large shape, batch 2: 15-100 s a step here)."""
+def run(large: bool = False, threads: int = 1, family: str = "blip") -> dict:
+    """`make bench` (tiny BLIP, batch 16) or `make bench-large` (the family's large shape, batch 2: BLIP-large
+    or Florence-2-base, 15-100 s a step here)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -321,10 +343,16 @@ def run(large: bool = False, threads: int = 1) -> dict:
         if large:
             # Sampled captions capped at 24 new tokens (FACAD's typical caption: random weights never end one),
             # then the 50-token worst case for MLE and H=4 only, on the same model.
-            rows, wordmap, words = facad_rows(2, SHAPES["large"]["image_size"])
-            built = (*build_model("large", words, "cpu"), rows, wordmap)
-            result = measure("large", batch_size=2, warmup=1, steps=3, max_tokens=24, built=built)
-            worst = measure("large", batch_size=2, warmup=1, steps=2, max_tokens=50, variants=("mle", "rl_h4"),
+            shape = LARGE_SHAPE[family]
+            rows, wordmap, words = facad_rows(2, SHAPES[shape]["image_size"])
+            built = (*build_model(shape, words, "cpu"), rows, wordmap)
+            if family != "blip":
+                # Florence-2-base's step is ~70 s here (DaViT at 768 px): MLE and H=4 only, 2 measured steps,
+                # 24 sampled tokens, to stay within ~15 minutes on this machine
+                return measure(shape, batch_size=2, warmup=1, steps=2, max_tokens=24, variants=("mle", "rl_h4"),
+                               built=built)  # fmt: skip
+            result = measure(shape, batch_size=2, warmup=1, steps=3, max_tokens=24, built=built)
+            worst = measure(shape, batch_size=2, warmup=1, steps=2, max_tokens=50, variants=("mle", "rl_h4"),
                             built=built)  # fmt: skip
             result.update(rl_h4_over_mle_50=worst["rl_h4_over_mle"], rl_h4_50_s=worst["rl_h4_s"])
             return result
@@ -336,10 +364,11 @@ def run(large: bool = False, threads: int = 1) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--large", action="store_true", help="BLIP-large shape, batch 2 (minutes per step on CPU)"
+        "--large", action="store_true", help="the family's large shape, batch 2 (minutes per step on CPU)"
     )
+    parser.add_argument("--family", default="blip", choices=LARGE_SHAPE, help="with --large: whose shape")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1: the cores are shared)"
     )
     cli = parser.parse_args()
-    print(json.dumps(run(cli.large, cli.threads), indent=2))
+    print(json.dumps(run(cli.large, cli.threads, cli.family), indent=2))

@@ -35,12 +35,20 @@ def rollout_health(captions: Sequence[str], at_length_limit: Sequence[bool]) -> 
     return {name: health[name] for name in LOGGED}
 
 
+def advice(rl_weight: float, loss_type: str) -> str:
+    """Which key to turn: the dose, and the per-token normalisation where the run sums each caption's
+    log-probabilities (its RL gradient per token then grows with the caption's length)."""
+    turn_down = f"turn rl_weight down (now {rl_weight:g})"
+    return f"{turn_down} or use loss_type: grpo" if loss_type == "sequence_sum" else turn_down
+
+
 class CollapseGuard(TrainerCallback):
     """Checks each RL step's greedy captions (`check`); on collapse warns once and, in `stop` mode, saves and
     stops at the end of the step (every rank together: any rank's collapse stops all)."""
 
-    def __init__(self, mode: str):  # one of configs.GUARD_MODES, checked with the recipe
-        self.mode = mode
+    def __init__(self, mode: str, rl_weight: float = 1.0, loss_type: str = "sequence_sum"):
+        self.mode = mode  # one of configs.GUARD_MODES, checked with the recipe
+        self.advice = advice(rl_weight, loss_type)
         self.collapsed_at: int | None = None  # the first step whose captions collapsed
         self.signs: list[str] = []
         self.stopped = False
@@ -62,9 +70,10 @@ class CollapseGuard(TrainerCallback):
             return False
         self.collapsed_at, self.signs = step, signs
         logger.warning(
-            "the captions are collapsing at step %d: of the greedy captions, %s (e.g. %r); turn rl_weight down "
-            "or use loss_type: grpo (RUN/completions.jsonl has this step's samples)%s",
-            step, "; ".join(signs), example, ": stopping (collapse_guard: stop)" if self.mode == "stop" else "",
+            "the captions are collapsing at step %d: of the greedy captions, %s (e.g. %r); %s "
+            "(RUN/completions.jsonl has this step's samples)%s",
+            step, "; ".join(signs), example, self.advice,
+            ": stopping (collapse_guard: stop)" if self.mode == "stop" else "",
         )  # fmt: skip
         return True
 
@@ -82,6 +91,5 @@ class CollapseGuard(TrainerCallback):
         """What ends a stopped run: the step, the signs, where the checkpoint is, and what to change."""
         return CollapseError(
             f"the captions collapsed at step {self.collapsed_at} ({'; '.join(self.signs) or 'on another rank'}): "
-            f"stopped and saved a checkpoint in {output_dir}; turn rl_weight down or use loss_type: grpo "
-            "(collapse_guard: warn only warns)"
+            f"stopped and saved a checkpoint in {output_dir}; {self.advice} (collapse_guard: warn only warns)"
         )

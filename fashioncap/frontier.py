@@ -7,6 +7,8 @@ Each point of the sweep (one value per swept key; several `--sweep` make their p
 OUT/<trial>/<point>/; each RL trial's MLE twin (trial 1 for trial 2, trial 3 for trials 4 and 5) is studied
 once over the same seeds, in OUT/<twin>/. OUT/frontier.json, frontier.md and frontier.png hold per point the
 mean over seeds with its 95% t-interval of ALS, ALS-F1 and CIDEr, and the repeated-trigram share beside it.
+Sweeps into the same OUT add their points to these files (a point measured again replaces its earlier self):
+a frontier is drawn a few points at a time, without a product of every key's values.
 
 `reward_mix` sweeps the reward mix: `als+sls`, `als_f1+sls+repetition`, `cider:0.3+als_f1+sls` (name:weight,
 weight 1 when left out) set reward_funcs and reward_weights.
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
 from fashioncap import rundir
@@ -119,6 +123,8 @@ def run_frontier(
             f"--sweep needs at least {MIN_SEEDS} seeds per point for an interval, not {len(seeds)}"
         )
     out_dir = Path(out_dir)
+    # another split's frontier in OUT is an error before anything trains
+    earlier_points(out_dir / "frontier.json", split)
     overrides = list(study_kwargs.pop("overrides", ()))
     points = []
     for trial in runs:
@@ -134,11 +140,32 @@ def run_frontier(
         study = run_study(out_dir / twin, [twin], seeds, split=split, overrides=overrides, **study_kwargs)
         points.append({"trial": twin, "point": {}, "mle_twin": True, "seeds": list(seeds),
                        "figures": figure_summaries(study["runs"][twin]["run_dirs"], split)})  # fmt: skip
-    frontier = {"split": split, "sweeps": sweeps, "points": points}
+    keys = {_point_key(p) for p in points}
+    # read again: a sweep running beside this one may have added points since
+    earlier = earlier_points(out_dir / "frontier.json", split)
+    points = [p for p in earlier if _point_key(p) not in keys] + points
+    frontier = {"split": split, "points": points}
     write_json_atomic(out_dir / "frontier.json", frontier)
     write_text_atomic(out_dir / "frontier.md", frontier_markdown(frontier))
     write_bytes_atomic(out_dir / "frontier.png", plot_frontier(frontier))
     return frontier
+
+
+def earlier_points(path: Path, split: str) -> list[dict]:
+    """The points an earlier sweep into the same OUT measured: a frontier grows over sweeps (a point measured
+    again replaces its earlier self). A frontier of another split is an error, raised before anything trains."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    if earlier.get("split") != split:
+        raise ConfigError(
+            f"{path} holds a frontier of the {earlier.get('split')} split, not {split}: give another --out"
+        )
+    return earlier["points"]
+
+
+def _point_key(point: dict) -> tuple:
+    return point["trial"], point["mle_twin"], tuple(sorted(point["point"].items()))
 
 
 def _name(point: dict) -> str:
@@ -164,9 +191,8 @@ def frontier_markdown(frontier: dict) -> str:
         [_name(p), str(len(p["seeds"])), *(_cell(p["figures"].get(c)) for c in columns)]
         for p in frontier["points"]
     ]
-    sweeps = "; ".join(f"{k} = {', '.join(v)}" for k, v in frontier["sweeps"].items())
     return (
-        f"# Attributes/CIDEr frontier: {sweeps} ({frontier['split']} split)\n\n"
+        f"# Attributes/CIDEr frontier ({frontier['split']} split)\n\n"
         "Each cell: the mean over seeds [95% t-interval of the mean]. ALS and ALS-F1: the catalogue attributes "
         "the captions name (F1 charges for naming absent ones); repeat a trigram: the share of captions that "
         "repeat one (the references: under 1%).\n\n" + markdown_table(["point", "seeds", *columns], rows)
@@ -176,18 +202,19 @@ def frontier_markdown(frontier: dict) -> str:
 def plot_frontier(frontier: dict) -> bytes:
     """A PNG: ALS (and ALS-F1) against CIDEr, each point's mean with its 95% intervals on both axes, the
     repeated-trigram share written beside it, the MLE twins as stars."""
-    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    figure = Figure(figsize=(9, 5), layout="constrained")
     axes = figure.subplots()
-    for marker, column in (("o", "ALS"), ("^", "ALS-F1")):
-        for k, point in enumerate(p for p in frontier["points"] if column in p["figures"]):
-            figures = point["figures"]
-            if "CIDEr" not in figures:
+    colours = matplotlib.colormaps["tab20"]
+    for k, point in enumerate(p for p in frontier["points"] if "CIDEr" in p["figures"]):
+        figures = point["figures"]
+        for marker, column in (("o", "ALS"), ("^", "ALS-F1")):
+            if column not in figures:
                 continue
             x, y = figures["CIDEr"], figures[column]
             axes.errorbar(
                 [x["mean"]], [y["mean"]], xerr=_half_widths(x), yerr=_half_widths(y),
-                fmt="*" if point["mle_twin"] else marker, color=f"C{k % 10}", capsize=3, markersize=9,
-                label=f"{_name(point)}: {column}",
+                fmt="*" if point["mle_twin"] else marker, color=colours(k % 20), capsize=3, markersize=9,
+                label=_name(point) if column == "ALS" else None,
             )  # fmt: skip
             repeats = figures.get("repeat a trigram")
             if repeats is not None:
@@ -197,7 +224,7 @@ def plot_frontier(frontier: dict) -> bytes:
     axes.set_ylabel("ALS (o), ALS-F1 (^); MLE twin *")
     axes.set_title(f"{frontier['split']} split: mean and 95% interval; label: repeat a trigram")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=6, loc="best")
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()

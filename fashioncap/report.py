@@ -109,7 +109,7 @@ def base_run(run_dirs: dict[str, Path]) -> str | None:
 # --- paired comparisons and caption health ------------------------------------------------------------------
 
 # Each RL trial against its MLE twin (the same LoRA without REINFORCE), compared when both are reported.
-DEFAULT_PAIRS = (("trial2", "trial1"), ("trial4", "trial3"), ("trial5", "trial3"))
+DEFAULT_PAIRS = (("trial2", "trial1"), ("trial4", "trial3"), ("trial5", "trial3"), ("trial6", "trial1"))
 HEALTH_COLUMNS = {
     "distinct_1": "distinct-1",
     "distinct_2": "distinct-2",

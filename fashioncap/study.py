@@ -1,6 +1,6 @@
 """Studies over seeds (`fashioncap study`, `make study`): does RL pay, beyond the noise of one run?
 
-Retrains the named demo trials (recipes/demo/<trial>.yaml) with the given seeds from the same demo base,
+Retrains the named demo trials (recipes/demo/<trial>.yaml, or a recipe's path) with the given seeds from the same demo base,
 evaluates each on the test split (`--split val` to choose settings without looking at test) and writes OUT/study.json, OUT/study.md and OUT/study.png:
 - per trial and metric: the mean over seeds, the standard deviation (n - 1) and a 95% t-interval of the mean;
 - per pair (each RL trial against its MLE twin, as `report` pairs them, and pairs asked for): the mean over
@@ -58,6 +58,21 @@ DEFAULT_SEEDS = tuple(range(5))
 PLOTTED = ("CIDEr", "ALS", "SLS")
 
 
+def find_trial_recipes(runs: Sequence[str], recipes: Path) -> dict[str, Path]:
+    """trial name -> recipe: a name is recipes/<name>.yaml, a path to a YAML file is itself (named by its stem,
+    for a trial kept outside the demo's folder, as trial 6 is); one error naming every trial not found."""
+    found = {}
+    for trial in runs:
+        path = Path(trial) if trial.endswith((".yaml", ".yml")) else Path(recipes) / f"{trial}.yaml"
+        found[path.stem] = path
+    missing = [f"{name} ({path})" if str(path) in runs else name for name, path in found.items()
+               if not path.is_file()]  # fmt: skip
+    if missing:
+        available = sorted(p.stem for p in Path(recipes).glob("*.yaml") if p.stem != BASE)
+        raise ConfigError(f"no recipe for {', '.join(missing)} in {recipes} (there: {', '.join(available)})")
+    return found
+
+
 def seed_run_dir(out_dir: Path, trial: str, seed: int) -> Path:
     return Path(out_dir) / trial / f"seed{seed}"
 
@@ -98,10 +113,8 @@ def run_study(
     out_dir, recipes = Path(out_dir), Path(recipes)
     if not seeds:
         raise ConfigError("--seeds names no seed")
-    missing = [trial for trial in runs if not (recipes / f"{trial}.yaml").is_file()]
-    if missing:
-        available = sorted(p.stem for p in recipes.glob("*.yaml") if p.stem != BASE)
-        raise ConfigError(f"no recipe for {', '.join(missing)} in {recipes} (there: {', '.join(available)})")
+    trial_recipes = find_trial_recipes(runs, recipes)
+    runs = list(trial_recipes)
     pairs = comparison_pairs(runs, compare)
     if base is None:
         base_recipe = recipes / f"{BASE}.yaml"
@@ -116,7 +129,7 @@ def run_study(
     for trial in runs:
         for seed in seeds:
             run_dir = seed_run_dir(out_dir, trial, seed)
-            recipe = recipes / f"{trial}.yaml"
+            recipe = trial_recipes[trial]
             trial_args = [*overrides, *base_args, "--seed", str(seed)]
             config = load_config(recipe, [*trial_args, "--output_dir", str(run_dir)])
             data_dir = config.data.data_dir

@@ -113,7 +113,9 @@ class FashionCapTrainer(Seq2SeqTrainer):
         self._skip_optimizer_step = False
         self._completions_step: int | None = None
         self._rollout_greedy: torch.Tensor | None = None
-        self.collapse_guard = CollapseGuard(self.args.collapse_guard)
+        self.collapse_guard = CollapseGuard(
+            self.args.collapse_guard, self.args.rl_weight, self.args.loss_type
+        )
         self.add_callback(self.collapse_guard)
         self.add_callback(SkipFlagReset(self))
 

@@ -102,3 +102,59 @@ def table_row():
         raise AssertionError(f"no row {name!r} in:\n{text}")
 
     return row
+
+
+@pytest.fixture(scope="module")
+def tiny_florence2_dir(tmp_path_factory, synthetic_dir) -> Path:
+    """A tiny Florence-2 saved as a model dir (model + processor), with the synthetic set's vocabulary."""
+    from fashioncap.data import load_captions
+    from fashioncap.models import build_tiny_model
+    from fashioncap.text import caption_vocabulary
+
+    words = caption_vocabulary(load_captions(synthetic_dir, ["test"])["test"]["caption"])
+    model, processor = build_tiny_model(words, family_name="florence2")
+    out = tmp_path_factory.mktemp("tiny-florence2")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def write_adapter_run(model, processor, run: Path, recipe: dict) -> Path:
+    """`run` as `train` leaves a LoRA run (adapter, processor, recipe), every trained weight of the PEFT `model`
+    first moved far from its start, so that the adapter, and each part of it, changes the captions."""
+    import torch
+
+    from fashioncap import rundir
+
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in (p for p in model.parameters() if p.requires_grad):
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    model.save_pretrained(run)
+    processor.save_pretrained(run)
+    (run / rundir.RUN_CONFIG).write_text(json.dumps(recipe))
+    return run
+
+
+@pytest.fixture(scope="module")
+def florence2_run(tmp_path_factory, tiny_florence2_dir, synthetic_dir) -> Path:
+    """A trial-4-shaped Florence-2 run (its recipe naming its family): LoRA on the decoder and the last DaViT
+    block, moved far from its start; generation settings beam 2, 2 to 8 new tokens."""
+    from transformers import Florence2ForConditionalGeneration
+
+    from fashioncap import rundir
+    from fashioncap.configs import load_config
+    from fashioncap.models import lora_targets
+    from fashioncap.models.florence2 import load_processor
+    from fashioncap.models.lora import apply_lora
+
+    base = Florence2ForConditionalGeneration.from_pretrained(tiny_florence2_dir)
+    model = apply_lora(base, lora_targets(base, "decoder+vision", 1), r=4, alpha=8)
+    recipe = load_config(REPO / "recipes/demo/trial4.yaml").to_dict()
+    recipe["model"].update(model_name_or_path=str(tiny_florence2_dir), vision_lora_layers=1)
+    recipe["data"]["data_dir"] = str(synthetic_dir)
+    recipe["generation"] = {"num_beams": 2, "max_new_tokens": 8, "min_new_tokens": 2}
+    run = tmp_path_factory.mktemp("florence2-run") / "trial4"
+    return write_adapter_run(
+        model, load_processor(str(tiny_florence2_dir)), run, {**recipe, rundir.FAMILY: "florence2"}
+    )

@@ -26,6 +26,17 @@ def page_run(tmp_path_factory, tiny_model_dir, synthetic_dir) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def florence2_page_run(tmp_path_factory, florence2_run) -> Path:
+    """A Florence-2 adapter run (a trained run as `train` leaves it) with the page's generation settings."""
+    run = tmp_path_factory.mktemp("app-florence2") / "run"
+    shutil.copytree(florence2_run, run)
+    recipe = json.loads((run / "fashioncap_config.json").read_text())
+    recipe["generation"] = {"num_beams": 2, "max_new_tokens": 6, "min_new_tokens": 2}
+    (run / "fashioncap_config.json").write_text(json.dumps(recipe))
+    return run
+
+
 def test_mark_caption_labels_the_longest_known_phrase_as_whole_words():
     segments = mark_caption("A Red dress with knee-high boots, reddish high", PHRASES)
     assert segments == [("A", None), ("Red", "attribute"), ("dress", "category"), ("with", None),
@@ -40,7 +51,8 @@ def test_marked_phrases_come_from_the_runs_data(page_run, synthetic_dir):
     assert marked_phrases(page_run.parent / "no-such-run") == {}
 
 
-def test_the_page_captions_uploads_through_gradio_client(page_run, synthetic_dir, tmp_path, capsys):
+@pytest.mark.parametrize("run", ["page_run", "florence2_page_run"], ids=["blip", "florence2"])
+def test_the_page_captions_uploads_through_gradio_client(run, synthetic_dir, tmp_path, capsys, request):
     from gradio_client import Client, handle_file
 
     from fashioncap.app import launch
@@ -51,6 +63,8 @@ def test_the_page_captions_uploads_through_gradio_client(page_run, synthetic_dir
     notes.write_text("not a photo")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    page_run = request.getfixturevalue(run)  # a merged BLIP, a Florence-2 adapter run
+    capsys.readouterr()  # what building it printed
     assert main(["caption", "--model-dir", str(page_run), *map(str, photos)]) == 0
     expected = [json.loads(line)["caption"] for line in capsys.readouterr().out.splitlines()]
     page, url = launch(str(page_run), block=False)

@@ -9,8 +9,11 @@ import pytest
 from fashioncap.configs import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = [*sorted((ROOT / "recipes").glob("trial*.yaml")), *sorted((ROOT / "recipes/demo").glob("*.yaml")),
+RECIPES = [*sorted((ROOT / "recipes").glob("trial*.yaml")), *sorted((ROOT / "recipes/demo").rglob("*.yaml")),
            *sorted((ROOT / "recipes/florence2").glob("*.yaml"))]  # fmt: skip
+# the frontier point trial 6 stands for (`make frontier`): trial 2 with these keys
+FRONTIER_POINT = ["--reward_funcs", "cider", "als_f1", "sls", "--reward_weights", "0.3", "1.0", "1.0",
+                  "--rl_weight", "4", "--rl_start", "0", "--loss_type", "grpo"]  # fmt: skip
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -123,3 +126,17 @@ def test_launcher_without_data_says_how_to_build_it(tmp_path):
     )  # fmt: skip
     assert result.returncode != 0
     assert "fashioncap data facad" in result.stderr and str(tmp_path / "facad") in result.stderr
+
+
+@pytest.mark.parametrize("folder", ["recipes", "recipes/demo"])
+def test_trial6_is_trial2_at_the_frontier_point_chosen_on_val(folder):
+    """The demo's trial 6 is exactly the frontier point measured on val (so its test study confirms that point),
+    and the real trial 6 is the real trial 2 with the same keys: only the rewards, the dose and where it goes."""
+    trial6 = ROOT / ("recipes/trial6.yaml" if folder == "recipes" else "recipes/demo/frontier/trial6.yaml")
+    chosen = load_config(trial6, ["--bf16", "false"]).to_dict()
+    trial2 = load_config(ROOT / folder / "trial2.yaml", ["--bf16", "false", *FRONTIER_POINT]).to_dict()
+    for config in (chosen, trial2):
+        config.pop("source")
+        for key in ("output_dir", "hub_model_id", "logging_dir"):
+            config["training"].pop(key, None)
+    assert chosen == trial2

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import write_adapter_run
 
 from fashioncap.cli import main
 from fashioncap.configs import load_config
@@ -38,18 +39,11 @@ def adapter_run(tmp_path_factory, tiny_model_dir) -> Path:
     model = apply_lora(
         base, target, r=4, alpha=8, modules_to_save=["embeddings.word_embeddings", "cls.predictions.decoder"]
     )
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for parameter in (p for p in model.parameters() if p.requires_grad):
-            parameter.add_(torch.randn_like(parameter) * 0.5)
-    run = tmp_path_factory.mktemp("run") / "trial4"
-    model.save_pretrained(run)
-    load_processor(str(tiny_model_dir)).save_pretrained(run)
     recipe = load_config(REPO / "recipes/demo/trial4.yaml").to_dict()
     recipe["model"]["model_name_or_path"] = str(tiny_model_dir)
     recipe["generation"] = GENERATION
-    (run / "fashioncap_config.json").write_text(json.dumps(recipe))
-    return run
+    run = tmp_path_factory.mktemp("run") / "trial4"
+    return write_adapter_run(model, load_processor(str(tiny_model_dir)), run, recipe)
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +95,43 @@ def test_merged_export_captions_like_the_run_through_from_pretrained_and_pipelin
     assert fashioncap_captions(out, photos, capsys) == expected, "the export keeps the run's settings"
 
 
+def test_a_florence2_merged_export_captions_like_the_run_through_the_cards_pipeline_call(
+    florence2_run, tiny_florence2_dir, photos, tmp_path, capsys
+):
+    """transformers alone: `pipeline("image-text-to-text")` called as the card says (the `<CAPTION>` task
+    prompt, the prompt not echoed, the run's generation settings) and `from_pretrained`; the processor loads with
+    CLIP's PIL image processor (no torchvision)."""
+    from PIL import Image
+    from transformers import AutoProcessor, Florence2ForConditionalGeneration, pipeline
+
+    expected = fashioncap_captions(florence2_run, photos, capsys)
+    assert expected != fashioncap_captions(tiny_florence2_dir, photos, capsys), (
+        "the adapter changes the captions"
+    )
+    out = tmp_path / "merged"
+    assert main(["export", "--model-dir", str(florence2_run), "--out", str(out), "--merge"]) == 0
+    assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    call = 'captioner(images=image, text="<CAPTION>", return_full_text=False, generate_kwargs=dict('
+    assert call in card and f'pipeline("image-text-to-text", model="{out.resolve()}")' in card
+    images = [Image.open(p).convert("RGB") for p in photos]
+
+    processor = AutoProcessor.from_pretrained(out)
+    assert type(processor.image_processor).__name__ == "CLIPImageProcessorPil"
+    model = Florence2ForConditionalGeneration.from_pretrained(out)
+    ids = model.generate(
+        **processor(images=images, text=["<CAPTION>"] * 4, return_tensors="pt"), **GENERATION
+    )
+    assert processor.batch_decode(ids, skip_special_tokens=True) == expected
+
+    captioner = pipeline("image-text-to-text", model=str(out))
+    results = captioner(
+        images=images, text=["<CAPTION>"] * len(images), return_full_text=False, generate_kwargs=GENERATION
+    )
+    assert [r["generated_text"] for r in results] == expected
+    assert fashioncap_captions(out, photos, capsys) == expected, "the export keeps the run's settings"
+
+
 @contextlib.contextmanager
 def messages_logged():
     """Every warning and transformers log message of the block (transformers' logger does not propagate)."""
@@ -136,10 +167,13 @@ def python_blocks(card: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL)
 
 
+@pytest.mark.parametrize("run", ["adapter_run", "florence2_run"], ids=["blip", "florence2"])
 @pytest.mark.parametrize("merge", [True, False], ids=["merged", "adapter"])
 def test_the_cards_how_to_use_snippets_run_against_a_local_export(
-    merge, adapter_run, photos, tmp_path, monkeypatch, capsys
+    merge, run, photos, tmp_path, monkeypatch, capsys, request
 ):
+    adapter_run = request.getfixturevalue(run)  # a run of each family: its classes, its prompt
+    capsys.readouterr()  # what building it printed
     expected = fashioncap_captions(adapter_run, photos[:1], capsys)
     out = tmp_path / "export"
     assert main(["export", "--model-dir", str(adapter_run), "--out", str(out), *(["--merge"] * merge)]) == 0

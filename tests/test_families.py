@@ -102,8 +102,9 @@ def write_rl_recipe(name: str, data_dir, tmp_path, **settings):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_each_family_through_the_commands_train_eval_caption_export(name, synthetic_dir, tmp_path, capsys):
-    """`fashioncap train` (MLE + RL) from a saved base of the family, `eval`, `caption`, `export --merge`: the
-    merged folder loads with the family's own class and captions exactly as `fashioncap caption` does."""
+    """`fashioncap train` (MLE + RL) from a saved base of the family, `eval`, `report`, `caption`, `export
+    --merge`: the report shows the run's scores and curves; the merged folder loads with the family's own class
+    and captions exactly as `fashioncap caption` does."""
     from fashioncap.cli import main
 
     run, merged = tmp_path / "run", tmp_path / "merged"
@@ -113,9 +114,12 @@ def test_each_family_through_the_commands_train_eval_caption_export(name, synthe
     saved = json.loads((run / "fashioncap_config.json").read_text())
     assert saved["family"] == name and saved["model"]["caption_prompt"] == prompt
 
-    assert main(["eval", "--model-dir", str(run), "--data", str(synthetic_dir), "--out-dir", str(tmp_path / "eval"),
-                 "--batch-size", "4"]) == 0  # fmt: skip
-    assert "CIDEr" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert main(["eval", "--model-dir", str(run), "--data", str(synthetic_dir), "--batch-size", "4"]) == 0
+    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert main(["report", str(run), "--out", str(tmp_path / "report"), "--data", str(synthetic_dir)]) == 0
+    (reported,) = json.loads((tmp_path / "report" / "summary.json").read_text())["runs"].values()
+    assert reported["CIDEr"] == metrics["CIDEr"] and reported["ALS"] == metrics["ALS"]
+    assert list((tmp_path / "report" / "curves").glob("*.png")), "and its training curves"
 
     images = sorted(p for p in synthetic_dir.rglob("*") if p.suffix in (".png", ".jpg"))[:3]
     capsys.readouterr()

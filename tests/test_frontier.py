@@ -46,7 +46,7 @@ def _fake_study(calls: list, split: str):
         for seed in seeds:
             run_dir = Path(out_dir) / runs[0] / f"seed{seed}"
             eval_dir = run_dir / "eval" / split
-            eval_dir.mkdir(parents=True)
+            eval_dir.mkdir(parents=True, exist_ok=True)
             metrics = {
                 "split": split, "ALS": 0.3 + 0.4 * weight + 0.01 * seed, "CIDEr": 1.4 - weight + 0.01 * seed,
                 "reward/als_f1": 0.3 + 0.2 * weight, "health": {"repeated_trigram_share": weight / 2},
@@ -82,6 +82,23 @@ def test_the_frontier_studies_each_point_and_the_mle_twin_once(tmp_path, monkeyp
     assert json.loads((tmp_path / "frontier.json").read_text()) == result
     with Image.open(tmp_path / "frontier.png") as plot:
         assert plot.format == "PNG" and plot.size[0] > 300
+
+
+def test_sweeps_into_one_out_add_their_points_and_a_point_measured_again_replaces_its_earlier_self(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(frontier, "run_study", _fake_study([], "val"))
+    run_frontier(tmp_path, {"rl_weight": ["0.5", "1"]}, ["trial2"], [0, 1, 2], "val")
+    result = run_frontier(
+        tmp_path, {"reward_mix": ["als+sls"], "rl_weight": ["1"]}, ["trial2"], [0, 1, 2], "val"
+    )
+    names = [frontier._name(p) for p in result["points"]]
+    assert names == ["trial2 rl_weight=0.5", "trial2 rl_weight=1", "trial2 reward_mix=als+sls rl_weight=1",
+                     "trial1 (MLE twin)"]  # fmt: skip
+    assert json.loads((tmp_path / "frontier.json").read_text()) == result
+    assert "| trial2 rl_weight=0.5 | 3 |" in (tmp_path / "frontier.md").read_text()
+    with pytest.raises(ConfigError, match=r"holds a frontier of the val split, not test: give another --out"):
+        run_frontier(tmp_path, {"rl_weight": ["2"]}, ["trial2"], [0, 1, 2], "test")
 
 
 def test_the_sweep_command_defaults_to_trial2_on_val_over_3_seeds(tmp_path, monkeypatch, capsys):

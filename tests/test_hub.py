@@ -159,3 +159,37 @@ def test_the_cards_snippets_load_the_runs_family(recipe):
         "model": {**merged["model"], "caption_prompt": "<DETAILED_CAPTION>"},
     }
     assert 'processor(images=image, text="<DETAILED_CAPTION>", return_tensors="pt")' in model_card(detailed)
+
+
+def test_a_florence2_run_pushes_its_adapter_or_merged_model_with_a_florence2_card(
+    florence2_run, tmp_path, monkeypatch, capsys, pushed_files
+):
+    """A real Florence-2 run (no network): the adapter, its processor files and the card; with `--merged`, the
+    model with the LoRA folded in, whose card captions through the pipeline with the `<CAPTION>` prompt."""
+    import shutil
+
+    from huggingface_hub import HfApi
+
+    run = tmp_path / "trial4"
+    shutil.copytree(florence2_run, run)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    uploads = []
+
+    def upload_folder(self, **kwargs):
+        card = (Path(kwargs["folder_path"]) / "README.md").read_text()
+        uploads.append((sorted(kwargs["allow_patterns"]), card))
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: None)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    assert main(["push", "--model-dir", str(run), "--repo-id", "me/florence2-trial4"]) == 0
+    assert main(["push", "--model-dir", str(run), "--repo-id", "me/florence2-merged", "--merged"]) == 0
+    (adapter, adapter_card), (merged, merged_card) = uploads
+    assert adapter == pushed_files
+    assert "Florence-2 fine-tuned for fashion image captioning with fashioncap (LoRA adapter)" in adapter_card
+    assert 'PeftModel.from_pretrained(base, "me/florence2-trial4")' in adapter_card
+    assert {"config.json", "generation_config.json", "model.safetensors", "README.md"} <= set(merged)
+    assert {"processor_config.json", "tokenizer.json", "tokenizer_config.json"} <= set(merged)
+    assert not any(f.startswith("adapter_") for f in merged)
+    assert 'pipeline("image-text-to-text", model="me/florence2-merged")' in merged_card
+    assert 'captioner(images=image, text="<CAPTION>", return_full_text=False' in merged_card
+    assert "Blip" not in adapter_card + merged_card and "florence2" in _front_matter(merged_card)["tags"]

@@ -61,6 +61,22 @@ def test_caption_stops_in_one_line_on_a_model_of_no_family(tmp_path, capsys):
     assert "of no model family fashioncap has" in lines[-1]
 
 
+def test_a_florence2_checkpoint_in_the_remote_code_format_is_one_line_naming_the_native_ones(
+    tmp_path, capsys
+):
+    """microsoft/Florence-2-*'s format (model_type florence2, its own `davit` / `florence2_language` sub-configs)
+    is Florence-2's family by its model_type, but only its own code loads it: refused before any weights load,
+    naming the native conversions, not transformers' list of every model type it knows."""
+    path = foreign_model_dir(tmp_path / "Florence-2-base", "florence2")
+    config = {"model_type": "florence2", "auto_map": {"AutoConfig": "configuration_florence2.Florence2Config"},
+              "vision_config": {"model_type": "davit"}, "text_config": {"model_type": "florence2_language"}}  # fmt: skip
+    (path / "config.json").write_text(json.dumps(config))
+    assert family_of_source(str(path)).NAME == "florence2"
+    assert main(["caption", "--model-dir", str(path), str(path / "config.json")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "remote-code format" in line and "florence-community/Florence-2-base" in line
+
+
 def test_florence2s_caption_prompt_is_the_recipes_and_the_run_keeps_it(tmp_path):
     from fashioncap.models import load_for_inference, set_caption_prompt
     from fashioncap.models.florence2 import CAPTION_PROMPT

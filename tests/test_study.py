@@ -256,3 +256,15 @@ def test_seeds_are_a_count_a_range_or_a_list():
     assert seed_list("5-9") == [5, 6, 7, 8, 9]
     assert seed_list("0,3,7") == [0, 3, 7]
     assert study.seed_label([5, 6, 7]) == "5-7" and study.seed_label([0, 3, 7]) == "0, 3, 7"
+
+
+def test_a_trial_is_a_demo_recipe_name_or_a_recipe_file(tmp_path):
+    from fashioncap.demo import RECIPES
+    from fashioncap.errors import ConfigError
+
+    outside = tmp_path / "trial6.yaml"
+    outside.write_text((RECIPES / "trial2.yaml").read_text())
+    found = study.find_trial_recipes(["trial1", str(outside)], RECIPES)
+    assert found == {"trial1": RECIPES / "trial1.yaml", "trial6": outside}
+    with pytest.raises(ConfigError, match=r"no recipe for trial9, trial7 \(.*trial7.yaml\) in "):
+        study.find_trial_recipes(["trial9", str(tmp_path / "trial7.yaml")], RECIPES)

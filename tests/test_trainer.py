@@ -655,7 +655,7 @@ def test_the_guard_warns_once_logs_health_and_the_completions_table(tmp_path, ca
     assert warnings[0].startswith(
         "the captions are collapsing at step 1: of the greedy captions, 100% run to "
     )
-    assert "turn rl_weight down or use loss_type: grpo" in warnings[0]
+    assert "turn rl_weight down (now 1) or use loss_type: grpo" in warnings[0], "the summed term: both keys"
     tables = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
     assert [t["step"] for t in tables] == [1], "... but the step the guard fired at shows its samples"
     trainer.log({"loss": 1.0})
@@ -685,6 +685,17 @@ def test_the_guard_decodes_greedy_captions_every_collapse_guard_steps_and_logs_t
     assert decodes == [True, True, False], "samples at both steps, the greedy captions at step 2 only"
     assert "health/sampled_length_limit_share" in off_step and "health/greedy_mean_length" not in off_step
     assert check_step["health/greedy_length_limit_share"] == 1.0
+
+
+def test_the_guards_advice_names_the_dose_and_grpo_only_for_the_summed_term():
+    from fashioncap.collapse_guard import CollapseGuard
+
+    assert (
+        CollapseGuard("warn", 2.0, "sequence_sum").advice
+        == "turn rl_weight down (now 2) or use loss_type: grpo"
+    )
+    for per_token in ("grpo", "dapo", "dr_grpo"):
+        assert CollapseGuard("warn", 0.5, per_token).advice == "turn rl_weight down (now 0.5)"
 
 
 def test_the_guard_stops_and_saves_in_stop_mode(tmp_path):

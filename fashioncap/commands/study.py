@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--runs",
         nargs="+",
         metavar="TRIAL",
-        help="demo recipes to retrain (names in --recipes; default: trial1 ... trial5, with --sweep trial2)",
+        help="demo recipes to retrain (names in --recipes or recipe files; default: trial1 ... trial5, with "
+        "--sweep trial2)",
     )
     add_family_argument(parser)
     parser.add_argument(
@@ -74,11 +75,11 @@ def check_split(split: str, runs: list[str], recipes: Path, overrides: list[str]
     from fashioncap.data.coco import available_splits
     from fashioncap.data.synthetic import SPLITS
     from fashioncap.errors import ConfigError, did_you_mean
+    from fashioncap.study import find_trial_recipes
 
-    for trial in runs:
-        recipe = recipes / f"{trial}.yaml"
-        data = load_config(recipe, overrides).data if recipe.is_file() else None  # run_study names it
-        if data is None or data.data_from_hub:
+    for trial, recipe in find_trial_recipes(runs, recipes).items():
+        data = load_config(recipe, overrides).data
+        if data.data_from_hub:
             continue
         splits = available_splits(data.data_dir) if Path(data.data_dir).is_dir() else list(SPLITS)
         if split not in splits:

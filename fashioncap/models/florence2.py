@@ -13,6 +13,7 @@ decoder_start_token_id) and writes `<s> caption </s>`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -36,7 +37,7 @@ from fashioncap.attention import (
     split_heads,
 )
 from fashioncap.models.lora import check_preset
-from fashioncap.models.source import ModelLoadError, load_pretrained
+from fashioncap.models.source import ModelLoadError, load_pretrained, model_config
 
 NAME = "florence2"
 DISPLAY_NAME = "Florence-2"
@@ -47,6 +48,9 @@ CARD_CLASSES = ("Florence2ForConditionalGeneration", "Florence2Processor")
 CAPTION_PROMPT = "<CAPTION>"
 CARD_PROMPT = CAPTION_PROMPT
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<image>"]
+# The sub-config types of the first release's remote code (microsoft/Florence-2-*); the native ones are
+# `florence_vision` and `bart`.
+REMOTE_CODE_TYPES = {"davit", "florence2_language"}
 
 # `decoder`: every attention projection (self and cross) and feed-forward layer of the BART decoder;
 # `decoder+vision`: plus the attention and MLP projections of the last N DaViT blocks, counted across its stages
@@ -71,8 +75,22 @@ def load_processor(name_or_path: str):
     return Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
 
 
+def refuse_remote_code_format(source: str) -> None:
+    """One line for a checkpoint in the format of microsoft/Florence-2-*'s own code (its sub-configs `davit` and
+    `florence2_language`), which transformers' native classes cannot load and fashioncap never runs."""
+    config = model_config(source)
+    kinds = {(config.get(part) or {}).get("model_type") for part in ("vision_config", "text_config")}
+    if kinds & REMOTE_CODE_TYPES:
+        raise ModelLoadError(
+            f"model {source!r} is Florence-2 in the remote-code format of the first release (microsoft/"
+            "Florence-2-*), which fashioncap never runs: use its conversion to transformers' native format, "
+            "florence-community/Florence-2-base or florence-community/Florence-2-large (or their -ft variants)"
+        )
+
+
 def load_model_and_processor(source: str, dtype: torch.dtype | str | None = None):
     """Florence-2 from a local dir or a Hub id that can be had, in transformers' native format only."""
+    refuse_remote_code_format(source)
     model, processor = load_pretrained(
         Florence2ForConditionalGeneration, load_processor, source, dtype, DISPLAY_NAME
     )
@@ -130,27 +148,51 @@ def caption_inputs(tokenizer, captions: list[str], max_length: int) -> tuple[tor
 # --- a tiny Florence-2 built offline (tests, demo) -----------------------------------------------------------
 
 
+TINY_VISION = dict(
+    depths=[1, 1], patch_size=[7, 3], patch_stride=[4, 2], patch_padding=[3, 1], patch_prenorm=[False, True],
+    embed_dim=[32, 64], num_heads=[2, 4], num_groups=[2, 4], window_size=4, projection_dim=96, drop_path_rate=0.0,
+)  # fmt: skip
+TINY_TEXT = dict(
+    d_model=96, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+    encoder_ffn_dim=192, decoder_ffn_dim=192,
+)  # fmt: skip
+
+
 def build_tiny(words: Iterable[str], image_size: int = 64, max_positions: int = 128, seed: int = 0):
     """A ~0.5M-parameter Florence-2 (two DaViT stages, a 1-layer BART encoder and 2-layer decoder) with a
     whole-word vocabulary: the synthetic set's stand-in, trainable on 2 CPU cores."""
-    vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *sorted(set(words) - set(SPECIAL_TOKENS))])}
+    return build_random(words, TINY_VISION, TINY_TEXT, image_size, max_positions, seed=seed)
+
+
+def build_random(
+    words: Iterable[str],
+    vision: dict,
+    text: dict,
+    image_size: int,
+    max_positions: int,
+    vocab_size: int | None = None,
+    seed: int = 0,
+):
+    """A Florence-2 of the given DaViT (`vision`) and BART (`text`) shape with random weights, built offline, and
+    its processor: a whole-word vocabulary of `words` (padded with unused tokens to `vocab_size`, so that the
+    LM head has a real checkpoint's width) and CLIP's PIL image processor at `image_size`. The tiny stand-in,
+    and the benchmarks' real shapes (bench/)."""
+    tokens = [*SPECIAL_TOKENS, *sorted(set(words) - set(SPECIAL_TOKENS))]
+    tokens += [f"<unused{i}>" for i in range((vocab_size or len(tokens)) - len(tokens))]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
     backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
         extra_special_tokens={"image_token": "<image>"}, model_max_length=max_positions,
     )  # fmt: skip
+    stride = math.prod(vision["patch_stride"])  # the tower's output grid: image_size / stride on a side
     config = Florence2Config(
-        vision_config=dict(
-            depths=[1, 1], patch_size=[7, 3], patch_stride=[4, 2], patch_padding=[3, 1],
-            patch_prenorm=[False, True], embed_dim=[32, 64], num_heads=[2, 4], num_groups=[2, 4], window_size=4,
-            projection_dim=96, drop_path_rate=0.0, max_position_embeddings=image_size // 8,
-        ),
+        vision_config={**vision, "max_position_embeddings": image_size // stride},
         text_config=dict(
-            model_type="bart", vocab_size=len(vocab), d_model=96, encoder_layers=1, decoder_layers=2,
-            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=192, decoder_ffn_dim=192,
-            max_position_embeddings=max_positions, pad_token_id=vocab["<pad>"], bos_token_id=vocab["<s>"],
-            eos_token_id=vocab["</s>"], decoder_start_token_id=vocab["</s>"], forced_eos_token_id=None,
+            model_type="bart", vocab_size=len(vocab), max_position_embeddings=max_positions,
+            pad_token_id=vocab["<pad>"], bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"],
+            decoder_start_token_id=vocab["</s>"], forced_eos_token_id=None, **text,
         ),
         image_token_id=vocab["<image>"],
     )  # fmt: skip
@@ -158,7 +200,7 @@ def build_tiny(words: Iterable[str], image_size: int = 64, max_positions: int = 
     model = Florence2ForConditionalGeneration(config)
     image_processor = CLIPImageProcessorPil(
         size={"height": image_size, "width": image_size}, crop_size={"height": image_size, "width": image_size},
-        do_center_crop=False, image_seq_length=(image_size // 8) ** 2 + 1,
+        do_center_crop=False, image_seq_length=(image_size // stride) ** 2 + 1,
     )  # fmt: skip
     processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
     configure_generation_ids(model, tokenizer)

@@ -114,9 +114,14 @@ def model_type_of(name_or_path: str) -> str:
             )
     elif local.exists():
         raise ModelLoadError(f"model {name_or_path!r} is a file, not a model dir or a Hub id")
-    else:
-        config = Path(hf_hub_download(source, MODEL_CONFIG))
-    model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    model_type = model_config(source).get("model_type")
     if not model_type:
-        raise ModelLoadError(f"{config} of model {name_or_path!r} names no model_type")
+        raise ModelLoadError(f"the config.json of model {name_or_path!r} names no model_type")
     return model_type
+
+
+def model_config(source: str) -> dict:
+    """The config.json of a checked source (a local model dir, or a Hub id: the cached or fetched file)."""
+    local = Path(source)
+    config = local / MODEL_CONFIG if local.is_dir() else Path(hf_hub_download(source, MODEL_CONFIG))
+    return json.loads(config.read_text(encoding="utf-8"))
