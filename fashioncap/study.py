@@ -1,7 +1,8 @@
 """Studies over seeds (`fashioncap study`, `make study`): does RL pay, beyond the noise of one run?
 
-Retrains the named demo trials (recipes/demo/<trial>.yaml, or a recipe's path) with the given seeds from the same demo base,
-evaluates each on the test split (`--split val` to choose settings without looking at test) and writes OUT/study.json, OUT/study.md and OUT/study.png:
+Retrains the named demo trials (recipes/demo/<trial>.yaml, or a recipe's path) with the given seeds from the same
+demo base, evaluates each on the test split (`--split val` to choose settings without looking at test) and writes
+OUT/study.json, OUT/study.md and OUT/study.png:
 - per trial and metric: the mean over seeds, the standard deviation (n - 1) and a 95% t-interval of the mean;
 - per pair (each RL trial against its MLE twin, as `report` pairs them, and pairs asked for): the mean over
   seeds of the difference a - b with, as the headline, a 95% t-interval over the per-seed differences, and,
