@@ -32,12 +32,11 @@ BASE = "base"
 # Expected seconds per stage and family on this project's 2-core machine, from BENCHMARKS.md. BLIP: "make demo"
 # 2026-12-06 (synthetic v4) with nothing else running: the base 5.8 min for its 3,780 steps, MLE trials 36-48 s,
 # RL trials 72-102 s, an evaluation 3-12 s, the synthetic set ~3 s. Florence-2: `fashioncap demo --family
-# florence2` 2026-12-06 at 1 torch thread with the other core busy (an idle machine is somewhat faster): the base
-# 7.0 min for its 1,512 steps, MLE trials 72-96 s, RL trials 126-162 s, an evaluation ~6 s. Other CPU-heavy work
-# slows torch several-fold.
+# florence2` 2026-12-06 with nothing else running: the base 5.7 min for its 2,520 steps (40 epochs), MLE trials
+# 42-78 s, RL trials 78-120 s, an evaluation ~6 s. Other CPU-heavy work slows torch several-fold.
 EXPECTED_SECONDS = {
     "blip": {"data": 3, "base": 345, "mle": 42, "rl": 86, "eval": 5, "report": 5},
-    "florence2": {"data": 3, "base": 420, "mle": 84, "rl": 145, "eval": 6, "report": 5},
+    "florence2": {"data": 3, "base": 341, "mle": 60, "rl": 105, "eval": 6, "report": 5},
 }
 IDLE_MACHINE = " on an idle 2-core machine"
 
