@@ -55,9 +55,11 @@ def untie_differing_embeddings(model) -> None:
     if any(not torch.equal(parameters[target], parameters[source]) for target, source in tied):
         model.config.tie_word_embeddings = False
         model.config.text_config.tie_word_embeddings = False
-        for target, source in tied:  # still one tensor (Florence-2's encoder embeddings and `shared`): a save
-            if parameters[target] is parameters[source]:  # would keep only the source, and the untied load
-                module, name = target.rsplit(".", 1)  # then initialise the target afresh
+        # A pair still one tensor (Florence-2's encoder embeddings and `shared`) would be saved once, as the source,
+        # and the untied load would initialise the target afresh: give the target its own copy.
+        for target, source in tied:
+            if parameters[target] is parameters[source]:
+                module, name = target.rsplit(".", 1)
                 setattr(
                     model.get_submodule(module), name, torch.nn.Parameter(parameters[source].detach().clone())
                 )
