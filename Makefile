@@ -44,12 +44,12 @@ study: $(STAMP)
 
 # the attributes/CIDEr frontier (docs/results/frontier-2026-12-06.md): demo trial 2 with RL from the first step
 # under loss_type grpo, per reward mix and dose, 3 seeds a point on the val split, and its MLE twin; each line adds
-# its points to outputs/frontier/frontier.{json,md,png}. About 4 min a seed run on an idle 2-core machine (~2 h).
+# its points to outputs/frontier/frontier.{json,md,png}. About 4 min a seed run on an idle 2-core machine (36 runs, ~2.5 h).
 FRONTIER = $(BIN)/fashioncap study --rl_start 0 --loss_type grpo --out outputs/frontier
 frontier: $(STAMP)
 	$(FRONTIER) --sweep reward_mix=als+sls --sweep rl_weight=1,8
 	$(FRONTIER) --sweep reward_mix=als_f1+sls+repetition --sweep rl_weight=4,8
-	$(FRONTIER) --sweep reward_mix=cider:0.3+als_f1+sls --sweep rl_weight=4,8
+	$(FRONTIER) --sweep reward_mix=cider:0.3+als_f1+sls --sweep rl_weight=4,5,6,8
 	$(FRONTIER) --sweep reward_mix=cider:1+als_f1+sls --sweep rl_weight=8
 	$(FRONTIER) --sweep reward_mix=cider:0.3+als_f1+sls --sweep rl_weight=4 --sweep loss_type=dapo,dr_grpo
 
