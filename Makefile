@@ -12,7 +12,7 @@ RUN  ?= outputs/demo/trial4
 DATA ?= data/synthetic
 SPLIT ?= test
 
-.PHONY: install install-extras test demo study frontier study-trial6 eval bench bench-large lint data-synthetic data-facad clean
+.PHONY: install install-extras test demo study frontier study-trial6 study-trial6-florence2 eval bench bench-large lint data-synthetic data-facad clean
 
 install: $(STAMP)
 
@@ -57,6 +57,12 @@ frontier: $(STAMP)
 # the choice on val never saw (5-9); about 30 min on an idle 2-core machine
 study-trial6: $(STAMP)
 	$(BIN)/fashioncap study --runs trial1 recipes/demo/frontier/trial6.yaml --seeds 5-9 --out outputs/study-trial6
+
+# the same choice on the tiny Florence-2 (recipes/demo/florence2/frontier/trial6.yaml), not re-chosen for it; about
+# 20 min on an idle 2-core machine after `fashioncap demo --family florence2`
+study-trial6-florence2: $(STAMP)
+	$(BIN)/fashioncap study --family florence2 --runs trial1 recipes/demo/florence2/frontier/trial6.yaml --seeds 5-9 \
+		--out outputs/study-trial6-florence2
 
 eval: $(STAMP)
 	$(BIN)/fashioncap eval --model-dir $(RUN) --data $(DATA) --split $(SPLIT)

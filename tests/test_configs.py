@@ -51,7 +51,7 @@ def test_seed_recipes_carry_the_seed_settings(trial):
         assert c.training.rl_weight == 0
 
 
-@pytest.mark.parametrize("trial", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("trial", [1, 2, 3, 4, 5, 6])
 def test_florence2_recipes_are_the_trials_on_florence2(trial):
     """Only the base model, its caption prompt and where the run goes differ from the BLIP trial."""
     blip = load_config(ROOT / f"recipes/trial{trial}.yaml", ["--bf16", "false"]).to_dict()
@@ -128,11 +128,12 @@ def test_launcher_without_data_says_how_to_build_it(tmp_path):
     assert "fashioncap data facad" in result.stderr and str(tmp_path / "facad") in result.stderr
 
 
-@pytest.mark.parametrize("folder", ["recipes", "recipes/demo"])
+@pytest.mark.parametrize("folder", ["recipes", "recipes/demo", "recipes/demo/florence2"])
 def test_trial6_is_trial2_at_the_frontier_point_chosen_on_val(folder):
-    """The demo's trial 6 is exactly the frontier point measured on val (so its test study confirms that point),
-    and the real trial 6 is the real trial 2 with the same keys: only the rewards, the dose and where it goes."""
-    trial6 = ROOT / ("recipes/trial6.yaml" if folder == "recipes" else "recipes/demo/frontier/trial6.yaml")
+    """The demo's trial 6 (each family's) is exactly the frontier point measured on val (so its test study confirms
+    that point), and the real trial 6 is the real trial 2 with the same keys: only the rewards, the dose and where
+    it goes."""
+    trial6 = ROOT / ("recipes/trial6.yaml" if folder == "recipes" else f"{folder}/frontier/trial6.yaml")
     chosen = load_config(trial6, ["--bf16", "false"]).to_dict()
     trial2 = load_config(ROOT / folder / "trial2.yaml", ["--bf16", "false", *FRONTIER_POINT]).to_dict()
     for config in (chosen, trial2):
