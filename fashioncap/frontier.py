@@ -117,7 +117,7 @@ def run_frontier(
     **study_kwargs,
 ) -> dict:
     """Study each RL trial of `runs` at every sweep point and its MLE twin once; write and return frontier.json.
-    `study_kwargs` go to every `run_study` (recipes, base, overrides)."""
+    `study_kwargs` go to every `run_study` (recipes, base, overrides, family_name)."""
     if len(seeds) < MIN_SEEDS:
         raise ConfigError(
             f"--sweep needs at least {MIN_SEEDS} seeds per point for an interval, not {len(seeds)}"

@@ -10,6 +10,7 @@ from PIL import Image
 
 from fashioncap import frontier
 from fashioncap.cli import main
+from fashioncap.demo import RECIPES
 from fashioncap.errors import ConfigError
 from fashioncap.frontier import parse_sweeps, point_dir, reward_mix_overrides, run_frontier, sweep_points
 from fashioncap.study import seed_summary
@@ -39,7 +40,7 @@ def _fake_study(calls: list, split: str):
     rl_weight, seed k adds 0.01 k; the MLE twin (no rl_weight) scores ALS 0.3, CIDEr 1.4."""
 
     def run_study(out_dir, runs, seeds, split=split, overrides=(), **kwargs):
-        calls.append((Path(out_dir), list(runs), list(seeds), list(overrides)))
+        calls.append((Path(out_dir), list(runs), list(seeds), list(overrides), kwargs))
         args = list(overrides)
         weight = float(args[args.index("--rl_weight") + 1]) if "--rl_weight" in args else 0.0
         run_dirs = []
@@ -113,6 +114,18 @@ def test_the_sweep_command_defaults_to_trial2_on_val_over_3_seeds(tmp_path, monk
     assert "| trial2 loss_type=grpo | 3 |" in capsys.readouterr().out
     assert main(["study", "--sweep", "rl_weight=1", "--seeds", "2", "--out", str(out)]) == 2
     assert "--sweep needs at least 3 seeds per point for an interval, not 2" in capsys.readouterr().err
+
+
+def test_a_family_sweep_studies_that_familys_trials(tmp_path, monkeypatch):
+    """`--family florence2 --sweep` draws the Florence-2 demo's frontier: its recipes, its default OUT, its name
+    (the study's time estimates are the family's)."""
+    calls = []
+    monkeypatch.setattr(frontier, "run_study", _fake_study(calls, "val"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", "--family", "florence2", "--sweep", "rl_weight=1"]) == 0
+    assert {c[0].parts[:2] for c in calls} == {("outputs", "study-florence2")}
+    assert {c[4]["family_name"] for c in calls} == {"florence2"}
+    assert {c[4]["recipes"] for c in calls} == {RECIPES / "florence2"}
 
 
 @pytest.mark.slow

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
         frontier = run_frontier(
             out, parse_sweeps(args.sweep), runs, seeds, split,
-            recipes=recipes, base=args.base, overrides=args.overrides,
+            recipes=recipes, base=args.base, overrides=args.overrides, family_name=family_name,
         )  # fmt: skip
         print(frontier_markdown(frontier))
         print(f"wrote {out}/frontier.json, frontier.md, frontier.png")
