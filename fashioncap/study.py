@@ -65,6 +65,9 @@ def find_trial_recipes(runs: Sequence[str], recipes: Path) -> dict[str, Path]:
     found = {}
     for trial in runs:
         path = Path(trial) if trial.endswith((".yaml", ".yml")) else Path(recipes) / f"{trial}.yaml"
+        # one name, two recipes: their runs would share OUT/<name>/ and one would silently replace the other
+        if path.stem in found and found[path.stem] != path:
+            raise ConfigError(f"--runs names two trials {path.stem!r}: {found[path.stem]} and {path}")
         found[path.stem] = path
     missing = [f"{name} ({path})" if str(path) in runs else name for name, path in found.items()
                if not path.is_file()]  # fmt: skip

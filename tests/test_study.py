@@ -268,3 +268,7 @@ def test_a_trial_is_a_demo_recipe_name_or_a_recipe_file(tmp_path):
     assert found == {"trial1": RECIPES / "trial1.yaml", "trial6": outside}
     with pytest.raises(ConfigError, match=r"no recipe for trial9, trial7 \(.*trial7.yaml\) in "):
         study.find_trial_recipes(["trial9", str(tmp_path / "trial7.yaml")], RECIPES)
+    with pytest.raises(
+        ConfigError, match=r"--runs names two trials 'trial2': .*trial2.yaml and .*trial2.yaml"
+    ):
+        study.find_trial_recipes(["trial2", str(outside.with_name("trial2.yaml"))], RECIPES)
